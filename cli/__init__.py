@@ -1,0 +1,1 @@
+"""The `simsearch` command: parses arguments, calls the library, prints."""

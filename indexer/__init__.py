@@ -1,0 +1,1 @@
+"""The pipeline that fills an index: scan, hash, decode, embed, write."""

@@ -1,0 +1,99 @@
+"""Read, hash and decode files in DataLoader worker processes, so decoding overlaps inference."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.plan import Work
+from retrieval.errors import DecodeError
+from retrieval.images import Preprocessing, decode_image
+
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    """SHA-256 of a file's content, the identity used to recognise moved and copied files."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One file after the worker: pixels on success, the reason otherwise."""
+
+    work: Work
+    content_hash: str | None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedBatch:
+    items: list[Loaded]
+    pixels: torch.Tensor
+    """uint8 (n_ok, H, W, C) for the items without error, in order."""
+
+    @property
+    def ok(self) -> list[Loaded]:
+        return [item for item in self.items if item.error is None]
+
+
+class FileDataset(Dataset):
+    def __init__(self, works: Sequence[Work], prep: Preprocessing, max_pixels: int) -> None:
+        self.works = list(works)
+        self.prep = prep
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.works)
+
+    def __getitem__(self, i: int) -> tuple[Loaded, np.ndarray | None]:
+        work = self.works[i]
+        try:
+            data = Path(work.file.path).read_bytes()
+        except OSError as exc:
+            return Loaded(work, None, error=exc.strerror or str(exc)), None
+        content_hash = work.content_hash or hash_bytes(data)
+        if not data:
+            return Loaded(work, content_hash, error="empty file"), None
+        try:
+            decoded = decode_image(data, self.prep, self.max_pixels)
+        except DecodeError as exc:
+            return Loaded(work, content_hash, error=str(exc)), None
+        return Loaded(work, content_hash, decoded.width, decoded.height), decoded.pixels
+
+
+def _collate(samples: list[tuple[Loaded, np.ndarray | None]]) -> LoadedBatch:
+    arrays = [pixels for _, pixels in samples if pixels is not None]
+    stacked = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, dtype=torch.uint8)
+    return LoadedBatch([item for item, _ in samples], stacked)
+
+
+def _init_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """One decode worker per core beyond the first, which inference keeps busy (at least one)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def make_loader(works: Sequence[Work], prep: Preprocessing, *, batch_size: int, workers: int,
+                max_pixels: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        FileDataset(works, prep, max_pixels), batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_collate, worker_init_fn=_init_worker if workers else None, pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )

@@ -1,0 +1,350 @@
+"""`simsearch index`: bring an index up to date with the image files under some paths.
+
+Every database transaction leaves the index consistent and usable: cheap changes (moves,
+copies, touches, removals) commit together, then each embedded batch commits on its own. A run
+killed at any point keeps what it committed, and the next run picks up what is left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from indexer.loading import Loaded, default_workers, hash_file, make_loader
+from indexer.plan import KnownImage, Work, make_plan
+from indexer.report import IndexSummary, Reporter, SilentReporter
+from indexer.scan import ScannedFile, ScanResult, scan, stat_file
+from retrieval.embedding import Embedder, pick_device
+from retrieval.errors import InputPathError, ModelMismatchError
+from retrieval.images import DEFAULT_MAX_PIXELS
+from retrieval.index import SimilarityIndex
+from retrieval.model import EmbeddingModel, load_default_model
+from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ImageRecord, IndexState, VectorRecord, utcnow
+
+HASH_THREADS = 4
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    batch_size: int = 32
+    workers: int | None = None
+    device: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    reembed: bool = False
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The model vectors are written for, and whether the index already serves it."""
+
+    model: EmbeddingModel
+    model_id: int
+    serving: bool
+
+
+def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None = None,
+                options: IndexOptions | None = None, reporter: Reporter | None = None) -> IndexSummary:
+    """Index the image files under `paths` into `index` (incrementally) and return what happened.
+
+    `model` defaults to the index's own model, or the built-in one for a new index; a different
+    model is refused unless `options.reembed`, which re-embeds every image of the index with it.
+    """
+    options = options or IndexOptions()
+    reporter = reporter or SilentReporter()
+    started = time.perf_counter()
+    scanned = scan(paths)
+    with index.writer_lock():
+        target = _resolve_target(index, model, options.reembed)
+        with index.sessions() as session:
+            known = _known_images(session, scanned.roots, target.model_id, everything=not target.serving)
+            sizes = set(session.scalars(select(ImageRecord.size).where(ImageRecord.status == STATUS_OK).distinct()))
+        problem_paths = {p.path for p in scanned.problems if p.is_file}
+        if not scanned.files and not known and not problem_paths:
+            raise InputPathError(f"no image files found under {', '.join(scanned.roots)}")
+        files = scanned.files + _outside_files(known, scanned) if not target.serving else scanned.files
+        plan = make_plan(files, known, sizes, problem_paths)
+        summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing)
+        _record_scan_problems(index, scanned, known, summary, reporter)
+        hashed = _hash(plan.to_hash, reporter)
+        to_embed = plan.to_embed + _apply_hashed(index, hashed, plan.gone, target, summary)
+        _remove(index, plan.gone, summary)
+        _embed(index, target, to_embed, options, summary, reporter)
+        _finish(index, target)
+        index.refresh_vector_file()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, reembed: bool) -> _Target:
+    with index.sessions() as session, session.begin():
+        state = session.get(IndexState, 1)
+        assert state is not None
+        active = state.model
+        if active is None:
+            model = requested or load_default_model()
+            record = index.register_model(session, model)
+            state.model_id = record.id
+            return _Target(model, record.id, serving=True)
+        if requested is None or requested.content_hash == active.content_hash:
+            return _Target(requested or index.load_model(), active.id, serving=True)
+        if not reembed:
+            raise ModelMismatchError(
+                f"the index at {index.root} was built with model {active.name} ({active.content_hash[:12]}), "
+                f"not {requested.spec.name} ({requested.content_hash[:12]}); pass --reembed to re-embed "
+                "every image with the new model")
+        record = index.register_model(session, requested)
+        return _Target(requested, record.id, serving=False)
+
+
+def _under(roots: Iterable[str]):  # type: ignore[no-untyped-def]
+    conditions = []
+    for root in roots:
+        prefix = root.rstrip("/") + "/"
+        conditions += [ImageRecord.path == root, func.substr(ImageRecord.path, 1, len(prefix)) == prefix]
+    return or_(*conditions)
+
+
+def _known_images(session: Session, roots: list[str], target_id: int, everything: bool) -> dict[str, KnownImage]:
+    vector = aliased(VectorRecord)
+    query = select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
+                   ImageRecord.content_hash, ImageRecord.status, vector.model_id).outerjoin(
+        vector, vector.id == ImageRecord.vector_id)
+    if not everything:
+        query = query.where(_under(roots))
+    return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
+                                 row.model_id == target_id) for row in session.execute(query)}
+
+
+def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[ScannedFile]:
+    """For a re-embed: the indexed files outside the scanned paths, which must be re-embedded too."""
+    inside = {f.path for f in scanned.files}
+    files = []
+    for path, row in known.items():
+        if path in inside or row.status != STATUS_OK:
+            continue
+        try:
+            file = stat_file(path)
+        except OSError:
+            continue
+        if file is not None:
+            files.append(file)
+    return files
+
+
+def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: dict[str, KnownImage],
+                          summary: IndexSummary, reporter: Reporter) -> None:
+    file_problems = [p for p in scanned.problems if p.is_file]
+    for problem in scanned.problems:
+        reporter.warn(problem.path, problem.reason)
+    if not file_problems:
+        return
+    with index.sessions() as session, session.begin():
+        served_changed = False
+        for problem in file_problems:
+            row = known.get(problem.path)
+            if row is not None and row.status == STATUS_ERROR:
+                summary.still_failing += 1
+            else:
+                summary.failed += 1
+            served_changed = served_changed or (row is not None and row.status == STATUS_OK)
+            image = session.get(ImageRecord, row.id) if row else ImageRecord(path=problem.path)
+            assert image is not None
+            _set_error(image, problem.reason, size=None, mtime_ns=None, content_hash=None)
+            session.add(image)
+        if served_changed:
+            index.bump_generation(session)
+
+
+def _hash(works: list[Work], reporter: Reporter) -> list[Work]:
+    """Fill in the content hash of each work item, in threads (hashlib releases the GIL)."""
+    pending = [w for w in works if w.content_hash is None]
+    if pending:
+        reporter.start("hashing", len(pending))
+
+    def one(work: Work) -> Work:
+        try:
+            digest = hash_file(work.file.path)
+        except OSError:
+            digest = None
+        reporter.advance(1)
+        return Work(work.file, work.known, digest)
+
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        done = list(pool.map(one, pending))
+    return [w for w in works if w.content_hash is not None] + done
+
+
+def _vector_id(session: Session, model_id: int, content_hash: str) -> int | None:
+    return session.scalar(select(VectorRecord.id).where(
+        VectorRecord.model_id == model_id, VectorRecord.content_hash == content_hash))
+
+
+def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownImage], target: _Target,
+                  summary: IndexSummary) -> list[Work]:
+    """Settle the hashed files whose content is already embedded; return those still to embed.
+
+    Removes from `gone` the rows that turn out to have moved.
+    """
+    to_embed: list[Work] = []
+    if not works:
+        return to_embed
+    gone_by_hash = {row.content_hash: row for row in gone if row.status == STATUS_OK and row.content_hash}
+    with index.sessions() as session, session.begin():
+        for work in works:
+            row, digest = work.known, work.content_hash
+            if digest is None:
+                to_embed.append(work)
+                continue
+            if row is not None and row.status == STATUS_ERROR and row.content_hash == digest:
+                session.get(ImageRecord, row.id).mtime_ns = work.file.mtime_ns  # type: ignore[union-attr]
+                summary.still_failing += 1
+                continue
+            vector_id = _vector_id(session, target.model_id, digest)
+            if vector_id is None:
+                to_embed.append(work)
+                continue
+            if row is None and digest in gone_by_hash:
+                moved = gone_by_hash.pop(digest)
+                gone.remove(moved)
+                image = session.get(ImageRecord, moved.id)
+                summary.moved += 1
+            elif row is None:
+                image = ImageRecord(path=work.file.path)
+                session.add(image)
+                summary.added += 1
+                summary.copies += 1
+            else:
+                image = session.get(ImageRecord, row.id)
+                if row.content_hash == digest and row.status == STATUS_OK:
+                    summary.unchanged += 1
+                else:
+                    summary.updated += 1
+            assert image is not None
+            _set_ok(image, work.file, digest, image.width, image.height)
+            if target.serving or image.vector_id is None or row is None or row.content_hash != digest:
+                image.vector_id = vector_id
+        index.bump_generation(session)
+    return to_embed
+
+
+def _remove(index: SimilarityIndex, gone: list[KnownImage], summary: IndexSummary) -> None:
+    if not gone:
+        return
+    with index.sessions() as session, session.begin():
+        for chunk_start in range(0, len(gone), 500):
+            ids = [row.id for row in gone[chunk_start:chunk_start + 500]]
+            session.execute(delete(ImageRecord).where(ImageRecord.id.in_(ids)))
+        index.bump_generation(session)
+    summary.removed += len(gone)
+
+
+def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: IndexOptions,
+           summary: IndexSummary, reporter: Reporter) -> None:
+    if not works:
+        return
+    embedder = Embedder(target.model, pick_device(options.device))
+    workers = default_workers() if options.workers is None else options.workers
+    loader = make_loader(works, target.model.preprocessing, batch_size=options.batch_size, workers=workers,
+                         max_pixels=options.max_pixels, pin_memory=embedder.pin_memory)
+    reporter.start("embedding", len(works))
+    started = time.perf_counter()
+    for batch in loader:
+        vectors = embedder.embed(batch.pixels) if len(batch.pixels) else np.empty((0, target.model.embedding_dim))
+        with index.sessions() as session, session.begin():
+            _write_batch(session, target, batch.items, vectors, summary, reporter)
+            index.bump_generation(session)
+        summary.embedded += len(vectors)
+        reporter.advance(len(batch.items))
+    summary.embed_seconds = time.perf_counter() - started
+
+
+def _write_batch(session: Session, target: _Target, items: list[Loaded], vectors: np.ndarray,
+                 summary: IndexSummary, reporter: Reporter) -> None:
+    ok = iter(vectors)
+    for item in items:
+        row = item.work.known
+        image = session.get(ImageRecord, row.id) if row else ImageRecord(path=item.work.file.path)
+        assert image is not None
+        if item.error is not None:
+            reporter.warn(item.work.file.path, item.error)
+            _set_error(image, item.error, item.work.file.size, item.work.file.mtime_ns, item.content_hash)
+            summary.failed += 1
+            session.add(image)
+            continue
+        assert item.content_hash is not None
+        vector_id = _vector_id(session, target.model_id, item.content_hash)
+        if vector_id is None:
+            vector = VectorRecord(model_id=target.model_id, content_hash=item.content_hash,
+                                  data=np.asarray(next(ok), dtype=np.float32).tobytes())
+            session.add(vector)
+            session.flush()
+            vector_id = vector.id
+        else:
+            next(ok)
+        content_changed = row is None or row.content_hash != item.content_hash or row.status != STATUS_OK
+        if row is None:
+            summary.added += 1
+        elif content_changed:
+            summary.updated += 1
+        else:
+            summary.reembedded += 1
+        _set_ok(image, item.work.file, item.content_hash, item.width, item.height)
+        if target.serving or content_changed:
+            image.vector_id = vector_id
+        session.add(image)
+
+
+def _set_ok(image: ImageRecord, file: ScannedFile, content_hash: str, width: int | None, height: int | None) -> None:
+    image.path = file.path
+    image.size = file.size
+    image.mtime_ns = file.mtime_ns
+    image.label = file.label
+    image.content_hash = content_hash
+    image.width = width
+    image.height = height
+    image.status = STATUS_OK
+    image.error = None
+    image.indexed_at = utcnow()
+
+
+def _set_error(image: ImageRecord, reason: str, size: int | None, mtime_ns: int | None,
+               content_hash: str | None) -> None:
+    image.size = size
+    image.mtime_ns = mtime_ns
+    image.content_hash = content_hash
+    image.status = STATUS_ERROR
+    image.error = reason
+    image.vector_id = None
+    image.indexed_at = utcnow()
+
+
+def _finish(index: SimilarityIndex, target: _Target) -> None:
+    """Switch to the target model once every indexed image has a vector from it; drop unused vectors."""
+    with index.sessions() as session, session.begin():
+        if not target.serving:
+            missing = session.scalar(select(func.count()).select_from(ImageRecord).where(
+                ImageRecord.status == STATUS_OK,
+                ~select(VectorRecord.id).where(VectorRecord.model_id == target.model_id,
+                                               VectorRecord.content_hash == ImageRecord.content_hash).exists()))
+            if missing:
+                return
+            session.execute(update(ImageRecord).where(ImageRecord.status == STATUS_OK).values(
+                vector_id=select(VectorRecord.id).where(
+                    VectorRecord.model_id == target.model_id,
+                    VectorRecord.content_hash == ImageRecord.content_hash).scalar_subquery()))
+            state = session.get(IndexState, 1)
+            assert state is not None
+            state.model_id = target.model_id
+        referenced = select(ImageRecord.vector_id).where(ImageRecord.vector_id.is_not(None))
+        session.execute(delete(VectorRecord).where(VectorRecord.model_id == target.model_id,
+                                                   VectorRecord.id.not_in(referenced)))
+        if not target.serving:
+            session.execute(delete(VectorRecord).where(VectorRecord.model_id != target.model_id))
+            index.bump_generation(session)

@@ -1,0 +1,50 @@
+"""What the pipeline tells whoever runs it: progress, per-file warnings, the closing summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    """Receives progress; `cli/` draws it, tests and the Python API may ignore it."""
+
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+    def warn(self, path: str, reason: str) -> None: ...
+
+
+class SilentReporter:
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, count: int) -> None:
+        pass
+
+    def warn(self, path: str, reason: str) -> None:
+        pass
+
+
+@dataclass
+class IndexSummary:
+    """Counts of one `simsearch index` run, by what happened to each file."""
+
+    added: int = 0
+    copies: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    reembedded: int = 0
+    failed: int = 0
+    still_failing: int = 0
+    embedded: int = 0
+    embed_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> int:
+        """Files under the given paths that are not indexed because they cannot be read."""
+        return self.failed + self.still_failing

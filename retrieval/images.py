@@ -1,0 +1,115 @@
+"""Decode an image file into the fixed-size pixel array a model takes.
+
+Decoding is defensive because collections hold anything: EXIF orientation is applied, every mode
+(CMYK, 16-bit, palette with transparency, ...) ends in the model's mode, JPEGs are decoded at a
+reduced DCT scale ("draft") so a 12-megapixel photo is never decoded at full size, and images
+over a pixel limit are refused before their pixels are read.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from retrieval.errors import DecodeError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# The limit is enforced by decode_image itself, before any pixel is read.
+Image.MAX_IMAGE_PIXELS = None
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX}
+_SWAPS_AXES = {5, 6, 7, 8}
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a file becomes model input: resized to `size` (width, height) in PIL `mode`, then
+    normalised on the device as `(pixel - mean) / std` on 0..255 values."""
+
+    size: tuple[int, int]
+    mode: str = "RGB"
+    mean: float = 0.0
+    std: float = 255.0
+    resample: str = "bilinear"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    def to_dict(self) -> dict[str, object]:
+        return {"size": list(self.size), "mode": self.mode, "mean": self.mean, "std": self.std,
+                "resample": self.resample}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Preprocessing:
+        width, height = data["size"]  # type: ignore[misc]
+        return cls(size=(int(width), int(height)), mode=str(data["mode"]), mean=float(data["mean"]),
+                   std=float(data["std"]), resample=str(data.get("resample", "bilinear")))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Model-ready pixels (H, W, C) uint8 and the original size after orientation."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+def decode_image(source: Path | bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a file (or its bytes) for a model; raises `DecodeError` on anything unusable."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            return _decode_open(im, prep, max_pixels)
+    except DecodeError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many types on hostile files.
+        raise DecodeError(_describe(exc)) from exc
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if text.startswith("cannot identify image file"):
+        return "not a recognised image format"
+    return text.splitlines()[0]
+
+
+def _decode_open(im: Image.Image, prep: Preprocessing, max_pixels: int) -> DecodedImage:
+    width, height = im.size
+    if width * height > max_pixels:
+        raise DecodeError(f"{width}x{height} pixels exceeds the limit of {max_pixels:,} (decompression bomb?)")
+    orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    swapped = orientation in _SWAPS_AXES
+    if im.format == "JPEG":
+        target = prep.size[::-1] if swapped else prep.size
+        im.draft("L" if prep.mode == "L" and im.mode == "RGB" else None, target)
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    rgb_like = _to_mode(im, prep.mode)
+    resized = rgb_like.resize(prep.size, _RESAMPLE[prep.resample])
+    pixels = np.asarray(resized, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return DecodedImage(pixels=pixels, width=height if swapped else width, height=width if swapped else height)
+
+
+def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """Convert any Pillow mode to `mode` ("RGB" or "L"), scaling high bit depths and flattening
+    transparency onto white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or array.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return im if im.mode == mode else im.convert(mode)

@@ -1,0 +1,76 @@
+"""Engine set-up for the index database and automatic Alembic migration to head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from retrieval.errors import IndexUnavailableError
+
+
+def create_sqlite_engine(path: Path) -> Engine:
+    """An engine whose transactions are real SQLite transactions (snapshot reads in WAL mode).
+
+    pysqlite does not emit BEGIN before a SELECT by itself, so two reads in one session could see
+    two states of a database another process is writing; SQLAlchemy's documented recipe fixes it.
+    """
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def migrations_config():  # type: ignore[no-untyped-def]
+    """Alembic configuration pointing at the `migrations` package, no alembic.ini needed."""
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(migrations_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Apply pending migrations (none on an up-to-date database, which costs one query)."""
+    from alembic import command
+
+    try:
+        if inspect(engine).has_table("alembic_version") and current_revision(engine) == head_revision():
+            return
+        config = migrations_config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except (OperationalError, DatabaseError) as exc:
+        raise IndexUnavailableError(f"cannot open the index database {engine.url.database}: {exc.orig}") from exc

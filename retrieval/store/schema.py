@@ -1,0 +1,101 @@
+"""SQLAlchemy models of the index database; Alembic migrations under `migrations/` build it.
+
+Vectors are stored here as well as in the FAISS file, so the FAISS index (exact now, approximate
+later) can always be rebuilt without decoding an image again. A vector belongs to one model and
+one file content: copies of a file share it, and `vectors.id` is the id used inside FAISS.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, CheckConstraint, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelRecord(Base):
+    """A model that embedded vectors of this index; its file lives in the index directory."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[str] = mapped_column(Text)
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VectorRecord(Base):
+    """One embedding of one file content by one model (float32 bytes)."""
+
+    __tablename__ = "vectors"
+    __table_args__ = (UniqueConstraint("model_id", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImageRecord(Base):
+    """A file of the collection, indexed or recorded as failed."""
+
+    __tablename__ = "images"
+    __table_args__ = (CheckConstraint("status IN ('ok', 'error')", name="ck_images_status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    label: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(8))
+    error: Mapped[str | None] = mapped_column(Text)
+    vector_id: Mapped[int | None] = mapped_column(ForeignKey("vectors.id", ondelete="SET NULL"), index=True)
+    indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    vector: Mapped[VectorRecord | None] = relationship()
+
+
+class CalibrationRecord(Base):
+    """A distance threshold calibrated for one model, with the metrics that justified it."""
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    criterion: Mapped[str] = mapped_column(String(32))
+    threshold: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IndexState(Base):
+    """The single row that says which model the index serves and which FAISS file matches it.
+
+    `generation` is bumped in the same transaction as any change to the served vectors, so a
+    FAISS file written for another generation is known to be stale.
+    """
+
+    __tablename__ = "index_state"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_index_state_single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    model: Mapped[ModelRecord | None] = relationship()

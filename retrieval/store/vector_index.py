@@ -1,0 +1,60 @@
+"""The FAISS index over stored vectors, and its file.
+
+Vectors are L2-normalised, so an inner-product index gives exact cosine neighbours; distances are
+reported as squared L2, `2 - 2 cos`, the quantity the triplet loss is trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval.errors import IndexUnavailableError
+
+
+class VectorIndex:
+    """Exact nearest neighbours by inner product, keyed by the `vectors.id` of the database."""
+
+    def __init__(self, index: faiss.Index) -> None:
+        self._index = index
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        return cls(index)
+
+    @classmethod
+    def load(cls, path: Path) -> VectorIndex:
+        try:
+            return cls(faiss.read_index(str(path)))
+        except RuntimeError as exc:
+            raise IndexUnavailableError(f"cannot read vector file {path}: {str(exc).splitlines()[0]}") from exc
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a reader sees the old file or the new one, never a torn one."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(self._index, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances and vector ids of the `k` nearest, nearest first; id -1 pads."""
+        k = min(k, len(self))
+        if k == 0:
+            empty = np.empty((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return np.clip(2.0 - 2.0 * scores, 0.0, None), ids
