@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from retrieval.errors import SimsearchError
+from retrieval.errors import InputPathError, SimsearchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Image similarity search on learned embeddings.")
@@ -28,7 +29,7 @@ IndexOption = Annotated[Optional[Path], typer.Option(
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error[/]: {escape(message)}")
+    err.print(f"[red]error[/]: {escape(message)}", soft_wrap=True)
     return typer.Exit(EXIT_ERROR)
 
 
@@ -59,24 +60,29 @@ def index_command(
 
     from cli.progress import RichReporter
 
+    is_new, root = False, Path()
     try:
         missing = [p for p in paths if not os.path.lexists(p)]
         if missing:
             raise fail(f"no such file or directory: {missing[0]}")
         model = load_model(model_path) if model_path else None
-        index = create_index(index_dir_for_writing(index_dir))
+        root = index_dir_for_writing(index_dir)
+        is_new = not root.exists()
+        index = create_index(root)
         options = IndexOptions(batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
                                reembed=reembed)
         with RichReporter(err) as reporter:
             summary = index_paths(index, paths, model, options, reporter)
     except SimsearchError as exc:
+        if is_new and root.is_dir() and isinstance(exc, InputPathError):
+            shutil.rmtree(root)
         raise fail(str(exc)) from None
     rate = f", {summary.embedded / summary.embed_seconds:.1f} images/s" if summary.embed_seconds else ""
     copies = f" ({summary.copies} copies, not re-embedded)" if summary.copies else ""
     reembedded = f", re-embedded {summary.reembedded}" if summary.reembedded else ""
     err.print(f"added {summary.added}{copies}, updated {summary.updated}, moved {summary.moved}, "
               f"removed {summary.removed}, unchanged {summary.unchanged}{reembedded}, failed {summary.failed}"
-              f" in {summary.seconds:.1f} s{rate}; index: {shown_path(str(index.root))}")
+              f" in {summary.seconds:.1f} s{rate}; index: {shown_path(str(index.root))}", soft_wrap=True)
     if summary.still_failing:
         err.print(f"{summary.still_failing} unchanged files still fail to decode (not retried until they change)")
     if summary.problems:
@@ -113,7 +119,7 @@ def query_command(
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     for result in results:
         if result.error is not None:
-            err.print(f"[red]error[/]: {escape(result.query)}: {escape(result.error)}")
+            err.print(f"[red]error[/]: {escape(result.query)}: {escape(result.error)}", soft_wrap=True)
         elif not as_json:
             table = Table(title=escape(shown_path(result.query)), title_justify="left")
             table.add_column("rank", justify="right")

@@ -44,4 +44,4 @@ class RichReporter:
             self.progress.advance(self.task, count)
 
     def warn(self, path: str, reason: str) -> None:
-        self.console.print(f"[yellow]warning[/]: {escape(path)}: {escape(reason)}", highlight=False)
+        self.console.print(f"[yellow]warning[/]: {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)

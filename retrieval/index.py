@@ -14,6 +14,7 @@ so the two never disagree after a restart.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator, Sequence
@@ -28,13 +29,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
 from retrieval.model import EmbeddingModel, load_model
-from retrieval.store.database import create_sqlite_engine, upgrade_to_head
+from retrieval.store.database import create_sqlite_engine, is_at_head, upgrade_to_head
 from retrieval.store.schema import STATUS_OK, ImageRecord, IndexState, ModelRecord, VectorRecord
 from retrieval.store.vector_index import VectorIndex
 
 DB_NAME = "index.db"
 MODELS_DIR = "models"
 LOCK_NAME = "lock"
+MIGRATE_LOCK_NAME = "migrate.lock"
 
 
 @dataclass(frozen=True)
@@ -99,15 +101,11 @@ class SimilarityIndex:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive right to write; a second writer is refused rather than queued."""
-        with open(self.root / LOCK_NAME, "a+b") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise IndexUnavailableError(f"another simsearch process is writing to {self.root}") from exc
-            try:
+        try:
+            with _locked(self.root / LOCK_NAME, wait=False):
                 yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        except BlockingIOError as exc:
+            raise IndexUnavailableError(f"another simsearch process is writing to {self.root}") from exc
 
     @staticmethod
     def bump_generation(session: Session) -> None:
@@ -217,11 +215,37 @@ def create_index(root: Path) -> SimilarityIndex:
     return _open(root)
 
 
+@contextmanager
+def _locked(path: Path, wait: bool) -> Iterator[None]:
+    """Hold an exclusive POSIX record lock on `path`.
+
+    Record locks (lockf) belong to the process, unlike flock locks which forked DataLoader
+    workers would inherit and keep alive after the writer itself was killed.
+    """
+    try:
+        handle = open(path, "a+b")
+    except OSError as exc:
+        raise IndexUnavailableError(f"cannot write to index directory {path.parent}: {exc.strerror}") from exc
+    with handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise BlockingIOError(str(exc)) from exc
+            raise
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
 def _open(root: Path) -> SimilarityIndex:
     if not os.access(root, os.R_OK | os.X_OK):
         raise IndexUnavailableError(f"cannot read index directory {root}: permission denied")
     engine = create_sqlite_engine(root / DB_NAME)
-    upgrade_to_head(engine)
+    if not is_at_head(engine):
+        with _locked(root / MIGRATE_LOCK_NAME, wait=True):
+            upgrade_to_head(engine)
     index = SimilarityIndex(root, engine)
     try:
         with index.sessions() as session, session.begin():

@@ -61,12 +61,19 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def is_at_head(engine: Engine) -> bool:
+    try:
+        return inspect(engine).has_table("alembic_version") and current_revision(engine) == head_revision()
+    except (OperationalError, DatabaseError) as exc:
+        raise IndexUnavailableError(f"cannot open the index database {engine.url.database}: {exc.orig}") from exc
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    """Apply pending migrations (none on an up-to-date database, which costs one query)."""
+    """Apply pending migrations (none on an up-to-date database)."""
     from alembic import command
 
     try:
-        if inspect(engine).has_table("alembic_version") and current_revision(engine) == head_revision():
+        if is_at_head(engine):
             return
         config = migrations_config()
         with engine.begin() as conn:

