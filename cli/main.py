@@ -56,7 +56,6 @@ def index_command(
     from indexer.pipeline import IndexOptions, index_paths
     from retrieval.index import create_index
     from retrieval.locate import index_dir_for_writing
-    from retrieval.model import load_model
 
     from cli.progress import RichReporter
 
@@ -65,7 +64,11 @@ def index_command(
         missing = [p for p in paths if not os.path.lexists(p)]
         if missing:
             raise fail(f"no such file or directory: {missing[0]}")
-        model = load_model(model_path) if model_path else None
+        model = None
+        if model_path is not None:
+            from retrieval.model import load_model
+
+            model = load_model(model_path)
         root = index_dir_for_writing(index_dir)
         is_new = not root.exists()
         index = create_index(root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,20 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from indexer.hashing import hash_bytes
 from indexer.plan import Work
 from retrieval.errors import DecodeError
 from retrieval.images import Preprocessing, decode_image
 
-
-
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def hash_file(path: str) -> str:
-    """SHA-256 of a file's content, the identity used to recognise moved and copied files."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

@@ -3,30 +3,37 @@
 Every database transaction leaves the index consistent and usable: cheap changes (moves,
 copies, touches, removals) commit together, then each embedded batch commits on its own. A run
 killed at any point keeps what it committed, and the next run picks up what is left.
+
+torch is imported only when something needs embedding, so a re-run over an unchanged folder
+costs a scan and a few queries, not a model load.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from indexer.loading import Loaded, default_workers, hash_file, make_loader
+from indexer.hashing import hash_file
 from indexer.plan import KnownImage, Work, make_plan
 from indexer.report import IndexSummary, Reporter, SilentReporter
 from indexer.scan import ScannedFile, ScanResult, scan, stat_file
-from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import InputPathError, ModelMismatchError
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import SimilarityIndex
-from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ImageRecord, IndexState, VectorRecord, utcnow
+
+if TYPE_CHECKING:
+    from indexer.loading import Loaded
+    from retrieval.model import EmbeddingModel
 
 HASH_THREADS = 4
 
@@ -40,13 +47,17 @@ class IndexOptions:
     reembed: bool = False
 
 
-@dataclass(frozen=True)
 class _Target:
-    """The model vectors are written for, and whether the index already serves it."""
+    """The model vectors are written for (loaded on first use), and whether the index serves it."""
 
-    model: EmbeddingModel
-    model_id: int
-    serving: bool
+    def __init__(self, load: Callable[[], EmbeddingModel], model_id: int, serving: bool) -> None:
+        self._load = load
+        self.model_id = model_id
+        self.serving = serving
+
+    @cached_property
+    def model(self) -> EmbeddingModel:
+        return self._load()
 
 
 def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None = None,
@@ -88,19 +99,24 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
         assert state is not None
         active = state.model
         if active is None:
-            model = requested or load_default_model()
-            record = index.register_model(session, model)
+            if requested is None:
+                from retrieval.model import load_default_model
+
+                requested = load_default_model()
+            record = index.register_model(session, requested)
             state.model_id = record.id
-            return _Target(model, record.id, serving=True)
-        if requested is None or requested.content_hash == active.content_hash:
-            return _Target(requested or index.load_model(), active.id, serving=True)
+            return _Target(lambda: requested, record.id, serving=True)
+        if requested is None:
+            return _Target(index.load_model, active.id, serving=True)
+        if requested.content_hash == active.content_hash:
+            return _Target(lambda: requested, active.id, serving=True)
         if not reembed:
             raise ModelMismatchError(
                 f"the index at {index.root} was built with model {active.name} ({active.content_hash[:12]}), "
                 f"not {requested.spec.name} ({requested.content_hash[:12]}); pass --reembed to re-embed "
                 "every image with the new model")
         record = index.register_model(session, requested)
-        return _Target(requested, record.id, serving=False)
+        return _Target(lambda: requested, record.id, serving=False)
 
 
 def _under(roots: Iterable[str]):  # type: ignore[no-untyped-def]
@@ -249,6 +265,9 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
            summary: IndexSummary, reporter: Reporter) -> None:
     if not works:
         return
+    from indexer.loading import default_workers, make_loader
+    from retrieval.embedding import Embedder, pick_device
+
     embedder = Embedder(target.model, pick_device(options.device))
     workers = default_workers() if options.workers is None else options.workers
     loader = make_loader(works, target.model.preprocessing, batch_size=options.batch_size, workers=workers,

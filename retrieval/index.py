@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Engine, and_, exists, select
@@ -28,10 +29,12 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
-from retrieval.model import EmbeddingModel, load_model
 from retrieval.store.database import create_sqlite_engine, is_at_head, upgrade_to_head
 from retrieval.store.schema import STATUS_OK, ImageRecord, IndexState, ModelRecord, VectorRecord
 from retrieval.store.vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from retrieval.model import EmbeddingModel
 
 DB_NAME = "index.db"
 MODELS_DIR = "models"
@@ -74,6 +77,8 @@ class SimilarityIndex:
             record = self.model_record(session)
         if record is None:
             raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
+        from retrieval.model import load_model
+
         model = load_model(self.model_path(record.content_hash))
         if model.content_hash != record.content_hash:
             raise ModelError(f"model file of {self.root} does not match the hash the index was built with")
@@ -159,7 +164,12 @@ class SimilarityIndex:
                 stale.unlink(missing_ok=True)
 
     def refresh_vector_file(self) -> None:
-        """Bring the FAISS file up to the database (after a write)."""
+        """Bring the FAISS file up to the database (after a write); nothing to do when it is."""
+        with self.sessions() as session:
+            state = session.get(IndexState, 1)
+            assert state is not None
+            if self._vector_file(state.generation).exists():
+                return
         self.vector_index()
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:

@@ -18,15 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
-def tiny_spec(name: str = "tiny") -> ModelSpec:
+def tiny_spec(name: str = "tiny", side: int = 32) -> ModelSpec:
     return ModelSpec(name=name, backbone="small-cnn", embedding_dim=16,
-                     preprocessing=Preprocessing(size=(32, 32), mode="RGB", mean=127.5, std=64.0),
+                     preprocessing=Preprocessing(size=(side, side), mode="RGB", mean=127.5, std=64.0),
                      backbone_options={"channels": [8, 8]})
 
 
-def save_tiny_model(path: Path, seed: int) -> Path:
+def save_tiny_model(path: Path, seed: int, side: int = 32) -> Path:
     torch.manual_seed(seed)
-    build_model(tiny_spec(f"tiny-{seed}")).save(path)
+    build_model(tiny_spec(f"tiny-{seed}", side)).save(path)
     return path
 
 

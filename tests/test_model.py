@@ -55,3 +55,23 @@ def test_ported_backbone_classifies_imagenet_photos() -> None:
         top = classifier(backbone(x)).argmax(dim=1).tolist()
     assert 281 <= top[0] <= 285, "an ImageNet cat class (281-285)"
     assert top[1] == 967, "espresso"
+
+
+def test_embedder_matches_the_model_it_prepares() -> None:
+    """Folding batch norms and changing layout must not change the embeddings."""
+    from retrieval.embedding import Embedder
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec())
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    pixels = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model(pixels).numpy()
+    before = model.content_hash
+    np.testing.assert_allclose(Embedder(model, torch.device("cpu")).embed(pixels), expected, atol=1e-5)
+    assert model.content_hash == before
+    model.invalidate_hash()
+    assert model.content_hash == before, "the embedder works on a copy"

@@ -1,0 +1,179 @@
+"""Indexing speed on realistic photos, measured side by side in one run.
+
+Builds (once, cached under benchmarks/.cache/) a folder of 12-megapixel JPEGs made from the real photos of
+../shared/datasets/photos/ (each a different crop and flip of a source photo, upscaled to 4000x3000 and
+re-encoded at quality 90), then measures, in one run:
+
+  (a) decode alone: the indexer's own DataLoader (read + hash + decode) with the default workers, no model
+  (b) model alone: the default model on pre-decoded tensors, in the indexer's batch size
+  (c) the whole `simsearch index` command on a fresh index, wall time from process start to exit
+  (d) `simsearch index` again on the unchanged folder
+  (e) `simsearch query IMAGE -k 5` wall time, beside `python -c "import torch"`
+
+Goals (issue 2): (c) >= 80 % of min(a, b); (d) < 5 % of (c)'s wall time.
+
+    python benchmarks/index_throughput.py --images 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from indexer.loading import default_workers, make_loader  # noqa: E402
+from indexer.plan import Work  # noqa: E402
+from indexer.scan import scan  # noqa: E402
+from retrieval.embedding import Embedder  # noqa: E402
+from retrieval.images import decode_image  # noqa: E402
+from retrieval.model import load_default_model  # noqa: E402
+
+PHOTOS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets")) / "photos"
+CACHE = REPO / "benchmarks" / ".cache"
+RESULTS = REPO / "benchmarks" / "results" / "index_throughput.jsonl"
+SIZE = (4000, 3000)
+
+
+def source_photos() -> list[Path]:
+    suffixes = {".jpg", ".jpeg", ".png"}
+    return sorted(p for p in PHOTOS.rglob("*") if p.suffix.lower() in suffixes)
+
+
+def make_one(args: tuple[int, str, str]) -> None:
+    seed, source, target = args
+    rng = random.Random(seed)
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        scale = rng.uniform(0.7, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        im = im.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            im = ImageOps.mirror(im)
+        im.resize(SIZE, Image.Resampling.BICUBIC).save(target, quality=90)
+
+
+def build_folder(count: int) -> Path:
+    folder = CACHE / f"photos-12mp-{count}"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    sources = source_photos()
+    if not sources:
+        sys.exit(f"no photos under {PHOTOS}: the benchmark needs ../shared/datasets/photos")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    jobs = [(i, str(sources[i % len(sources)]), str(tmp / f"photo{i:04d}.jpg")) for i in range(count)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(make_one, jobs, chunksize=4))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def decode_rate(folder: Path, batch_size: int, workers: int) -> float:
+    model_prep = load_default_model().preprocessing
+    works = [Work(f, None) for f in scan([folder]).files]
+    loader = make_loader(works, model_prep, batch_size=batch_size, workers=workers, max_pixels=100_000_000,
+                         pin_memory=False)
+    started = time.perf_counter()
+    seen = sum(len(batch.items) for batch in loader)
+    return seen / (time.perf_counter() - started)
+
+
+def model_rate(folder: Path, batch_size: int, batches: int) -> float:
+    model = load_default_model()
+    files = sorted(folder.glob("*.jpg"))[:batch_size]
+    pixels = torch.from_numpy(np.stack([decode_image(f, model.preprocessing).pixels for f in files]))
+    embedder = Embedder(model)
+    embedder.embed(pixels)
+    started = time.perf_counter()
+    for _ in range(batches):
+        embedder.embed(pixels)
+    return batches * len(pixels) / (time.perf_counter() - started)
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results file")
+    args = parser.parse_args()
+
+    console = Console()
+    console.print(f"building {args.images} 12-megapixel JPEGs (cached) ...")
+    folder = build_folder(args.images)
+    megabytes = sum(f.stat().st_size for f in folder.glob("*.jpg")) / 1e6
+    workers = default_workers()
+    simsearch = [sys.executable, "-m", "cli"]
+
+    decode = decode_rate(folder, args.batch_size, workers)
+    infer = model_rate(folder, args.batch_size, batches=max(4, args.images // args.batch_size // 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        index = ["--index", str(Path(tmp) / "index")]
+        first = timed([*simsearch, "index", str(folder), *index, "--batch-size", str(args.batch_size)], REPO)
+        rerun = timed([*simsearch, "index", str(folder), *index], REPO)
+        query_image = str(sorted(folder.glob("*.jpg"))[7])
+        query = statistics.median(timed([*simsearch, "query", query_image, "-k", "5", *index], REPO) for _ in range(3))
+    import_torch = statistics.median(timed([sys.executable, "-c", "import torch"], REPO) for _ in range(3))
+
+    pipeline = args.images / first
+    bound = min(decode, infer)
+    result = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "images": args.images,
+        "megabytes": round(megabytes), "cores": os.cpu_count(), "decode_workers": workers,
+        "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "python": platform.python_version(),
+        "torch": torch.__version__, "decode_images_per_s": round(decode, 1), "model_images_per_s": round(infer, 1),
+        "index_images_per_s": round(pipeline, 1), "index_over_min": round(pipeline / bound, 3),
+        "index_seconds": round(first, 2), "rerun_seconds": round(rerun, 2), "rerun_over_first": round(rerun / first, 4),
+        "query_seconds": round(query, 2), "import_torch_seconds": round(import_torch, 2),
+    }
+    table = Table(title=f"simsearch index: {args.images} JPEGs of 4000x3000 ({megabytes:.0f} MB), "
+                        f"{os.cpu_count()} cores, {workers} decode worker(s)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    table.add_row("(a) decode alone (read + hash + decode)", f"{decode:.1f} images/s", "")
+    table.add_row("(b) model alone, pre-decoded tensors", f"{infer:.1f} images/s", "")
+    table.add_row("(c) whole `simsearch index` run", f"{pipeline:.1f} images/s ({first:.1f} s)", "")
+    table.add_row("(c) / min(a, b)", f"{pipeline / bound:.0%}", ">= 80 %")
+    table.add_row("re-run on the unchanged folder", f"{rerun:.2f} s = {rerun / first:.1%} of (c)", "< 5 %")
+    table.add_row("`simsearch query IMAGE -k 5` wall time", f"{query:.2f} s", "")
+    table.add_row('`python -c "import torch"` wall time', f"{import_torch:.2f} s", "")
+    console.print(table)
+    if not args.no_record:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as handle:
+            handle.write(json.dumps(result) + "\n")
+        console.print(f"appended to {RESULTS.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Content identity of files: SHA-256, used to recognise moved, copied and touched files."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
