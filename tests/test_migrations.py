@@ -35,6 +35,12 @@ def test_chain_downgrades_to_base_and_up_again(tmp_path: Path) -> None:
     assert {"images", "vectors", "models", "calibrations", "index_state"} <= set(inspect(engine).get_table_names())
 
 
+def test_declared_head_is_the_head_of_the_chain() -> None:
+    import migrations
+
+    assert migrations.HEAD == head_revision()
+
+
 def test_opening_an_index_migrates_it(tmp_path: Path) -> None:
     index = create_index(tmp_path / "idx")
     assert current_revision(index.engine) == head_revision()
