@@ -1,7 +1,8 @@
 """Indexing speed on realistic photos, measured side by side in one run.
 
 Builds (once, cached under benchmarks/.cache/) a folder of 12-megapixel JPEGs made from the real photos of
-../shared/datasets/photos/ (each a different crop and flip of a source photo, upscaled to 4000x3000 and
+../shared/datasets/photos/ (each a different crop and flip of a source photo, upscaled to 4000x3000, with a mild
+sensor-like grain so that the files are as large as a camera's rather than those of a smooth upscale, and
 re-encoded at quality 90), then measures, in one run:
 
   (a) decode alone: the indexer's own DataLoader (read + hash + decode) with the default workers, no model
@@ -52,6 +53,7 @@ PHOTOS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "dat
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results" / "index_throughput.jsonl"
 SIZE = (4000, 3000)
+GRAIN = 3.0
 
 
 def source_photos() -> list[Path]:
@@ -71,11 +73,13 @@ def make_one(args: tuple[int, str, str]) -> None:
         im = im.crop((x, y, x + cw, y + ch))
         if rng.random() < 0.5:
             im = ImageOps.mirror(im)
-        im.resize(SIZE, Image.Resampling.BICUBIC).save(target, quality=90)
+        pixels = np.asarray(im.resize(SIZE, Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = np.random.default_rng(seed).normal(0.0, GRAIN, pixels.shape).astype(np.int16)
+        Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8)).save(target, quality=90)
 
 
 def build_folder(count: int) -> Path:
-    folder = CACHE / f"photos-12mp-{count}"
+    folder = CACHE / f"photos-12mp-grain-{count}"
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
         return folder
     sources = source_photos()

@@ -84,7 +84,7 @@ def index_command(
     copies = f" ({summary.copies} copies, not re-embedded)" if summary.copies else ""
     reembedded = f", re-embedded {summary.reembedded}" if summary.reembedded else ""
     err.print(f"added {summary.added}{copies}, updated {summary.updated}, moved {summary.moved}, "
-              f"removed {summary.removed}, unchanged {summary.unchanged}{reembedded}, failed {summary.failed}"
+              f"removed {summary.removed}, skipped {summary.unchanged} unchanged{reembedded}, failed {summary.failed}"
               f" in {summary.seconds:.1f} s{rate}; index: {shown_path(str(index.root))}", soft_wrap=True)
     if summary.still_failing:
         err.print(f"{summary.still_failing} unchanged files still fail to decode (not retried until they change)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from indexer.hashing import hash_file
@@ -119,7 +119,7 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
         return _Target(lambda: requested, record.id, serving=False)
 
 
-def _under(roots: Iterable[str]):  # type: ignore[no-untyped-def]
+def _under(roots: Iterable[str]) -> ColumnElement[bool]:
     conditions = []
     for root in roots:
         prefix = root.rstrip("/") + "/"

@@ -106,11 +106,8 @@ class SimilarityIndex:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Exclusive right to write; a second writer is refused rather than queued."""
-        try:
-            with _locked(self.root / LOCK_NAME, wait=False):
-                yield
-        except BlockingIOError as exc:
-            raise IndexUnavailableError(f"another simsearch process is writing to {self.root}") from exc
+        with _locked(self.root / LOCK_NAME, wait=False):
+            yield
 
     @staticmethod
     def bump_generation(session: Session) -> None:
@@ -197,12 +194,6 @@ class SimilarityIndex:
             results.append(hits)
         return results
 
-    def count_images(self, status: str = STATUS_OK) -> int:
-        from sqlalchemy import func
-
-        with self.sessions() as session:
-            return session.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == status)) or 0
-
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
@@ -241,7 +232,7 @@ def _locked(path: Path, wait: bool) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise BlockingIOError(str(exc)) from exc
+                raise IndexUnavailableError(f"another simsearch process is writing to {path.parent}") from exc
             raise
         try:
             yield

@@ -75,7 +75,7 @@ def test_index_then_query_the_demo_photos(tmp_path: Path) -> None:
     assert "motorcycle_left.png" in table.stdout and "rank" in table.stdout
 
     rerun = invoke("index", "photos", cwd=tmp_path)
-    assert rerun.exit_code == 0 and "unchanged 10" in rerun.output
+    assert rerun.exit_code == 0 and "skipped 10 unchanged" in rerun.output
 
 
 def test_index_exit_code_reports_failed_files(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]

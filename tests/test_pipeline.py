@@ -207,3 +207,26 @@ def test_faiss_file_is_rebuilt_when_missing_or_stale(tmp_path: Path, tiny: Embed
     assert len(reopened.vector_index()) == 4
     assert nearest(reopened, tiny, photos[1]) == [str(photos[1])]
     assert not (tmp_path / "idx" / "vectors-0.faiss").exists(), "the stale file is replaced"
+
+
+def test_a_second_writer_is_refused(tmp_path: Path, tiny: EmbeddingModel, make_photos) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from retrieval.errors import IndexUnavailableError
+
+    make_photos(tmp_path / "p", 2)
+    create_index(tmp_path / "idx")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from retrieval.index import open_index\n"
+         "with open_index(Path(sys.argv[1])).writer_lock():\n    print('locked', flush=True); time.sleep(60)",
+         str(tmp_path / "idx")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(IndexUnavailableError, match="another simsearch process"):
+            run(open_index(tmp_path / "idx"), [tmp_path / "p"], tiny)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(open_index(tmp_path / "idx"), [tmp_path / "p"], tiny).added == 2
