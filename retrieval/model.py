@@ -29,7 +29,7 @@ from retrieval.images import Preprocessing
 FORMAT_VERSION = 1
 PRETRAINED_WEIGHTS = "imagenet"
 FILE_WEIGHTS = "file"
-DEFAULT_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
+PRETRAINED_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
 
 
 @dataclass(frozen=True)
@@ -159,13 +159,17 @@ def build_model(spec: ModelSpec) -> EmbeddingModel:
     return EmbeddingModel(spec, backbone, build_head(spec.head, features, spec.embedding_dim)).eval()
 
 
-def default_spec() -> ModelSpec:
-    """The built-in photo model: ImageNet EfficientNet-Lite0, pooled features, no trained head yet."""
+def pretrained_backbone_spec() -> ModelSpec:
+    """ImageNet EfficientNet-Lite0, mean-pooled 1280-d features, no head: the baseline a trained head must beat."""
     return ModelSpec(
-        name=DEFAULT_MODEL_NAME, backbone="efficientnet-lite0", embedding_dim=EfficientNetLite0.feature_dim,
+        name=PRETRAINED_MODEL_NAME, backbone="efficientnet-lite0", embedding_dim=EfficientNetLite0.feature_dim,
         preprocessing=Preprocessing(size=(224, 224), mode="RGB", mean=127.0, std=128.0, resample="bilinear"),
         head="identity", backbone_weights=PRETRAINED_WEIGHTS,
     )
+
+
+def load_pretrained_backbone_model() -> EmbeddingModel:
+    return build_model(pretrained_backbone_spec())
 
 
 def load_model(path: Path) -> EmbeddingModel:
@@ -193,4 +197,5 @@ def load_model(path: Path) -> EmbeddingModel:
 
 
 def load_default_model() -> EmbeddingModel:
-    return build_model(default_spec())
+    """The model `simsearch index` uses for a new index."""
+    return load_pretrained_backbone_model()
