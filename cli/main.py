@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from retrieval.errors import InputPathError, SimsearchError
+
+if TYPE_CHECKING:
+    from retrieval.model import EmbeddingModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Image similarity search on learned embeddings.")
@@ -33,6 +36,17 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_ERROR)
 
 
+def model_from_argument(value: str) -> "EmbeddingModel":
+    """`default` (the shipped photo model), `pretrained` (raw ImageNet backbone features) or a model file."""
+    from retrieval import model as models
+
+    if value == "default":
+        return models.load_default_model()
+    if value == "pretrained":
+        return models.load_pretrained_backbone_model()
+    return models.load_model(Path(value))
+
+
 def shown_path(path: str) -> str:
     """A path relative to the working directory when it lies below it, else as stored."""
     relative = os.path.relpath(path)
@@ -43,8 +57,8 @@ def shown_path(path: str) -> str:
 def index_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders or image files to index (recursively).")],
     index_dir: IndexOption = None,
-    model_path: Annotated[Optional[Path], typer.Option("--model", help="Model file (default: the index's model, "
-                                                       "or the built-in one for a new index).")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model", help="Model file, `default` or `pretrained` "
+                                                      "(default: the index's model; `default` for a new index).")] = None,
     reembed: Annotated[bool, typer.Option(help="Re-embed every image when --model differs from the index's.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes (default: cores - 1).")] = None,
@@ -64,11 +78,7 @@ def index_command(
         missing = [p for p in paths if not os.path.lexists(p)]
         if missing:
             raise fail(f"no such file or directory: {missing[0]}")
-        model = None
-        if model_path is not None:
-            from retrieval.model import load_model
-
-            model = load_model(model_path)
+        model = model_from_argument(model_name) if model_name is not None else None
         root = index_dir_for_writing(index_dir)
         is_new = not root.exists()
         index = create_index(root)
@@ -133,6 +143,58 @@ def query_command(
             out.print(table)
     if any(r.error for r in results):
         raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("eval")
+def eval_command(
+    model_name: Annotated[str, typer.Argument(metavar="MODEL", help="Model file, `default` or `pretrained`.")],
+    data: Annotated[Path, typer.Argument(help="Folder of class subfolders.")],
+    way: Annotated[int, typer.Option(min=2, help="Classes per few-shot episode.")] = 20,
+    shot: Annotated[int, typer.Option(min=1, help="Support images per class.")] = 1,
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to draw.")] = 400,
+    pairs: Annotated[int, typer.Option(min=1, help="Same and different pairs for ROC AUC.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed of episodes and pairs.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch device.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score MODEL on DATA: N-way K-shot accuracy, verification ROC AUC, recall@k, precision@1, MAP@R."""
+    from indexer.labelled import embed_labelled_folder
+    from retrieval.embedding import Embedder, pick_device
+    from retrieval.evaluation.labelled import evaluate_labelled
+
+    from cli.progress import RichReporter
+
+    try:
+        if not data.is_dir():
+            raise fail(f"not a folder: {data}")
+        embedder = Embedder(model_from_argument(model_name), pick_device(device))
+        with RichReporter(err) as reporter:
+            found = embed_labelled_folder(embedder, data, workers=workers, reporter=reporter)
+        report = evaluate_labelled(found.embeddings, found.labels, way=way, shot=shot, episodes=episodes,
+                                   pairs=pairs, seed=seed)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    figures = {
+        f"{report.way}-way {report.shot}-shot accuracy": (report.episodes.mean, report.episodes.ci95),
+        "verification ROC AUC": (report.verification_auc, None),
+        **{f"recall@{k}": (v, None) for k, v in report.retrieval.recall_at.items()},
+        "precision@1": (report.retrieval.precision_at_1, None),
+        "MAP@R": (report.retrieval.map_at_r, None),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "model": embedder.content_hash, "data": str(data), "images": len(found.labels),
+            "classes": len(found.classes), "episodes": report.episodes.n, "pairs": report.pairs, "seed": seed,
+            "figures": {name: {"value": value, "ci95": ci} for name, (value, ci) in figures.items()},
+        }, indent=2) + "\n")
+        return
+    table = Table(title=f"{escape(str(data))}: {len(found.labels)} images, {len(found.classes)} classes")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, (value, ci) in figures.items():
+        table.add_row(name, f"{value:.4f}" + (f" ± {ci:.4f} (95 %)" if ci is not None else ""))
+    out.print(table)
 
 
 def main() -> None:

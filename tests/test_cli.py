@@ -107,3 +107,28 @@ def test_index_found_upward_and_through_the_environment(tmp_path: Path, tiny_mod
     elsewhere.mkdir()
     env = {"SIMSEARCH_INDEX": str(tmp_path / ".simsearch")}
     assert invoke("query", str(photos[0]), cwd=elsewhere, env=env).exit_code == 0
+
+
+def test_eval_scores_a_labelled_folder(tmp_path: Path, tiny_model_file: Path) -> None:
+    """Two visibly different classes (dark and bright images) are told apart by any sane embedding."""
+    from PIL import Image
+
+    for label, base in (("dark", 20), ("bright", 235)):
+        folder = tmp_path / "data" / label
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (32, 32), (base + i, base - i, base)).save(folder / f"{i}.png")
+    result = invoke("eval", str(tiny_model_file), "data", "--way", "2", "--episodes", "20", "--pairs", "20",
+                    "--workers", "0", "--json", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 12 and report["classes"] == 2
+    figures = report["figures"]
+    assert figures["2-way 1-shot accuracy"]["value"] == 1.0
+    assert figures["verification ROC AUC"]["value"] == 1.0
+    assert figures["MAP@R"]["value"] == 1.0
+
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "only" / "a.png")
+    assert_one_line_error(invoke("eval", str(tiny_model_file), "one", "--workers", "0", cwd=tmp_path),
+                          "at least two class subfolders")
