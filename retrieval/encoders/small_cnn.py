@@ -27,7 +27,7 @@ class Preprocessing:
     color_mode: str = "L"
 
 
-INPUT_SIZE = 28
+INPUT_SIZE = 42
 PIXEL_MEAN = 255.0
 PIXEL_STD = -255.0
 RESAMPLE = "BILINEAR"
@@ -48,7 +48,10 @@ class SmallCNN(nn.Module):
 
     ``channels`` gives one block per entry. The flattened size depends on
     ``input_size``, so the network accepts only inputs of that side length. The output
-    is not normalised.
+    is not normalised. ``embedding_bn`` adds a batch norm after the linear layer: it
+    removes the component all embeddings share, which otherwise dominates at
+    initialisation and lets batch-hard triplet mining collapse every embedding onto
+    one point.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class SmallCNN(nn.Module):
         embedding_dim: int = 128,
         channels: Sequence[int] = (64, 64, 64, 64),
         input_size: int = INPUT_SIZE,
+        embedding_bn: bool = True,
     ) -> None:
         super().__init__()
         if not channels:
@@ -72,7 +76,8 @@ class SmallCNN(nn.Module):
         self.input_size = input_size
         self.embedding_dim = embedding_dim
         self.features = nn.Sequential(*blocks, nn.Flatten())
-        self.embed = nn.Linear(in_channels * side * side, embedding_dim)
+        linear = nn.Linear(in_channels * side * side, embedding_dim)
+        self.embed = nn.Sequential(linear, nn.BatchNorm1d(embedding_dim)) if embedding_bn else linear
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != (self.input_size, self.input_size):

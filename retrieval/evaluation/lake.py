@@ -1,0 +1,25 @@
+"""Lake et al.'s 20-way within-alphabet one-shot benchmark (``all_runs.zip``, 400 trials)."""
+
+from __future__ import annotations
+
+import torch
+
+from retrieval.datasets.omniglot import LakeRun
+from retrieval.distances import pairwise_squared_l2
+from retrieval.evaluation.embed import Embedder
+from retrieval.evaluation.stats import Estimate, mean_ci
+
+
+def lake_oneshot_accuracy(embed: Embedder, runs: tuple[LakeRun, ...] | list[LakeRun]) -> Estimate:
+    """Fraction of queries whose nearest support image (squared L2) is the right one.
+
+    Only the query -> support direction is used; the 95 % interval treats the trials as
+    independent Bernoulli draws.
+    """
+    correct = []
+    for run in runs:
+        support = embed(run.support)
+        queries = embed(run.queries)
+        predicted = pairwise_squared_l2(queries, support).argmin(dim=1)
+        correct.append(predicted == run.answers)
+    return mean_ci(torch.cat(correct))

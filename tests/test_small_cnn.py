@@ -1,0 +1,79 @@
+"""The small CNN backbone, its documented preprocessing, and batched affine augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
+from retrieval.training.augment import RandomAffine
+
+
+def _preprocess(image: Image.Image) -> torch.Tensor:
+    """The pipeline stated in the module docstring, written out with PIL and torch only."""
+    grey = image.convert(PREPROCESSING.color_mode).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling[RESAMPLE])
+    pixels = torch.from_numpy(np.asarray(grey, dtype=np.float32))
+    return ((pixels - PIXEL_MEAN) / PIXEL_STD).unsqueeze(0)
+
+
+def _character() -> Image.Image:
+    image = Image.new("1", (105, 105), color=1)
+    ImageDraw.Draw(image).line([(20, 20), (85, 85)], fill=0, width=8)
+    return image
+
+
+def test_preprocessing_constants_match_the_dataclass() -> None:
+    assert (PREPROCESSING.input_size, PREPROCESSING.pixel_mean, PREPROCESSING.pixel_std) == (
+        INPUT_SIZE,
+        PIXEL_MEAN,
+        PIXEL_STD,
+    )
+    assert PREPROCESSING.resample == RESAMPLE and RESAMPLE in Image.Resampling.__members__
+
+
+def test_preprocessing_makes_strokes_bright_on_zero_background() -> None:
+    x = _preprocess(_character())
+    assert x.shape == (1, INPUT_SIZE, INPUT_SIZE)
+    assert x[0, 0, -1].item() == pytest.approx(0.0)
+    centre = INPUT_SIZE // 2
+    assert x[0, centre, centre].item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_forward_shape_unnormalised_and_deterministic() -> None:
+    torch.manual_seed(0)
+    model = SmallCNN(in_channels=1, embedding_dim=16, channels=(8, 8, 8, 8)).eval()
+    batch = torch.stack([_preprocess(_character()), torch.zeros(1, INPUT_SIZE, INPUT_SIZE)])
+    with torch.no_grad():
+        out = model(batch)
+        again = model(batch)
+    assert out.shape == (2, 16)
+    assert torch.equal(out, again)
+    assert not torch.allclose(out.norm(dim=1), torch.ones(2))
+
+
+def test_width_depth_and_input_size_are_parameters() -> None:
+    model = SmallCNN(in_channels=3, embedding_dim=8, channels=(4, 6, 8), input_size=40)
+    assert model(torch.randn(2, 3, 40, 40)).shape == (2, 8)
+    with pytest.raises(ValueError):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError):
+        SmallCNN(channels=(4,) * 6, input_size=28)
+
+
+def test_gradients_reach_the_first_layer() -> None:
+    model = SmallCNN(embedding_dim=8, channels=(4, 4))
+    model(torch.randn(4, 1, INPUT_SIZE, INPUT_SIZE)).pow(2).sum().backward()
+    first_conv = model.features[0][0]
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+def test_random_affine_is_seeded_and_identity_when_ranges_are_zero() -> None:
+    images = torch.rand(3, 1, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+    identity = RandomAffine(degrees=0.0, shear=0.0, scale=(1.0, 1.0), translate=0.0)
+    assert torch.allclose(identity(images), images, atol=1e-5)
+    first = RandomAffine(seed=5)(images)
+    assert torch.equal(first, RandomAffine(seed=5)(images))
+    assert first.shape == images.shape
+    assert not torch.allclose(first, images, atol=1e-3)
