@@ -7,50 +7,18 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.common import EXIT_PARTIAL, IndexOption, err, fail, model_from_argument, out, shown_path
+from cli.train import train_command
 from retrieval.errors import InputPathError, SimsearchError
-
-if TYPE_CHECKING:
-    from retrieval.model import EmbeddingModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Image similarity search on learned embeddings.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-EXIT_PARTIAL = 1
-EXIT_ERROR = 2
-
-IndexOption = Annotated[Optional[Path], typer.Option(
-    "--index", help="Index directory (default: $SIMSEARCH_INDEX, else .simsearch/ here or in a parent).")]
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error[/]: {escape(message)}", soft_wrap=True)
-    return typer.Exit(EXIT_ERROR)
-
-
-def model_from_argument(value: str) -> "EmbeddingModel":
-    """`default` (the shipped photo model), `pretrained` (raw ImageNet backbone features) or a model file."""
-    from retrieval import model as models
-
-    if value == "default":
-        return models.load_default_model()
-    if value == "pretrained":
-        return models.load_pretrained_backbone_model()
-    return models.load_model(Path(value))
-
-
-def shown_path(path: str) -> str:
-    """A path relative to the working directory when it lies below it, else as stored."""
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
 
 
 @app.command("index")
@@ -143,6 +111,9 @@ def query_command(
             out.print(table)
     if any(r.error for r in results):
         raise typer.Exit(EXIT_PARTIAL)
+
+
+app.command("train")(train_command)
 
 
 @app.command("eval")

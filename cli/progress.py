@@ -45,3 +45,33 @@ class RichReporter:
 
     def warn(self, path: str, reason: str) -> None:
         self.console.print(f"[yellow]warning[/]: {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+class TrainingProgress:
+    """Training steps with the running loss and fraction of active triplets or pairs; epoch lines above."""
+
+    def __init__(self, console: Console, total_steps: int, first_step: int = 0) -> None:
+        self.console = console
+        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]:.4f}  active {task.fields[active]:.2f}  "
+                                            "validation {task.fields[validation]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self.task = self.progress.add_task("training", total=total_steps, completed=first_step, loss=0.0,
+                                           active=0.0, validation="-")
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.stop()
+
+    def step(self, step: int, loss: float, active: float) -> None:
+        self.progress.update(self.task, completed=step, loss=loss, active=active)
+
+    def log(self, message: str) -> None:
+        self.console.print(escape(message), highlight=False)
+
+    def validation(self, score: float | None) -> None:
+        self.progress.update(self.task, validation="-" if score is None else f"{score:.4f}")

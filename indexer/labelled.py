@@ -1,11 +1,13 @@
-"""Embed a labelled folder (a class = a subfolder) without an index: for evaluation and calibration."""
+"""Read a labelled folder (a class = a subfolder) without an index: for training, evaluation and calibration."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from indexer.loading import default_workers, make_loader
 from indexer.plan import Work
@@ -13,6 +15,7 @@ from indexer.report import Reporter, SilentReporter
 from indexer.scan import scan
 from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError
+from retrieval.images import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -24,34 +27,79 @@ class LabelledEmbeddings:
     paths: list[str]
 
 
-def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
-                          reporter: Reporter | None = None) -> LabelledEmbeddings:
-    """Embed every image under `root`, labelled by its parent folder; unreadable files are warned about and
-    left out. Raises `InputPathError` when fewer than two classes remain."""
-    reporter = reporter or SilentReporter()
+@dataclass(frozen=True)
+class LabelledImages:
+    pixels: torch.Tensor
+    """uint8 (N, H, W, C) at the model's input size."""
+    labels: torch.Tensor
+    """int64 (N,); `classes[labels[i]]` is the folder name (or, for unlabelled data, the file)."""
+    classes: list[str]
+    paths: list[str]
+
+
+def _decoded_batches(root: Path, prep: Preprocessing, *, batch_size: int, workers: int | None, pin_memory: bool,
+                     reporter: Reporter, need_classes: bool) -> Iterator[tuple[torch.Tensor, list[str], list[str]]]:
+    """Decoded pixels with the folder name and path of each good file; bad files are warned about and left out."""
     scanned = scan([root])
-    _require_classes(root, {f.label for f in scanned.files})
+    if need_classes:
+        _require_classes(root, {f.label for f in scanned.files})
+    elif not scanned.files:
+        raise InputPathError(f"no images under {root}")
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
-    loader = make_loader([Work(f, None) for f in scanned.files], embedder.model.preprocessing,
-                         batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                         max_pixels=100_000_000, pin_memory=embedder.pin_memory)
-    reporter.start("embedding", len(scanned.files))
-    vectors, names, paths = [], [], []
+    loader = make_loader([Work(f, None) for f in scanned.files], prep, batch_size=batch_size,
+                         workers=default_workers() if workers is None else workers, max_pixels=100_000_000,
+                         pin_memory=pin_memory)
+    reporter.start("decoding", len(scanned.files))
     for batch in loader:
         for item in batch.items:
             if item.error is not None:
                 reporter.warn(item.work.file.path, item.error)
-            else:
-                names.append(item.work.file.label)
-                paths.append(item.work.file.path)
-        if len(batch.pixels):
-            vectors.append(embedder.embed(batch.pixels))
+        good = batch.ok
+        yield batch.pixels, [item.work.file.label for item in good], [item.work.file.path for item in good]
         reporter.advance(len(batch.items))
+
+
+def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
+                          reporter: Reporter | None = None) -> LabelledEmbeddings:
+    """Embed every image under `root`, labelled by its parent folder. Raises `InputPathError` when fewer
+    than two classes remain."""
+    vectors, names, paths = [], [], []
+    for pixels, batch_names, batch_paths in _decoded_batches(
+            root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,
+            pin_memory=embedder.pin_memory, reporter=reporter or SilentReporter(), need_classes=True):
+        if len(pixels):
+            vectors.append(embedder.embed(pixels))
+        names += batch_names
+        paths += batch_paths
+    classes, labels = _class_labels(root, names)
+    return LabelledEmbeddings(np.concatenate(vectors), labels.numpy(), classes, paths)
+
+
+def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bool = False, workers: int | None = None,
+                         reporter: Reporter | None = None) -> LabelledImages:
+    """Decode every image under `root` into memory for training. Labels come from the parent folders, or with
+    `self_supervised` every image is its own class (any folder layout)."""
+    chunks, names, paths = [], [], []
+    for pixels, batch_names, batch_paths in _decoded_batches(
+            root, prep, batch_size=64, workers=workers, pin_memory=False,
+            reporter=reporter or SilentReporter(), need_classes=not self_supervised):
+        chunks.append(pixels)
+        names += batch_names
+        paths += batch_paths
+    if self_supervised:
+        if len(paths) < 2:
+            raise InputPathError(f"{root} needs at least two readable images (found {len(paths)})")
+        return LabelledImages(torch.cat(chunks), torch.arange(len(paths)), list(paths), paths)
+    classes, labels = _class_labels(root, names)
+    return LabelledImages(torch.cat(chunks), labels, classes, paths)
+
+
+def _class_labels(root: Path, names: list[str]) -> tuple[list[str], torch.Tensor]:
     classes = sorted(set(names))
     _require_classes(root, set(classes))
     index_of = {name: i for i, name in enumerate(classes)}
-    return LabelledEmbeddings(np.concatenate(vectors), np.array([index_of[n] for n in names]), classes, paths)
+    return classes, torch.tensor([index_of[n] for n in names], dtype=torch.long)
 
 
 def _require_classes(root: Path, classes: set[str]) -> None:

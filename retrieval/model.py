@@ -25,11 +25,13 @@ from torch import nn
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from retrieval.errors import ModelError
 from retrieval.images import Preprocessing
+from retrieval.losses.pairwise import PairwiseHead
 
 FORMAT_VERSION = 1
 PRETRAINED_WEIGHTS = "imagenet"
 FILE_WEIGHTS = "file"
 PRETRAINED_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
+DEFAULT_MODEL_FILE = Path(__file__).resolve().parent / "weights" / "photo-default.safetensors"
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,19 @@ class ModelSpec:
     head: str = "identity"
     backbone_weights: str = FILE_WEIGHTS
     backbone_options: dict[str, object] = field(default_factory=dict)
+    pair_head: bool = False
+    """Whether the model carries a pairwise head `sigmoid(w.|h1-h2| + b)` that scores pairs of embeddings."""
 
     def to_json(self) -> str:
-        return json.dumps({
+        data: dict[str, object] = {
             "format": FORMAT_VERSION, "name": self.name, "backbone": self.backbone,
             "backbone_weights": self.backbone_weights, "backbone_options": self.backbone_options,
             "head": self.head, "embedding_dim": self.embedding_dim,
             "preprocessing": self.preprocessing.to_dict(),
-        }, sort_keys=True)
+        }
+        if self.pair_head:
+            data["pair_head"] = True
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
@@ -61,7 +68,8 @@ class ModelSpec:
             return cls(name=data["name"], backbone=data["backbone"], embedding_dim=int(data["embedding_dim"]),
                        preprocessing=Preprocessing.from_dict(data["preprocessing"]), head=data["head"],
                        backbone_weights=data["backbone_weights"],
-                       backbone_options=dict(data.get("backbone_options", {})))
+                       backbone_options=dict(data.get("backbone_options", {})),
+                       pair_head=bool(data.get("pair_head", False)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model spec: {exc}") from exc
 
@@ -106,6 +114,7 @@ class EmbeddingModel(nn.Module):
         self.spec = spec
         self.backbone = backbone
         self.head = head
+        self.pair_head = PairwiseHead(spec.embedding_dim) if spec.pair_head else None
         self._hash: str | None = None
 
     @property
@@ -123,6 +132,13 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone(self.normalise_input(pixels))).float(), dim=1)
+
+    def pair_probability(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
+        """The pairwise head's probability that embeddings `first` and `second` show the same thing (None
+        for a model trained without one)."""
+        if self.pair_head is None:
+            return None
+        return self.pair_head.score(first, second)
 
     @property
     def content_hash(self) -> str:
@@ -197,5 +213,9 @@ def load_model(path: Path) -> EmbeddingModel:
 
 
 def load_default_model() -> EmbeddingModel:
-    """The model `simsearch index` uses for a new index."""
-    return load_pretrained_backbone_model()
+    """The model `simsearch index` uses for a new index: the shipped triplet-trained photo model.
+
+    Its head was trained by `benchmarks/train_default_photo_model.py`; the command, seed and
+    validation figures are recorded in `photo-default.json` beside the weights.
+    """
+    return load_model(DEFAULT_MODEL_FILE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,13 @@ from PIL import Image
 from conftest import REPO, save_tiny_model, tiny_spec
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0, imagenet_classifier, load_imagenet_weights
 from retrieval.errors import ModelError
-from retrieval.model import build_model, load_default_model, load_model
+from retrieval.model import (
+    DEFAULT_MODEL_FILE,
+    build_model,
+    load_default_model,
+    load_model,
+    load_pretrained_backbone_model,
+)
 
 
 def test_round_trip_keeps_outputs_and_hash(tmp_path: Path) -> None:
@@ -28,11 +35,21 @@ def test_round_trip_keeps_outputs_and_hash(tmp_path: Path) -> None:
     assert load_model(save_tiny_model(tmp_path / "other.safetensors", seed=4)).content_hash != model.content_hash
 
 
-def test_default_model_file_holds_no_backbone_copy(tmp_path: Path) -> None:
+def test_shipped_default_model_is_the_recorded_trained_head(tmp_path: Path) -> None:
     model = load_default_model()
+    record = json.loads(DEFAULT_MODEL_FILE.with_suffix(".json").read_text())
+    assert model.content_hash == record["content_hash"]
+    assert model.spec.head == "linear" and model.embedding_dim == 128
+    assert DEFAULT_MODEL_FILE.stat().st_size < 2_000_000
     model.save(tmp_path / "default.safetensors")
-    assert (tmp_path / "default.safetensors").stat().st_size < 10_000
     assert load_model(tmp_path / "default.safetensors").content_hash == model.content_hash
+
+
+def test_pretrained_backbone_file_holds_no_backbone_copy(tmp_path: Path) -> None:
+    model = load_pretrained_backbone_model()
+    model.save(tmp_path / "pretrained.safetensors")
+    assert (tmp_path / "pretrained.safetensors").stat().st_size < 10_000
+    assert load_model(tmp_path / "pretrained.safetensors").content_hash == model.content_hash
 
 
 def test_not_a_model_file_is_a_model_error(tmp_path: Path) -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
+from retrieval.images import decode_image
 from retrieval.training.augment import RandomAffine
 
 
 def _preprocess(image: Image.Image) -> torch.Tensor:
     """The pipeline stated in the module docstring, written out with PIL and torch only."""
-    grey = image.convert(PREPROCESSING.color_mode).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling[RESAMPLE])
+    grey = image.convert("L").resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling[RESAMPLE])
     pixels = torch.from_numpy(np.asarray(grey, dtype=np.float32))
     return ((pixels - PIXEL_MEAN) / PIXEL_STD).unsqueeze(0)
 
@@ -24,13 +27,13 @@ def _character() -> Image.Image:
     return image
 
 
-def test_preprocessing_constants_match_the_dataclass() -> None:
-    assert (PREPROCESSING.input_size, PREPROCESSING.pixel_mean, PREPROCESSING.pixel_std) == (
-        INPUT_SIZE,
-        PIXEL_MEAN,
-        PIXEL_STD,
-    )
-    assert PREPROCESSING.resample == RESAMPLE and RESAMPLE in Image.Resampling.__members__
+def test_decoding_with_the_model_preprocessing_matches_the_documented_pipeline() -> None:
+    """A model file's preprocessing (what `simsearch` decodes with) gives what the benchmarks trained on."""
+    buffer = io.BytesIO()
+    _character().save(buffer, format="PNG")
+    decoded = torch.from_numpy(decode_image(buffer.getvalue(), PREPROCESSING).pixels).float()
+    assert decoded.shape == (INPUT_SIZE, INPUT_SIZE, 1)
+    assert torch.equal((decoded[..., 0] - PIXEL_MEAN) / PIXEL_STD, _preprocess(_character())[0])
 
 
 def test_preprocessing_makes_strokes_bright_on_zero_background() -> None:

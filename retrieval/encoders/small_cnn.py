@@ -11,27 +11,17 @@ convolutions and augmentation fills in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How raw images become the encoder's input tensor (see the module docstring)."""
-
-    input_size: int
-    pixel_mean: float
-    pixel_std: float
-    resample: str
-    color_mode: str = "L"
+from retrieval.images import Preprocessing
 
 
 INPUT_SIZE = 42
 PIXEL_MEAN = 255.0
 PIXEL_STD = -255.0
 RESAMPLE = "BILINEAR"
-PREPROCESSING = Preprocessing(INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, RESAMPLE)
+PREPROCESSING = Preprocessing(size=(INPUT_SIZE, INPUT_SIZE), mode="L", mean=PIXEL_MEAN, std=PIXEL_STD,
+                              resample=RESAMPLE.lower())
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -23,21 +23,7 @@ from retrieval.losses.triplet import TripletMarginLoss
 from retrieval.metrics import retrieval_scores
 from retrieval.miners import BatchHardMiner
 from retrieval.model import EmbeddingModel
-
-
-def view_augmentation(height: int, width: int) -> nn.Module:
-    """Views at the source resolution (where real edits happen, and cheap); resizing to the model's input
-    size comes after."""
-    import kornia.augmentation as K
-
-    return nn.Sequential(
-        K.RandomResizedCrop((height, width), scale=(0.5, 1.0), ratio=(0.75, 1.33)),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(0.3, 0.3, 0.3, 0.03, p=0.8),
-        K.RandomGaussianBlur((5, 5), (0.1, 1.5), p=0.3),
-        K.RandomRotation(10.0, p=0.5),
-        K.RandomJPEG(jpeg_quality=(30.0, 90.0), p=0.5),
-    )
+from retrieval.training.views import photo_views
 
 
 @torch.inference_mode()
@@ -46,7 +32,7 @@ def view_features(model: EmbeddingModel, images: Tensor, views: int, batch_size:
     """Backbone features (N, 1 + views, F) of each uint8 image (N, H, W, 3): the plain image resized, then
     `views` augmented views."""
     prep = model.preprocessing
-    augment = view_augmentation(images.shape[1], images.shape[2])
+    augment = photo_views(images.shape[1], images.shape[2])
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):

@@ -38,9 +38,19 @@ class PKSampler:
 
     def _next_classes(self) -> list[int]:
         while len(self._queue) < self.classes_per_batch:
-            self._queue.extend(self._rng.permutation(len(self._members)).tolist())
+            fresh = self._rng.permutation(len(self._members)).tolist()
+            pending = set(self._queue)
+            self._queue.extend([c for c in fresh if c not in pending] + [c for c in fresh if c in pending])
         picked, self._queue = self._queue[: self.classes_per_batch], self._queue[self.classes_per_batch :]
         return picked
+
+    def state_dict(self) -> dict[str, object]:
+        """The random state and the classes still queued, so a resumed run draws the same batches."""
+        return {"rng": self._rng.bit_generator.state, "queue": list(self._queue)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._queue = list(state["queue"])  # type: ignore[call-overload]
 
     def next_batch(self) -> Tensor:
         """Indices of one batch, grouped by class (K consecutive entries per class)."""

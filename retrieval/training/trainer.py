@@ -1,10 +1,9 @@
-"""A small metric-learning trainer: P x K batches, a wall-time or step budget, best-checkpoint keeping.
+"""A small metric-learning trainer: P x K batches, a wall-time or step budget, best-checkpoint keeping, resume.
 
-Nothing here knows about a particular dataset: it gets uint8 images and integer labels,
-a ``preprocess`` that turns a uint8 batch into the model's float input, an optional
-``augment`` on that float batch, an objective mapping (embeddings, labels) to a
-:class:`~retrieval.losses.LossOutput`, and a ``validate`` callback scoring the model
-(higher is better).
+Nothing here knows about a particular dataset: it gets uint8 images (or cached features) and integer labels,
+a ``preprocess`` that turns a batch of them into the model's float input, an optional ``augment`` on that
+float batch, an objective mapping (embeddings, labels) to a :class:`~retrieval.losses.LossOutput`, and a
+``validate`` callback scoring the model (higher is better).
 """
 
 from __future__ import annotations
@@ -12,18 +11,29 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from retrieval.errors import SimsearchError
 from retrieval.training.sampler import PKSampler
 
 Validate = Callable[[nn.Module], float]
+StepCallback = Callable[[int, float, float], None]
+"""Called after every step with (step, loss, active fraction)."""
+EpochCallback = Callable[["EpochRecord"], None]
+
+CHECKPOINT_FORMAT = 1
 
 
 class TrainingBudgetError(ValueError):
     """Neither a time nor a step budget was given."""
+
+
+class CheckpointError(SimsearchError):
+    """A checkpoint cannot be read, or was written for another model or data."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,21 @@ def _state_copy(model: nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
 
+def _generators(owner: object, depth: int = 3) -> list[torch.Generator]:
+    """The private random generators of miners and augmentations (found in their attributes and submodules),
+    saved so that a resumed run continues them."""
+    if isinstance(owner, torch.Generator):
+        return [owner]
+    if isinstance(owner, list):
+        return [g for item in owner for g in _generators(item, depth)]
+    if depth == 0 or isinstance(owner, Tensor) or not hasattr(owner, "__dict__"):
+        return []
+    children = list(vars(owner).values())
+    if isinstance(owner, nn.Module):
+        children += list(owner.children())
+    return [g for child in children for g in _generators(child, depth - 1)]
+
+
 class Trainer:
     def __init__(
         self,
@@ -86,6 +111,8 @@ class Trainer:
         augment: Callable[[Tensor], Tensor] | None = None,
         validate: Validate | None = None,
         log: Callable[[str], None] | None = None,
+        on_step: StepCallback | None = None,
+        on_epoch: EpochCallback | None = None,
     ) -> None:
         if config.max_seconds is None and config.max_steps is None:
             raise TrainingBudgetError("set max_seconds, max_steps or both")
@@ -101,9 +128,22 @@ class Trainer:
         self.validate = validate
         self.config = config
         self.log = log
+        self.on_step = on_step
+        self.on_epoch = on_epoch
         self.sampler = PKSampler(labels, config.classes_per_batch, config.images_per_class, seed=config.seed)
-        params = list(self.model.parameters()) + list(self.objective.parameters())
+        params = [p for p in list(self.model.parameters()) + list(self.objective.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.epoch = 0
+        self.seconds = 0.0
+        self.history: list[EpochRecord] = []
+        self.best_state = _state_copy(self.model)
+        self.best_objective_state = _state_copy(self.objective)
+        self.best_score: float | None = None
+        self.best_epoch = 0
+        self.tag = ""
+        """Names the data and settings; a checkpoint with another tag is refused."""
+        torch.manual_seed(config.seed)
 
     def _progress(self, step: int, elapsed: float) -> float:
         fractions = []
@@ -142,50 +182,114 @@ class Trainer:
         self.model.train()
         return score
 
-    def fit(self) -> TrainResult:
-        """Train until the budget is spent, validating every epoch; the model ends with the best weights."""
-        torch.manual_seed(self.config.seed)
+    def fit(self, checkpoint: Path | None = None) -> TrainResult:
+        """Train until the budget is spent, validating every epoch; model and objective end with the best weights.
+
+        With ``checkpoint``, the whole training state is written there after every epoch, so that
+        :meth:`resume` followed by ``fit`` continues where an interrupted run stopped.
+        """
         self.model.train()
         self.objective.train()
-        start = time.perf_counter()
-        best_state, best_score, best_epoch = _state_copy(self.model), None, 0
-        history: list[EpochRecord] = []
-        step, epoch, done = 0, 0, False
+        start = time.perf_counter() - self.seconds
+        done = False
         while not done:
-            epoch += 1
             losses, actives, lr = [], [], self.config.lr
             for _ in range(self.config.steps_per_epoch):
-                progress = self._progress(step, time.perf_counter() - start)
+                progress = self._progress(self.step, time.perf_counter() - start)
                 if progress >= 1.0:
                     done = True
                     break
-                lr = self._lr(step, progress)
+                lr = self._lr(self.step, progress)
                 loss, active = self._train_step(lr)
                 losses.append(loss)
                 actives.append(active)
-                step += 1
+                self.step += 1
+                if self.on_step is not None:
+                    self.on_step(self.step, loss, active)
             if not losses:
                 break
-            score = self._score()
-            record = EpochRecord(
-                epoch=epoch,
-                step=step,
-                seconds=time.perf_counter() - start,
-                lr=lr,
-                loss=sum(losses) / len(losses),
-                active_fraction=sum(actives) / len(actives),
-                val_score=score,
-            )
-            history.append(record)
-            if self.log is not None:
-                self.log(_format_record(record))
-            if score is None or best_score is None or score >= best_score:
-                best_state, best_score, best_epoch = _state_copy(self.model), score, epoch
-        self.model.load_state_dict(best_state)
-        return TrainResult(best_state, best_score, best_epoch, step, time.perf_counter() - start, history)
+            self.epoch += 1
+            self._end_epoch(losses, actives, lr, time.perf_counter() - start)
+            if checkpoint is not None:
+                self.save_checkpoint(checkpoint)
+        self.model.load_state_dict(self.best_state)
+        self.objective.load_state_dict(self.best_objective_state)
+        return TrainResult(self.best_state, self.best_score, self.best_epoch, self.step, self.seconds, self.history)
+
+    def _end_epoch(self, losses: list[float], actives: list[float], lr: float, seconds: float) -> None:
+        score = self._score()
+        self.seconds = seconds
+        record = EpochRecord(epoch=self.epoch, step=self.step, seconds=seconds, lr=lr,
+                             loss=sum(losses) / len(losses), active_fraction=sum(actives) / len(actives),
+                             val_score=score)
+        self.history.append(record)
+        if self.log is not None:
+            self.log(format_record(record))
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        if score is None or self.best_score is None or score >= self.best_score:
+            self.best_state, self.best_score, self.best_epoch = _state_copy(self.model), score, self.epoch
+            self.best_objective_state = _state_copy(self.objective)
+
+    def state_dict(self) -> dict[str, object]:
+        """Everything a resumed run needs: weights, optimiser moments, progress, best weights, random states."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "tag": self.tag,
+            "model": _state_copy(self.model),
+            "objective": _state_copy(self.objective),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step, "epoch": self.epoch, "seconds": self.seconds,
+            "history": [asdict(record) for record in self.history],
+            "best_state": self.best_state, "best_objective_state": self.best_objective_state,
+            "best_score": self.best_score, "best_epoch": self.best_epoch,
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generators": [g.get_state() for g in _generators([self.objective, self.augment])],
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"unsupported checkpoint format {state.get('format')!r}")
+        if state.get("tag") != self.tag:
+            raise CheckpointError("the checkpoint was written for other data or other training settings")
+        try:
+            self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+            self.objective.load_state_dict(state["objective"])  # type: ignore[arg-type]
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit this model: {exc}") from exc
+        generators = _generators([self.objective, self.augment])
+        saved = state["generators"]
+        if len(saved) != len(generators):  # type: ignore[arg-type]
+            raise CheckpointError("the checkpoint was written with another loss or augmentation")
+        for generator, generator_state in zip(generators, saved, strict=True):  # type: ignore[call-overload]
+            generator.set_state(generator_state)
+        self.step, self.epoch, self.seconds = int(state["step"]), int(state["epoch"]), float(state["seconds"])
+        self.history = [EpochRecord(**record) for record in state["history"]]  # type: ignore[union-attr]
+        self.best_state = state["best_state"]  # type: ignore[assignment]
+        self.best_objective_state = state["best_objective_state"]  # type: ignore[assignment]
+        self.best_score = state["best_score"]  # type: ignore[assignment]
+        self.best_epoch = int(state["best_epoch"])
+        self.sampler.load_state_dict(state["sampler"])  # type: ignore[arg-type]
+        torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write atomically, so a run killed while saving still leaves the previous epoch's checkpoint."""
+        partial = path.with_name(path.name + ".partial")
+        torch.save(self.state_dict(), partial)
+        partial.replace(path)
+
+    def resume(self, path: Path) -> None:
+        """Load a checkpoint written by :meth:`save_checkpoint` (tensors and plain values only, no unpickling)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        self.load_state_dict(state)
 
 
-def _format_record(record: EpochRecord) -> str:
+def format_record(record: EpochRecord) -> str:
     val = "-" if record.val_score is None else f"{record.val_score:.4f}"
     return (
         f"epoch {record.epoch:3d} step {record.step:6d} {record.seconds:7.1f}s lr {record.lr:.2e} "

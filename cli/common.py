@@ -1,0 +1,47 @@
+"""What every command shares: the consoles, exit codes, one-line errors, model and path arguments."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from retrieval.model import EmbeddingModel
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXIT_PARTIAL = 1
+EXIT_ERROR = 2
+
+IndexOption = Annotated[Optional[Path], typer.Option(
+    "--index", help="Index directory (default: $SIMSEARCH_INDEX, else .simsearch/ here or in a parent).")]
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error[/]: {escape(message)}", soft_wrap=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def model_from_argument(value: str) -> "EmbeddingModel":
+    """`default` (the shipped photo model), `pretrained` (raw ImageNet backbone features) or a model file."""
+    from retrieval import model as models
+
+    if value == "default":
+        return models.load_default_model()
+    if value == "pretrained":
+        return models.load_pretrained_backbone_model()
+    return models.load_model(Path(value))
+
+
+def shown_path(path: str) -> str:
+    """A path relative to the working directory when it lies below it, else as stored."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+

@@ -1,0 +1,41 @@
+"""Batched random views (kornia, on the training device) that make the positives of metric learning.
+
+Both pipelines take float (B, C, H, W) batches in [0, 1] and keep their size.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def photo_views(height: int, width: int, channels: int = 3) -> nn.Module:
+    """The edits near-duplicates of a photo carry: random resized crop, flip, colour jitter, blur, small
+    rotation and JPEG re-compression. Grey (one-channel) batches get brightness and contrast jitter and no
+    JPEG step, both of which kornia implements for colour only."""
+    import kornia.augmentation as K
+
+    colour = channels == 3
+    layers: list[nn.Module] = [
+        K.RandomResizedCrop((height, width), scale=(0.5, 1.0), ratio=(0.75, 1.33)),
+        K.RandomHorizontalFlip(),
+        K.ColorJitter(0.3, 0.3, 0.3 if colour else 0.0, 0.03 if colour else 0.0, p=0.8),
+        K.RandomGaussianBlur((5, 5), (0.1, 1.5), p=0.3),
+        K.RandomRotation(10.0, p=0.5),
+    ]
+    if colour:
+        layers.append(K.RandomJPEG(jpeg_quality=(30.0, 90.0), p=0.5))
+    return nn.Sequential(*layers)
+
+
+def stroke_views(self_supervised: bool = False) -> nn.Module:
+    """Koch et al.'s affine distortions for drawings and characters: rotation, shear, scale and shift, with the
+    border (paper) colour filled in. Stronger, plus blur, when the positives are views of one image."""
+    import kornia.augmentation as K
+
+    strength = 2.0 if self_supervised else 1.0
+    layers: list[nn.Module] = [K.RandomAffine(degrees=10.0 * strength, translate=(0.1 * strength, 0.1 * strength),
+                                              scale=(1 - 0.2 * strength, 1 + 0.2 * strength),
+                                              shear=15.0 * strength, padding_mode="border", p=1.0)]
+    if self_supervised:
+        layers.append(K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.5))
+    return nn.Sequential(*layers)
