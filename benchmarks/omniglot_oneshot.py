@@ -11,6 +11,7 @@ evaluation set, and appends one JSON line to ``benchmarks/results/omniglot.jsonl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from retrieval.datasets.omniglot import CharacterSet, load_characters, load_lake_runs
-from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, RESAMPLE, SmallCNN
+from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
 from retrieval.evaluation import (
     Embedder,
     Estimate,
@@ -34,12 +35,13 @@ from retrieval.evaluation import (
     make_embedder,
     sample_episodes,
 )
+from retrieval.model import ModelSpec, build_model
 from retrieval.training import RandomAffine, Trainer, TrainerConfig, build_objective
 from retrieval.training.trainer import Validate
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = BENCH_DIR / "results" / "omniglot.jsonl"
-MODEL_FILE = BENCH_DIR / ".cache" / "omniglot_small_cnn.pt"
+MODEL_DIR = BENCH_DIR / ".cache"
 COMPARED = (
     ("triplet", "random"),
     ("triplet", "semihard"),
@@ -227,14 +229,19 @@ def record(args: argparse.Namespace, rows: list[RunFigures]) -> None:
         handle.write(json.dumps(line) + "\n")
 
 
-def save_model(model: SmallCNN, args: argparse.Namespace, log: Log) -> None:
-    """Save the state dict, but only for the input size that ``small_cnn.PREPROCESSING`` documents."""
-    if args.size != INPUT_SIZE:
-        log(f"not saved: --size {args.size} differs from small_cnn.INPUT_SIZE {INPUT_SIZE}")
-        return
-    MODEL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), MODEL_FILE)
-    log(f"saved {MODEL_FILE}")
+def save_model(model: SmallCNN, args: argparse.Namespace, loss: str, mining: str, log: Log) -> None:
+    """Save as a simsearch model file, so `simsearch eval MODEL .../all_runs.zip` and `simsearch index` take it."""
+    prep = dataclasses.replace(PREPROCESSING, size=(args.size, args.size))
+    spec = ModelSpec(name=f"omniglot-small-cnn-{loss}-{mining}", backbone="small-cnn", embedding_dim=args.embedding_dim,
+                     preprocessing=prep, head="identity",
+                     backbone_options={"channels": [int(c) for c in args.channels.split(",")],
+                                       "embedding_bn": not args.no_embedding_bn})
+    wrapped = build_model(spec)
+    wrapped.backbone.load_state_dict(model.state_dict())
+    path = MODEL_DIR / f"{spec.name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped.save(path)
+    log(f"saved {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"== {loss} {mining} ({args.minutes} min)")
         model, figures = train_one(args, loss, mining, log)
         rows.append(figures)
-        if not args.compare_losses and not args.no_save:
-            save_model(model, args, log)
+        if not args.no_save:
+            save_model(model, args, loss, figures.mining, log)
     print_table(rows)
     log(f"total wall time {time.perf_counter() - started:.0f} s")
     if not args.no_record:

@@ -119,7 +119,7 @@ app.command("train")(train_command)
 @app.command("eval")
 def eval_command(
     model_name: Annotated[str, typer.Argument(metavar="MODEL", help="Model file, `default` or `pretrained`.")],
-    data: Annotated[Path, typer.Argument(help="Folder of class subfolders.")],
+    data: Annotated[Path, typer.Argument(help="Folder of class subfolders, or Lake's one-shot runs (all_runs.zip).")],
     way: Annotated[int, typer.Option(min=2, help="Classes per few-shot episode.")] = 20,
     shot: Annotated[int, typer.Option(min=1, help="Support images per class.")] = 1,
     episodes: Annotated[int, typer.Option(min=1, help="Episodes to draw.")] = 400,
@@ -129,16 +129,20 @@ def eval_command(
     device: Annotated[Optional[str], typer.Option(help="torch device.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Score MODEL on DATA: N-way K-shot accuracy, verification ROC AUC, recall@k, precision@1, MAP@R."""
+    """Score MODEL on DATA: N-way K-shot accuracy, verification ROC AUC, recall@k, precision@1, MAP@R; or, on
+    Lake's all_runs.zip, the 20-way within-alphabet one-shot accuracy of its 400 trials."""
     from indexer.labelled import embed_labelled_folder
+    from retrieval.datasets.omniglot import is_lake_runs_zip
     from retrieval.embedding import Embedder, pick_device
     from retrieval.evaluation.labelled import evaluate_labelled
 
     from cli.progress import RichReporter
 
     try:
+        if data.is_file() and is_lake_runs_zip(data):
+            return lake_eval(model_name, data, device, as_json)
         if not data.is_dir():
-            raise fail(f"not a folder: {data}")
+            raise fail(f"not a folder of class subfolders nor a Lake all_runs.zip: {data}")
         embedder = Embedder(model_from_argument(model_name), pick_device(device))
         with RichReporter(err) as reporter:
             found = embed_labelled_folder(embedder, data, workers=workers, reporter=reporter)
@@ -166,6 +170,28 @@ def eval_command(
     for name, (value, ci) in figures.items():
         table.add_row(name, f"{value:.4f}" + (f" ± {ci:.4f} (95 %)" if ci is not None else ""))
     out.print(table)
+
+
+def lake_eval(model_name: str, runs_zip: Path, device: Optional[str], as_json: bool) -> None:
+    """Lake et al.'s one-shot runs: each query image against the 20 support images of its run."""
+    import torch
+
+    from retrieval.datasets.omniglot import read_lake_runs
+    from retrieval.embedding import Embedder, pick_device
+    from retrieval.evaluation.lake import lake_oneshot_accuracy
+    from retrieval.images import decode_image
+
+    embedder = Embedder(model_from_argument(model_name), pick_device(device))
+    prep = embedder.model.preprocessing
+    runs = read_lake_runs(runs_zip, lambda png: decode_image(png, prep).pixels)
+    accuracy = lake_oneshot_accuracy(lambda images: torch.from_numpy(embedder.embed(images)), runs)
+    name = f"Lake 20-way within-alphabet one-shot accuracy ({accuracy.n} trials)"
+    if as_json:
+        sys.stdout.write(json.dumps({"model": embedder.content_hash, "data": str(runs_zip), "trials": accuracy.n,
+                                     "figures": {name: {"value": accuracy.mean, "ci95": accuracy.ci95}}},
+                                    indent=2) + "\n")
+        return
+    out.print(f"{escape(name)}: {accuracy.mean:.4f} ± {accuracy.ci95:.4f} (95 %)")
 
 
 def main() -> None:

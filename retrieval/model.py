@@ -91,7 +91,7 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:
         net = SmallCNN(in_channels=spec.preprocessing.channels,
                        embedding_dim=int(options.get("out_dim", spec.embedding_dim)),  # type: ignore[arg-type]
                        channels=tuple(options.get("channels", (64, 64, 64, 64))),  # type: ignore[arg-type]
-                       input_size=width)
+                       input_size=width, embedding_bn=bool(options.get("embedding_bn", True)))
         return net, net.embedding_dim
     raise ModelError(f"unknown backbone {spec.backbone!r}")
 

@@ -132,3 +132,32 @@ def test_eval_scores_a_labelled_folder(tmp_path: Path, tiny_model_file: Path) ->
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "only" / "a.png")
     assert_one_line_error(invoke("eval", str(tiny_model_file), "one", "--workers", "0", cwd=tmp_path),
                           "at least two class subfolders")
+
+
+def test_eval_reads_lake_one_shot_runs_zip(tmp_path: Path, tiny_model_file: Path) -> None:
+    """Lake's layout: runNN/class_labels.txt maps each test image to its training image."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    def png(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.effect_noise((32, 32), 40 + seed).convert("RGB").rotate(seed * 7).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    with zipfile.ZipFile(tmp_path / "all_runs.zip", "w") as archive:
+        for run in range(1, 21):
+            lines = []
+            for trial in range(3):
+                image = png(run * 10 + trial)
+                archive.writestr(f"run{run:02d}/training/class{trial}.png", image)
+                archive.writestr(f"run{run:02d}/test/item{trial}.png", image)
+                lines.append(f"run{run:02d}/test/item{trial}.png run{run:02d}/training/class{(trial + 1) % 3}.png")
+            archive.writestr(f"run{run:02d}/class_labels.txt", "\n".join(lines) + "\n")
+    result = invoke("eval", str(tiny_model_file), "all_runs.zip", "--json", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)["figures"]
+    (name, value), = figures.items()
+    assert "Lake 20-way" in name and "60 trials" in name
+    assert value["value"] == 0.0, "each query is identical to a support image that is not its answer"

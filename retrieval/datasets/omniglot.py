@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -140,27 +141,42 @@ def load_characters(split: Split, size: int, resample: str = "BILINEAR", root: P
     return _load_characters(omniglot_file(f"images_{split}.zip", root), size, resample)
 
 
-@lru_cache(maxsize=4)
-def _load_lake_runs(path: Path, size: int, resample: str) -> tuple[LakeRun, ...]:
+def is_lake_runs_zip(path: Path) -> bool:
+    """Whether `path` is a zip in the layout of Lake's `all_runs.zip` (run01/class_labels.txt ...)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "run01/class_labels.txt" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def read_lake_runs(path: Path, decode: Callable[[bytes], np.ndarray]) -> tuple[LakeRun, ...]:
+    """The 20 runs of a Lake `all_runs.zip`, each image decoded by `decode` (PNG bytes -> uint8 array)."""
     runs = []
     with zipfile.ZipFile(path) as archive:
         for run in range(1, LAKE_RUNS + 1):
             prefix = f"run{run:02d}"
-            pairs = [line.split() for line in archive.read(f"{prefix}/class_labels.txt").decode().splitlines()]
-            pairs = [p for p in pairs if p]
-            support_names = sorted({support for _, support in pairs})
+            try:
+                listing = archive.read(f"{prefix}/class_labels.txt").decode()
+            except KeyError as exc:
+                raise DatasetFormatError(f"{path} has no {prefix}/class_labels.txt") from exc
+            pairs = [line.split() for line in listing.splitlines() if line.strip()]
+            support_names = sorted({p[1] for p in pairs if len(p) == 2})
             if any(len(p) != 2 for p in pairs) or len(support_names) != len(pairs):
                 raise DatasetFormatError(f"{prefix}/class_labels.txt is not a one-to-one query/support list")
             runs.append(
                 LakeRun(
-                    support=torch.from_numpy(
-                        np.stack([decode_png(archive.read(n), size, resample) for n in support_names])
-                    ),
-                    queries=torch.from_numpy(np.stack([decode_png(archive.read(q), size, resample) for q, _ in pairs])),
+                    support=torch.from_numpy(np.stack([decode(archive.read(n)) for n in support_names])),
+                    queries=torch.from_numpy(np.stack([decode(archive.read(q)) for q, _ in pairs])),
                     answers=torch.tensor([support_names.index(s) for _, s in pairs], dtype=torch.long),
                 )
             )
     return tuple(runs)
+
+
+@lru_cache(maxsize=4)
+def _load_lake_runs(path: Path, size: int, resample: str) -> tuple[LakeRun, ...]:
+    return read_lake_runs(path, lambda data: decode_png(data, size, resample))
 
 
 def load_lake_runs(size: int, resample: str = "BILINEAR", root: Path | None = None) -> tuple[LakeRun, ...]:
