@@ -11,7 +11,7 @@ costs a scan and a few queries, not a model load.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from indexer.hashing import hash_file
@@ -29,6 +29,7 @@ from indexer.scan import ScannedFile, ScanResult, scan, stat_file
 from retrieval.errors import InputPathError, ModelMismatchError
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import SimilarityIndex
+from retrieval.store.queries import images_under
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ImageRecord, IndexState, VectorRecord, utcnow
 
 if TYPE_CHECKING:
@@ -119,21 +120,13 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
         return _Target(lambda: requested, record.id, serving=False)
 
 
-def _under(roots: Iterable[str]) -> ColumnElement[bool]:
-    conditions = []
-    for root in roots:
-        prefix = root.rstrip("/") + "/"
-        conditions += [ImageRecord.path == root, func.substr(ImageRecord.path, 1, len(prefix)) == prefix]
-    return or_(*conditions)
-
-
 def _known_images(session: Session, roots: list[str], target_id: int, everything: bool) -> dict[str, KnownImage]:
     vector = aliased(VectorRecord)
     query = select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
                    ImageRecord.content_hash, ImageRecord.status, vector.model_id).outerjoin(
         vector, vector.id == ImageRecord.vector_id)
     if not everything:
-        query = query.where(_under(roots))
+        query = query.where(images_under(roots))
     return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
                                  row.model_id == target_id) for row in session.execute(query)}
 

@@ -27,3 +27,7 @@ class ModelMismatchError(SimsearchError):
 
 class InputPathError(SimsearchError):
     """A path given by the user does not exist or holds nothing usable."""
+
+
+class CalibrationError(SimsearchError):
+    """No usable threshold: no calibration for this model, or data that cannot calibrate one."""

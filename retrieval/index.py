@@ -141,14 +141,28 @@ class SimilarityIndex:
     def _rebuild(self, session: Session, state: IndexState) -> VectorIndex:
         if state.model is None:
             return VectorIndex.build(1, np.empty(0, np.int64), np.empty((0, 1), np.float32))
+        ids, data = self._served_vectors(session, state)
+        return VectorIndex.build(state.model.embedding_dim, ids, data)
+
+    @staticmethod
+    def _served_vectors(session: Session, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and rows of the vectors of the served model that some indexed image uses."""
+        assert state.model is not None
         served = exists().where(and_(ImageRecord.vector_id == VectorRecord.id, ImageRecord.status == STATUS_OK))
         rows = session.execute(
             select(VectorRecord.id, VectorRecord.data).where(VectorRecord.model_id == state.model_id, served)
         ).all()
-        dim = state.model.embedding_dim
         ids = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
-        data = np.frombuffer(b"".join(row.data for row in rows), dtype=np.float32).reshape(len(rows), dim)
-        return VectorIndex.build(dim, ids, data)
+        data = np.frombuffer(b"".join(row.data for row in rows), dtype=np.float32)
+        return ids, data.reshape(len(rows), state.model.embedding_dim)
+
+    def served_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and rows (float32, L2-normalised) of every vector an indexed image uses, from the database."""
+        with self.sessions() as session:
+            state = session.get(IndexState, 1)
+            if state is None or state.model is None:
+                raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
+            return self._served_vectors(session, state)
 
     def _save_vector_file(self, vectors: VectorIndex, generation: int) -> None:
         """Write the file for `generation` and drop older ones; a read-only index just skips it."""

@@ -15,11 +15,11 @@ from conftest import REPO
 runner = CliRunner()
 
 
-def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None):  # type: ignore[no-untyped-def]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
         patch.delenv("SIMSEARCH_INDEX", raising=False)
-        return runner.invoke(app, list(args), env=env)
+        return runner.invoke(app, list(args), env=env, input=input)
 
 
 def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ from retrieval.metrics import retrieval_scores
 from retrieval.model import FILE_WEIGHTS, EmbeddingModel, ModelSpec, build_model, pretrained_backbone_spec
 from retrieval.training.frozen_backbone import view_features
 from retrieval.training.objectives import LossName, MiningName, build_objective
-from retrieval.training.trainer import EpochCallback, StepCallback, Trainer, TrainerConfig, TrainResult
+from retrieval.training.trainer import EpochCallback, StepCallback, Trainer, TrainerConfig, TrainResult, Validate
 from retrieval.training.views import photo_views, stroke_views
 
 Backbone = Literal["small-cnn", "efficientnet-lite0"]
@@ -254,17 +254,31 @@ def _pixel_trainer(config: EncoderTraining, model: EmbeddingModel, pixels: Tenso
                    train_mask: Tensor, val_mask: Tensor, objective: nn.Module, trainer_config: TrainerConfig,
                    device: torch.device) -> Trainer:
     encoder = _PixelEncoder(model, _frozen_modules(model, config))
-    validate = None
-    if bool(val_mask.any()):
-        val_pixels, val_labels = _validation_pixels(config, pixels[val_mask], labels[val_mask])
-
-        def validate(module: nn.Module) -> float:
-            embedded = torch.cat([module(val_pixels[i:i + 256].to(device)).cpu()
-                                  for i in range(0, len(val_pixels), 256)])
-            return _recall_at_1(embedded, val_labels)
-
+    validate = _pixel_validator(config, pixels[val_mask], labels[val_mask], device) if bool(val_mask.any()) else None
     return Trainer(encoder, objective, pixels[train_mask], labels[train_mask], _to_unit, trainer_config,
                    augment=_views(config, pixels).to(device), validate=validate)
+
+
+def _pixel_validator(config: EncoderTraining, pixels: Tensor, labels: Tensor, device: torch.device) -> Validate:
+    val_pixels, val_labels = _validation_pixels(config, pixels, labels)
+
+    def validate(module: nn.Module) -> float:
+        embedded = torch.cat([module(val_pixels[i:i + 256].to(device)).cpu() for i in range(0, len(val_pixels), 256)])
+        return _recall_at_1(embedded, val_labels)
+
+    return validate
+
+
+def _features_validator(config: EncoderTraining, features: Tensor, labels: Tensor, device: torch.device) -> Validate:
+    """Plain-image features of held-out classes; self-supervised, each image's first view is its positive."""
+    per_image = 2 if config.self_supervised else 1
+    val_features = features[:, :per_image].flatten(0, 1)
+    val_labels = labels.repeat_interleave(per_image)
+
+    def validate(head: nn.Module) -> float:
+        return _recall_at_1(head(val_features.to(device)).cpu(), val_labels)
+
+    return validate
 
 
 def _frozen_backbone_trainer(config: EncoderTraining, model: EmbeddingModel, pixels: Tensor, labels: Tensor,
@@ -277,15 +291,8 @@ def _frozen_backbone_trainer(config: EncoderTraining, model: EmbeddingModel, pix
     features = view_features(model.to(device), pixels, config.views)
     rows = 1 + config.views
     flat_labels = labels.repeat_interleave(rows)
-    validate = None
-    if bool(val_mask.any()):
-        per_image = 2 if config.self_supervised else 1
-        val_features = features[val_mask][:, :per_image].flatten(0, 1)
-        val_labels = labels[val_mask].repeat_interleave(per_image)
-
-        def validate(head: nn.Module) -> float:
-            return _recall_at_1(head(val_features.to(device)).cpu(), val_labels)
-
+    validate = (_features_validator(config, features[val_mask], labels[val_mask], device) if bool(val_mask.any())
+                else None)
     train_rows = train_mask.repeat_interleave(rows)
     return Trainer(model.head, objective, features[train_mask].flatten(0, 1), flat_labels[train_rows],
                    lambda batch: batch, trainer_config, validate=validate)

@@ -1,0 +1,180 @@
+"""`simsearch verify` and `simsearch dedup`: same/different decisions at the calibrated threshold."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.common import EXIT_PARTIAL, IndexOption, err, fail, model_from_argument, out, shown_path
+from retrieval.errors import SimsearchError
+
+if TYPE_CHECKING:
+    from retrieval.collection import Collection
+    from retrieval.dedup import DuplicateGroup
+
+EXIT_DIFFERENT = 1
+
+ThresholdOption = Annotated[Optional[float], typer.Option(
+    min=0.0, max=4.0, help="Squared-L2 distance threshold (default: the model's calibrated one).")]
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", help="Model file, `default` or `pretrained` (default: the index's model).")]
+DeviceOption = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")]
+
+
+def open_for_decisions(index_dir: Optional[Path], model_name: Optional[str], device: Optional[str]) -> Collection:
+    from retrieval.collection import open_collection
+
+    model = model_from_argument(model_name) if model_name is not None else None
+    return open_collection(index_dir, model, device)
+
+
+def verify_command(
+    first: Annotated[Path, typer.Argument(metavar="A", help="An image file.")],
+    second: Annotated[Path, typer.Argument(metavar="B", help="Another image file.")],
+    threshold: ThresholdOption = None,
+    index_dir: IndexOption = None,
+    model_name: ModelOption = None,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Same or different? Exit code 0 for same, 1 for different, 2 for an error."""
+    try:
+        collection = open_for_decisions(index_dir, model_name, device)
+        verdict = collection.verify(first, second, threshold)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "a": str(first), "b": str(second), "same": verdict.same, "distance": round(verdict.distance, 6),
+            "threshold": verdict.threshold, "margin": round(verdict.margin, 6), "probability": verdict.probability,
+            "model": collection.model.content_hash,
+        }, indent=2) + "\n")
+    else:
+        probability = "" if verdict.probability is None else f", pairwise-head probability {verdict.probability:.3f}"
+        out.print(f"{'same' if verdict.same else 'different'}: distance {verdict.distance:.4f}, threshold "
+                  f"{verdict.threshold:.4f}, margin {verdict.margin:+.4f}{probability}")
+    if not verdict.same:
+        raise typer.Exit(EXIT_DIFFERENT)
+
+
+def dedup_command(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Index these first and look for duplicates among them only (default: the whole index).")] = None,
+    threshold: ThresholdOption = None,
+    index_dir: IndexOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print one CSV row per image.")] = False,
+    print0: Annotated[bool, typer.Option("--print0", help="Print the non-keepers NUL-separated (for xargs -0).")]
+    = False,
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read paths from stdin, one a line; write a JSON line "
+                                                        "for each, with `duplicate_of` when it matches.")] = False,
+    device: DeviceOption = None,
+) -> None:
+    """Near-duplicate groups, each with a suggested keeper (most pixels, then oldest, then shortest path).
+
+    Nothing is ever deleted: `--print0` lists the others so that `xargs -0 rm` stays your explicit choice.
+    """
+    if sum([as_json, as_csv, print0, stdin]) > 1:
+        raise fail("choose one of --json, --csv, --print0 and --stdin")
+    try:
+        if stdin:
+            if paths:
+                raise fail("--stdin reads the paths from stdin; give no PATH arguments")
+            return stream_duplicates(open_for_decisions(index_dir, None, device), threshold)
+        if paths:
+            index_first(paths, index_dir, device)
+        collection = open_for_decisions(index_dir, None, device)
+        groups = collection.dedup(threshold, paths or None)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    if print0:
+        sys.stdout.write("".join(other.path + "\0" for group in groups for other in group.others))
+    elif as_json:
+        sys.stdout.write(json.dumps([group_json(group) for group in groups], indent=2, ensure_ascii=False) + "\n")
+    elif as_csv:
+        write_csv(groups)
+    else:
+        print_groups(groups, collection.threshold(threshold))
+
+
+def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[str]) -> None:
+    from indexer.pipeline import IndexOptions, index_paths
+    from retrieval.index import create_index
+    from retrieval.locate import index_dir_for_writing
+
+    from cli.progress import RichReporter
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise fail(f"no such file or directory: {missing[0]}")
+    index = create_index(index_dir_for_writing(index_dir))
+    with RichReporter(err) as reporter:
+        summary = index_paths(index, paths, None, IndexOptions(device=device), reporter)
+    if summary.problems:
+        err.print(f"{summary.problems} files could not be indexed and are left out")
+
+
+def stream_duplicates(collection: Collection, threshold: Optional[float]) -> None:
+    failed = False
+    lines = (line.rstrip("\n") for line in sys.stdin)
+    for match in collection.stream_duplicates((line for line in lines if line.strip()), threshold):
+        failed = failed or match.error is not None
+        record = {"path": match.path, "duplicate_of": match.duplicate_of,
+                  "distance": None if match.distance is None else round(match.distance, 6)}
+        if match.error is not None:
+            record["error"] = match.error
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def group_json(group: DuplicateGroup) -> dict[str, object]:
+    return {
+        "keeper": {"path": group.keeper.path, "width": group.keeper.width, "height": group.keeper.height},
+        "duplicates": [{"path": other.path, "distance": round(distance, 6), "width": other.width,
+                        "height": other.height} for other, distance in zip(group.others, group.distances)],
+    }
+
+
+def write_csv(groups: list[DuplicateGroup]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["group", "role", "path", "distance", "width", "height"])
+    for number, group in enumerate(groups, 1):
+        writer.writerow([number, "keeper", group.keeper.path, 0.0, group.keeper.width, group.keeper.height])
+        for other, distance in zip(group.others, group.distances):
+            writer.writerow([number, "duplicate", other.path, round(distance, 6), other.width, other.height])
+
+
+def print_groups(groups: list[DuplicateGroup], threshold: float) -> None:
+    if not groups:
+        out.print(f"no near-duplicates at threshold {threshold:.4f}")
+        return
+    table = Table(title=f"{plural(len(groups), 'group')} at threshold {threshold:.4f}", title_justify="left")
+    for column in ("group", "role", "distance", "pixels", "path"):
+        table.add_column(column, justify="right" if column in ("group", "distance", "pixels") else "left")
+    for number, group in enumerate(groups, 1):
+        table.add_row(str(number), "keep", "", pixels(group.keeper.width, group.keeper.height),
+                      escape(shown_path(group.keeper.path)))
+        for other, distance in zip(group.others, group.distances):
+            table.add_row("", "duplicate", f"{distance:.4f}", pixels(other.width, other.height),
+                          escape(shown_path(other.path)))
+    out.print(table)
+    duplicates = sum(len(g.others) for g in groups)
+    err.print(f"{plural(duplicates, 'duplicate')} in {plural(len(groups), 'group')}; nothing was deleted "
+              "(`--print0 | xargs -0 rm` removes the duplicates)")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def pixels(width: int | None, height: int | None) -> str:
+    return f"{width}x{height}" if width and height else "?"

@@ -1,0 +1,181 @@
+"""The Python API: an index (or just a model) opened once, for queries and same/different decisions.
+
+    from retrieval import open_collection
+    photos = open_collection("~/Pictures/.simsearch")
+    photos.query(["new.jpg"], k=5)
+    photos.verify("a.jpg", "b.jpg").same
+    for group in photos.dedup():
+        print(group.keeper.path, [other.path for other in group.others])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from retrieval.calibration_store import StoredCalibration, latest_calibration
+from retrieval.dedup import DuplicateGroup, index_duplicates
+from retrieval.embedding import Embedder, pick_device
+from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError
+from retrieval.images import DEFAULT_MAX_PIXELS, decode_image
+from retrieval.index import SimilarityIndex, open_index
+from retrieval.locate import find_index_dir
+from retrieval.model import EmbeddingModel
+from retrieval.search import QueryResult, query_files
+
+
+@dataclass(frozen=True)
+class StreamMatch:
+    """One input of a streaming dedup: the image it duplicates (or None), or why it could not be read."""
+
+    path: str
+    duplicate_of: str | None
+    distance: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Same or different at `threshold`; `margin` is `threshold - distance` (positive on the "same" side)."""
+
+    same: bool
+    distance: float
+    threshold: float
+    margin: float
+    probability: float | None
+    """The pairwise head's probability of "same", for a model trained with one."""
+
+
+class Collection:
+    """An index directory with its model, or a bare model (then with an explicit threshold and no search)."""
+
+    def __init__(self, index: SimilarityIndex | None, model: EmbeddingModel | None = None,
+                 device: str | None = None) -> None:
+        if index is None and model is None:
+            raise IndexNotFoundError("a collection needs an index or a model")
+        self.index = index
+        self._model = model
+        self._device = device
+        self._embedder: Embedder | None = None
+
+    @property
+    def model(self) -> EmbeddingModel:
+        if self._model is None:
+            assert self.index is not None
+            self._model = self.index.load_model()
+        return self._model
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self.model, pick_device(self._device))
+        return self._embedder
+
+    def embed_files(self, paths: Sequence[Path | str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """L2-normalised embeddings of image files, in one batch; raises `DecodeError` naming a bad file."""
+        decoded = []
+        for path in paths:
+            if not Path(path).is_file():
+                raise DecodeError(f"{path}: no such file")
+            try:
+                decoded.append(decode_image(Path(path), self.model.preprocessing, max_pixels).pixels)
+            except DecodeError as exc:
+                raise DecodeError(f"{path}: {exc}") from None
+            except OSError as exc:
+                raise DecodeError(f"{path}: {exc.strerror or exc}") from None
+        return self.embedder.embed(torch.from_numpy(np.stack(decoded)))
+
+    def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
+        """The k nearest indexed images of each file (a file that fails carries its error)."""
+        return query_files(self._require_index(), self.embedder, [Path(p) for p in paths], k)
+
+    def calibration(self) -> StoredCalibration | None:
+        """The latest calibration of this collection's model, if any (never one of another model)."""
+        return None if self.index is None else latest_calibration(self.index, self.model.content_hash)
+
+    def threshold(self, explicit: float | None = None) -> float:
+        """`explicit` when given, else the calibrated threshold of this model."""
+        if explicit is not None:
+            return explicit
+        calibration = self.calibration()
+        if calibration is None:
+            raise CalibrationError(f"no calibration for model {self.model.spec.name} ({self.model.content_hash[:12]});"
+                                   " run `simsearch calibrate DATA` or give a threshold")
+        return calibration.threshold
+
+    def verify(self, first: Path | str, second: Path | str, threshold: float | None = None) -> Verdict:
+        """Whether two image files show the same thing, at the calibrated (or given) threshold."""
+        limit = self.threshold(threshold)
+        vectors = self.embed_files([first, second])
+        distance = float(max(0.0, 2.0 - 2.0 * float(vectors[0] @ vectors[1])))
+        tensors = torch.from_numpy(vectors)
+        probability = self.model.pair_probability(tensors[:1], tensors[1:])
+        return Verdict(distance <= limit, distance, limit, limit - distance,
+                       None if probability is None else float(probability[0]))
+
+    def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None) -> list[DuplicateGroup]:
+        """Near-duplicate groups among the indexed images (those under `roots` when given)."""
+        index = self._require_index()
+        limit = self.threshold(threshold)
+        under = [os.path.abspath(Path(root).expanduser()) for root in roots] if roots else None
+        return index_duplicates(index, limit, under)
+
+    def stream_duplicates(self, paths: Iterable[str], threshold: float | None = None) -> Iterator[StreamMatch]:
+        """For each path as it comes, the nearest earlier input or indexed image within the threshold.
+
+        Reads nothing ahead, so a pipeline gets each answer as soon as its line is in; writes nothing.
+        """
+        limit = self.threshold(threshold)
+        seen = faiss.IndexFlatIP(self.model.embedding_dim)
+        seen_paths: list[str] = []
+        for raw in paths:
+            path = os.path.abspath(Path(raw).expanduser())
+            try:
+                vector = self.embed_files([path])
+            except DecodeError as exc:
+                yield StreamMatch(raw, None, None, str(exc))
+                continue
+            candidates = self._indexed_matches(vector, path)
+            if seen.ntotal:
+                scores, found = seen.search(vector, 1)
+                candidates.append((max(0.0, 2.0 - 2.0 * float(scores[0, 0])), seen_paths[int(found[0, 0])]))
+            best = min(candidates, default=None)
+            if best is not None and best[0] <= limit:
+                yield StreamMatch(raw, best[1], best[0], None)
+            else:
+                yield StreamMatch(raw, None, None, None)
+            seen.add(vector)
+            seen_paths.append(path)
+
+    def _indexed_matches(self, vector: np.ndarray, path: str) -> list[tuple[float, str]]:
+        """The nearest indexed image other than `path` itself, as (distance, path)."""
+        if self.index is None:
+            return []
+        hits = [n for n in self.index.search(vector, 2)[0] if n.path != path]
+        return [(hits[0].distance, hits[0].path)] if hits else []
+
+    def _require_index(self) -> SimilarityIndex:
+        if self.index is None:
+            raise IndexNotFoundError("this needs an index: run `simsearch index PATH` first or pass --index")
+        return self.index
+
+
+def open_collection(path: Path | str | None = None, model: EmbeddingModel | None = None,
+                    device: str | None = None) -> Collection:
+    """Open the index at `path` (else `$SIMSEARCH_INDEX`, else `.simsearch/` here or above).
+
+    With `model`, decisions use that model (and its own calibration) instead of the index's.
+    """
+    root = find_index_dir(Path(path).expanduser() if path is not None else None)
+    if root is None:
+        if model is None:
+            raise IndexNotFoundError("no index found (looked for .simsearch/ here and in parent folders); "
+                                     "run `simsearch index PATH` first or pass --index")
+        return Collection(None, model, device)
+    return Collection(open_index(root), model, device)

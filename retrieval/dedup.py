@@ -1,0 +1,125 @@
+"""Near-duplicate groups: FAISS range search for every pair within a distance, then connected components.
+
+Distances are squared L2 between L2-normalised vectors, ``d = 2 - 2 cos``, so ``d <= t`` is an inner-product
+range search with radius ``1 - t / 2``; the all-pairs work is FAISS's (blocked BLAS), never a Python loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from sqlalchemy import select
+
+from retrieval.index import SimilarityIndex
+from retrieval.store.queries import images_under
+from retrieval.store.schema import STATUS_OK, ImageRecord
+
+QUERY_BLOCK = 4096
+"""Queries per range search call, which bounds the memory of the result lists."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What choosing the keeper of a group looks at."""
+
+    path: str
+    width: int | None
+    height: int | None
+    mtime_ns: int | None
+    image_id: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return (self.width or 0) * (self.height or 0)
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """A keeper and the others; `distances[i]` is the distance of `others[i]` to the keeper."""
+
+    keeper: Candidate
+    others: list[Candidate]
+    distances: list[float]
+
+
+def keeper_order(candidate: Candidate) -> tuple[int, int, int, str]:
+    """Sort key: most pixels first, then oldest, then shortest path (then the path, for a stable answer)."""
+    mtime = candidate.mtime_ns if candidate.mtime_ns is not None else np.iinfo(np.int64).max
+    return (-candidate.pixels, mtime, len(candidate.path), candidate.path)
+
+
+def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` of rows of `vectors` (L2-normalised) with squared L2 distance <= `threshold`.
+
+    Returns (first, second, distance) arrays.
+    """
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(data.shape[1])
+    index.add(data)
+    radius = 1.0 - threshold / 2.0 - 1e-6
+    firsts, seconds, distances = [], [], []
+    for start in range(0, len(data), QUERY_BLOCK):
+        limits, scores, found = index.range_search(data[start:start + QUERY_BLOCK], radius)
+        rows = np.repeat(np.arange(start, start + len(limits) - 1), np.diff(limits.astype(np.int64)))
+        keep = found > rows
+        firsts.append(rows[keep])
+        seconds.append(found[keep])
+        distances.append(np.clip(2.0 - 2.0 * scores[keep], 0.0, None))
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(distances)
+
+
+def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
+    """Members (row numbers) of each connected component with at least two members."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    order = np.argsort(component, kind="stable")
+    starts = np.flatnonzero(np.diff(component[order], prepend=-1))
+    return [members for members in np.split(order, starts[1:]) if len(members) > 1]
+
+
+def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float
+                     ) -> list[DuplicateGroup]:
+    """Groups of near-duplicate images; `owners[i]` are the images whose vector is `vectors[i]` (copies of one
+    file share a vector, and are duplicates of each other at distance 0). Largest groups first."""
+    first, second, _ = pairs_within(vectors, threshold)
+    linked = set(np.concatenate([first, second]).tolist())
+    components = connected_groups(len(vectors), first, second)
+    components += [np.array([i]) for i, images in enumerate(owners) if len(images) > 1 and i not in linked]
+    groups = []
+    for members in components:
+        images = [(image, int(row)) for row in members for image in owners[int(row)]]
+        images.sort(key=lambda pair: keeper_order(pair[0]))
+        (keeper, keeper_row), rest = images[0], images[1:]
+        anchor = vectors[keeper_row]
+        distances = [0.0 if row == keeper_row else float(max(0.0, 2.0 - 2.0 * float(vectors[row] @ anchor)))
+                     for _, row in rest]
+        groups.append(DuplicateGroup(keeper, [image for image, _ in rest], distances))
+    groups.sort(key=lambda group: (-len(group.others), group.keeper.path))
+    return groups
+
+
+def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None
+                     ) -> list[DuplicateGroup]:
+    """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given)."""
+    ids, vectors = index.served_vectors()
+    row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
+    owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
+    with index.sessions() as session:
+        query = select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
+                       ImageRecord.vector_id).where(ImageRecord.status == STATUS_OK)
+        if roots:
+            query = query.where(images_under(roots))
+        for image_id, path, width, height, mtime_ns, vector_id in session.execute(query):
+            row = row_of.get(int(vector_id))
+            if row is not None:
+                owners[row].append(Candidate(path, width, height, mtime_ns, image_id))
+    used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
+    if len(used) == 0:
+        return []
+    return duplicate_groups(vectors[used], [owners[row] for row in used], threshold)

@@ -1,0 +1,131 @@
+"""verify, dedup (table, JSON, CSV, --print0, --stdin), the Python API and stored calibrations."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import photo
+from retrieval import open_collection
+from retrieval.calibration_store import latest_calibration, save_calibration
+from retrieval.errors import CalibrationError
+from retrieval.model import load_model
+from test_cli import assert_one_line_error, invoke
+
+COPY_THRESHOLD = 1e-6
+"""Below the distance of any two different test photos; identical files (one shared vector) are at 0."""
+
+
+@pytest.fixture
+def collection(tmp_path: Path, tiny_model_file: Path) -> Path:
+    """Five distinct photos; `a` has a byte-identical copy and a half-size copy (more pixels win the keeper)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate("abcde"):
+        photo(i, (128, 96)).save(photos / f"{name}.png")
+    shutil.copy(photos / "a.png", photos / "a-copy.png")
+    photo(0, (64, 48)).save(photos / "a-small.png")
+    result = invoke("index", "photos", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def distance(root: Path, first: str, second: str) -> float:
+    verdict = open_collection(root / ".simsearch").verify(root / first, root / second, threshold=2.0)
+    return verdict.distance
+
+
+def test_verify_exit_code_says_same_or_different(collection: Path) -> None:
+    small = distance(collection, "photos/a.png", "photos/a-small.png")
+    other = distance(collection, "photos/a.png", "photos/b.png")
+    assert small < other, "a resized copy must be nearer than another photo"
+    threshold = str((small + other) / 2)
+    same = invoke("verify", "photos/a.png", "photos/a-small.png", "--threshold", threshold, "--json", cwd=collection)
+    assert same.exit_code == 0, same.output
+    report = json.loads(same.stdout)
+    assert report["same"] is True and report["margin"] > 0 and report["probability"] is None
+    different = invoke("verify", "photos/a.png", "photos/b.png", "--threshold", threshold, cwd=collection)
+    assert different.exit_code == 1 and different.stdout.startswith("different")
+
+
+def test_verify_needs_a_calibration_of_this_model_or_a_threshold(collection: Path, tmp_path: Path) -> None:
+    assert_one_line_error(invoke("verify", "photos/a.png", "photos/b.png", cwd=collection), "no calibration")
+    assert_one_line_error(invoke("verify", "photos/a.png", "photos/missing.png", "--threshold", "0.5",
+                                 cwd=collection), "no such file")
+    photos = open_collection(collection / ".simsearch")
+    save_calibration(photos.index, photos.model, "accuracy", 0.42, {"accuracy": 0.9})
+    assert photos.threshold() == 0.42
+    other_model = load_model(Path(__file__).parent / ".." / "retrieval" / "weights" / "photo-default.safetensors")
+    assert latest_calibration(photos.index, other_model.content_hash) is None
+    with pytest.raises(CalibrationError):
+        open_collection(collection / ".simsearch", model=other_model).threshold()
+
+
+def test_dedup_groups_copies_with_the_largest_as_keeper(collection: Path) -> None:
+    threshold = str(distance(collection, "photos/a.png", "photos/a-small.png") + 1e-4)
+    result = invoke("dedup", "--threshold", threshold, "--json", cwd=collection)
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)
+    assert len(groups) == 1
+    keeper = Path(groups[0]["keeper"]["path"])
+    assert keeper.name in ("a.png", "a-copy.png") and groups[0]["keeper"]["width"] == 128
+    assert sorted(Path(d["path"]).name for d in groups[0]["duplicates"]) == sorted(
+        {"a.png", "a-copy.png", "a-small.png"} - {keeper.name})
+
+    listed = invoke("dedup", "--threshold", threshold, "--print0", cwd=collection).stdout
+    assert listed.endswith("\0") and len(listed.split("\0")) == 3
+    rows = list(csv.DictReader(io.StringIO(invoke("dedup", "--threshold", threshold, "--csv", cwd=collection).stdout)))
+    assert [row["role"] for row in rows] == ["keeper", "duplicate", "duplicate"]
+    assert all((collection / "photos" / name).exists() for name in ("a.png", "a-copy.png", "a-small.png"))
+
+
+def test_dedup_of_given_paths_indexes_them_and_looks_only_there(collection: Path) -> None:
+    extra = collection / "extra"
+    extra.mkdir()
+    photo(3, (128, 96)).save(extra / "d-again.png")
+    shutil.copy(collection / "photos" / "e.png", extra / "e-again.png")
+    result = invoke("dedup", "extra", "--threshold", str(COPY_THRESHOLD), "--json", cwd=collection)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    everything = json.loads(invoke("dedup", "--threshold", str(COPY_THRESHOLD), "--json", cwd=collection).stdout)
+    names = sorted(sorted([Path(g["keeper"]["path"]).name] + [Path(d["path"]).name for d in g["duplicates"]])
+                   for g in everything)
+    assert ["d-again.png", "d.png"] in names and ["e-again.png", "e.png"] in names
+
+
+def test_dedup_stdin_streams_one_json_line_per_input(collection: Path) -> None:
+    new = collection / "new"
+    new.mkdir()
+    photo(7, (128, 96)).save(new / "fresh.png")
+    shutil.copy(new / "fresh.png", new / "fresh-again.png")
+    shutil.copy(collection / "photos" / "c.png", new / "c-again.png")
+    (new / "broken.png").write_bytes(b"not an image")
+    lines = "\n".join(["new/fresh.png", "new/fresh-again.png", "new/c-again.png", "new/broken.png"]) + "\n"
+    result = invoke("dedup", "--stdin", "--threshold", str(COPY_THRESHOLD), cwd=collection, input=lines)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["duplicate_of"]).name if r["duplicate_of"] else None for r in records] == [
+        None, "fresh.png", "c.png", None]
+    assert "error" in records[3] and result.exit_code == 1
+
+
+def test_dedup_bad_input(collection: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    assert_one_line_error(invoke("dedup", "--json", "--csv", "--threshold", "0.1", cwd=collection), "choose one")
+    assert_one_line_error(invoke("dedup", "nowhere", "--threshold", "0.1", cwd=collection), "no such file")
+    assert_one_line_error(invoke("dedup", "--threshold", "0.1", cwd=tmp_path_factory.mktemp("elsewhere")),
+                          "no index found")
+
+
+def test_python_api_queries_and_dedups_in_process(collection: Path) -> None:
+    photos = open_collection(collection / ".simsearch")
+    (hit, *_), = [result.neighbours for result in photos.query([collection / "photos" / "b.png"], k=1)]
+    assert Path(hit.path).name == "b.png" and hit.distance == pytest.approx(0.0, abs=1e-5)
+    groups = photos.dedup(threshold=COPY_THRESHOLD)
+    assert [sorted(Path(p).name for p in [g.keeper.path, *(o.path for o in g.others)]) for g in groups] == [
+        ["a-copy.png", "a.png"]]
+    Image.open(collection / "photos" / "a.png").verify()

@@ -1,0 +1,70 @@
+"""Near-duplicate grouping: range search + connected components, and the keeper rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.dedup import Candidate, connected_groups, duplicate_groups, keeper_order, pairs_within
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def near_copies(seed: int = 0) -> np.ndarray:
+    """Rows 0-1-2 a chain of steps of squared distance 0.017 (0 to 2: 0.032), 3-4 a pair at 0.0015, 5-9 alone."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((10, 64))
+    base[1] = base[0] + 0.12 * rng.standard_normal(64)
+    base[2] = base[1] + 0.12 * rng.standard_normal(64)
+    base[4] = base[3] + 0.05 * rng.standard_normal(64)
+    return unit(base)
+
+
+def brute_force_pairs(vectors: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    distances = 2 - 2 * vectors @ vectors.T
+    return {(i, j) for i in range(len(vectors)) for j in range(i + 1, len(vectors)) if distances[i, j] <= threshold}
+
+
+def test_range_search_finds_exactly_the_pairs_within_the_threshold() -> None:
+    vectors = unit(np.random.default_rng(1).standard_normal((300, 8)))
+    first, second, distances = pairs_within(vectors, 0.3)
+    assert set(zip(first.tolist(), second.tolist())) == brute_force_pairs(vectors, 0.3)
+    assert np.allclose(distances, 2 - 2 * np.sum(vectors[first] * vectors[second], axis=1), atol=1e-5)
+
+
+def test_groups_are_connected_components_of_the_pairs() -> None:
+    vectors = near_copies()
+    first, second, _ = pairs_within(vectors, 0.025)
+    assert (0, 2) not in set(zip(first.tolist(), second.tolist()))
+    groups = sorted(sorted(g.tolist()) for g in connected_groups(len(vectors), first, second))
+    assert groups == [[0, 1, 2], [3, 4]]
+
+
+def test_keeper_is_largest_then_oldest_then_shortest_path() -> None:
+    big = Candidate("/photos/a/long-name.jpg", 4000, 3000, 50)
+    small_old = Candidate("/p/x.jpg", 640, 480, 1)
+    same_size_older = Candidate("/photos/b/other-long-name.jpg", 4000, 3000, 10)
+    short = Candidate("/p/y.jpg", 4000, 3000, 10)
+    ranked = sorted([big, small_old, same_size_older, short], key=keeper_order)
+    assert ranked == [short, same_size_older, big, small_old]
+
+
+def test_duplicate_groups_name_keeper_and_others_and_count_shared_vectors() -> None:
+    vectors = near_copies()
+    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
+    owners[1] = [Candidate("/c/1.jpg", 200, 200, 5)]
+    owners[7].append(Candidate("/c/7-copy.jpg", 100, 100, 3))
+    groups = duplicate_groups(vectors, owners, 0.025)
+    assert [(g.keeper.path, sorted(o.path for o in g.others)) for g in groups] == [
+        ("/c/1.jpg", ["/c/0.jpg", "/c/2.jpg"]),
+        ("/c/3.jpg", ["/c/4.jpg"]),
+        ("/c/7-copy.jpg", ["/c/7.jpg"]),
+    ]
+    assert groups[2].distances == [0.0]
+    assert all(0 < d <= 0.2 for d in groups[0].distances)
+
+
+def test_nothing_within_the_threshold_gives_no_groups() -> None:
+    vectors = unit(np.eye(5, 16))
+    assert duplicate_groups(vectors, [[Candidate(f"/{i}", 1, 1, 0)] for i in range(5)], 0.5) == []
