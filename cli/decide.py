@@ -178,3 +178,58 @@ def plural(count: int, noun: str) -> str:
 
 def pixels(width: int | None, height: int | None) -> str:
     return f"{width}x{height}" if width and height else "?"
+
+
+def classify_command(
+    queries: Annotated[list[Path], typer.Argument(metavar="QUERY...", help="Images to classify.")],
+    support: Annotated[Path, typer.Option(help="Folder of class subfolders with one or a few images each.")],
+    prototype: Annotated[bool, typer.Option("--prototype", help="Compare with each class's mean embedding "
+                                                                "instead of its nearest image.")] = False,
+    threshold: ThresholdOption = None,
+    index_dir: IndexOption = None,
+    model_name: ModelOption = None,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One-shot (or few-shot) classification: each query gets its nearest support class, or `unknown` beyond
+    the threshold (the given one, else the model's calibrated one; without either, always the nearest)."""
+    from indexer.labelled import support_from_folder
+    from retrieval.errors import IndexNotFoundError
+    from retrieval.model import load_default_model
+
+    try:
+        classes = support_from_folder(support)
+        try:
+            collection = open_for_decisions(index_dir, model_name, device)
+        except IndexNotFoundError:
+            if index_dir is not None:
+                raise
+            from retrieval.collection import Collection
+
+            collection = Collection(None, load_default_model(), device)
+        if threshold is None and collection.calibration() is None:
+            err.print("no calibration for this model and no --threshold: every query gets its nearest class")
+        results = collection.classify(classes, queries, prototype, threshold)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps([{
+            "query": r.query, "label": r.label, "nearest_label": r.nearest_label,
+            "distance": None if r.distance is None else round(r.distance, 6), "nearest_support": r.nearest_support,
+            **({"error": r.error} if r.error else {}),
+        } for r in results], indent=2, ensure_ascii=False) + "\n")
+    else:
+        table = Table()
+        for column in ("query", "class", "distance", "decided by"):
+            table.add_column(column, justify="right" if column == "distance" else "left")
+        for r in results:
+            if r.error is None:
+                label = r.label if r.label is not None else f"unknown (nearest: {r.nearest_label})"
+                decided = shown_path(r.nearest_support) if r.nearest_support else f"mean of {r.nearest_label}"
+                table.add_row(escape(shown_path(r.query)), escape(label), f"{r.distance:.4f}", escape(decided))
+        out.print(table)
+    for r in results:
+        if r.error is not None:
+            err.print(f"[red]error[/]: {escape(r.error)}", soft_wrap=True)
+    if any(r.error for r in results):
+        raise typer.Exit(EXIT_PARTIAL)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import EXIT_PARTIAL, IndexOption, err, fail, model_from_argument, out, shown_path
-from cli.decide import dedup_command, verify_command
+from cli.decide import classify_command, dedup_command, verify_command
 from cli.train import train_command
 from retrieval.errors import InputPathError, SimsearchError
 
@@ -117,6 +117,7 @@ def query_command(
 app.command("train")(train_command)
 app.command("verify")(verify_command)
 app.command("dedup")(dedup_command)
+app.command("classify")(classify_command)
 
 
 @app.command("eval")

@@ -105,3 +105,18 @@ def _class_labels(root: Path, names: list[str]) -> tuple[list[str], torch.Tensor
 def _require_classes(root: Path, classes: set[str]) -> None:
     if len(classes) < 2:
         raise InputPathError(f"{root} needs at least two class subfolders with images (found {len(classes)})")
+
+
+def support_from_folder(root: Path) -> dict[str, list[Path]]:
+    """The image files of each class subfolder of `root` (a few-shot support set). Raises `InputPathError`
+    for a missing folder, fewer than two classes, or a class folder without images."""
+    if not root.is_dir():
+        raise InputPathError(f"not a folder: {root}")
+    support = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = [Path(f.path) for f in scan([folder]).files]
+        if not files:
+            raise InputPathError(f"support class {folder.name!r} has no images ({folder})")
+        support[folder.name] = files
+    _require_classes(root, set(support))
+    return support

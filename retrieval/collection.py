@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from retrieval.calibration_store import StoredCalibration, latest_calibration
+from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError
-from retrieval.images import DEFAULT_MAX_PIXELS, decode_image
+from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel
@@ -77,19 +78,27 @@ class Collection:
             self._embedder = Embedder(self.model, pick_device(self._device))
         return self._embedder
 
-    def embed_files(self, paths: Sequence[Path | str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    def embed_files(self, paths: Sequence[Path | str]) -> np.ndarray:
         """L2-normalised embeddings of image files, in one batch; raises `DecodeError` naming a bad file."""
-        decoded = []
-        for path in paths:
+        vectors, failed = self._embed_each(paths)
+        if failed:
+            raise DecodeError(next(iter(failed.values())))
+        return vectors
+
+    def _embed_each(self, paths: Sequence[Path | str]) -> tuple[np.ndarray, dict[int, str]]:
+        """Embeddings of the files that decode (in one batch, in order), and the error of each that does not."""
+        decoded, failed = [], {}
+        for i, path in enumerate(paths):
             if not Path(path).is_file():
-                raise DecodeError(f"{path}: no such file")
+                failed[i] = f"{path}: no such file"
+                continue
             try:
-                decoded.append(decode_image(Path(path), self.model.preprocessing, max_pixels).pixels)
+                decoded.append(decode_image(Path(path), self.model.preprocessing).pixels)
             except DecodeError as exc:
-                raise DecodeError(f"{path}: {exc}") from None
-            except OSError as exc:
-                raise DecodeError(f"{path}: {exc.strerror or exc}") from None
-        return self.embedder.embed(torch.from_numpy(np.stack(decoded)))
+                failed[i] = f"{path}: {exc}"
+        if not decoded:
+            return np.empty((0, self.model.embedding_dim), np.float32), failed
+        return self.embedder.embed(torch.from_numpy(np.stack(decoded))), failed
 
     def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
         """The k nearest indexed images of each file (a file that fails carries its error)."""
@@ -159,6 +168,29 @@ class Collection:
             return []
         hits = [n for n in self.index.search(vector, 2)[0] if n.path != path]
         return [(hits[0].distance, hits[0].path)] if hits else []
+
+    def classify(self, support: Mapping[str, Sequence[Path | str]], queries: Sequence[Path | str],
+                 prototype: bool = False, threshold: float | None = None) -> list[Classification]:
+        """The nearest support class of each query file (by nearest support image, or by class mean with
+        `prototype`); "unknown" (label None) beyond the given or calibrated threshold, if there is one."""
+        classes = sorted(support)
+        files = [path for name in classes for path in support[name]]
+        labels = np.array([i for i, name in enumerate(classes) for _ in support[name]])
+        support_vectors = self.embed_files(files)
+        limit = threshold
+        if limit is None and self.calibration() is not None:
+            limit = self.threshold()
+        vectors, failed = self._embed_each(queries)
+        kept = [i for i in range(len(queries)) if i not in failed]
+        best, distances, deciding = nearest_classes(vectors, support_vectors, labels, prototype)
+        found = {}
+        for row, i in enumerate(kept):
+            name = classes[int(best[row])]
+            within = limit is None or distances[row] <= limit
+            found[i] = Classification(str(queries[i]), name if within else None, name, float(distances[row]),
+                                      None if deciding[row] < 0 else str(files[int(deciding[row])]))
+        return [found.get(i) or Classification(str(query), None, None, None, None, failed[i])
+                for i, query in enumerate(queries)]
 
     def _require_index(self) -> SimilarityIndex:
         if self.index is None:

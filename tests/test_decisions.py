@@ -129,3 +129,30 @@ def test_python_api_queries_and_dedups_in_process(collection: Path) -> None:
     assert [sorted(Path(p).name for p in [g.keeper.path, *(o.path for o in g.others)]) for g in groups] == [
         ["a-copy.png", "a.png"]]
     Image.open(collection / "photos" / "a.png").verify()
+
+
+def test_classify_names_the_nearest_support_class_or_unknown(collection: Path) -> None:
+    support = collection / "support"
+    for name, seed in (("alpha", 0), ("beta", 1), ("gamma", 2)):
+        (support / name).mkdir(parents=True)
+        photo(seed, (128, 96)).save(support / name / "1.png")
+    queries = ["photos/a-small.png", "photos/b.png", "photos/e.png", "photos/missing.png"]
+    result = invoke("classify", "--support", "support", *queries, "--json", cwd=collection)
+    assert result.exit_code == 1, result.output
+    rows = json.loads(result.stdout)
+    assert [r["nearest_label"] for r in rows[:2]] == ["alpha", "beta"]
+    assert rows[0]["label"] == "alpha" and rows[3]["error"].endswith("no such file")
+    e_distance = rows[2]["distance"]
+    strict = invoke("classify", "--support", "support", "photos/b.png", "photos/e.png", "--threshold",
+                    str(e_distance / 2), "--prototype", "--json", cwd=collection)
+    assert strict.exit_code == 0, strict.output
+    assert [r["label"] for r in json.loads(strict.stdout)] == ["beta", None]
+
+
+def test_classify_refuses_a_support_class_without_images(collection: Path) -> None:
+    support = collection / "support"
+    (support / "alpha").mkdir(parents=True)
+    photo(0).save(support / "alpha" / "1.png")
+    (support / "beta").mkdir()
+    assert_one_line_error(invoke("classify", "--support", "support", "photos/a.png", cwd=collection),
+                          "support class 'beta' has no images")

@@ -1,0 +1,37 @@
+"""Few-shot classification against a support set: nearest support image, or nearest class mean."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The nearest class of one query; `label` is None ("unknown") when it lies beyond the threshold."""
+
+    query: str
+    label: str | None
+    nearest_label: str | None
+    distance: float | None
+    nearest_support: str | None
+    """The support image that decided (None with class means)."""
+    error: str | None = None
+
+
+def nearest_classes(queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, prototype: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each query row: the class index, the squared L2 distance, and the deciding support row (-1 with
+    `prototype`, where a class is the L2-normalised mean of its support embeddings)."""
+    if prototype:
+        classes = int(support_labels.max()) + 1
+        means = np.zeros((classes, support.shape[1]), dtype=np.float64)
+        np.add.at(means, support_labels, support)
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        distances = np.clip(2.0 - 2.0 * queries @ means.T, 0.0, None)
+        best = distances.argmin(axis=1)
+        return best, distances[np.arange(len(queries)), best], np.full(len(queries), -1)
+    distances = np.clip(2.0 - 2.0 * queries @ support.T, 0.0, None)
+    nearest = distances.argmin(axis=1)
+    return support_labels[nearest], distances[np.arange(len(queries)), nearest], nearest
