@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import EXIT_PARTIAL, IndexOption, err, fail, model_from_argument, out, shown_path
+from cli.calibrate import calibrate_command
 from cli.decide import classify_command, dedup_command, verify_command
 from cli.train import train_command
 from retrieval.errors import InputPathError, SimsearchError
@@ -118,6 +119,7 @@ app.command("train")(train_command)
 app.command("verify")(verify_command)
 app.command("dedup")(dedup_command)
 app.command("classify")(classify_command)
+app.command("calibrate")(calibrate_command)
 
 
 @app.command("eval")

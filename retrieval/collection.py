@@ -27,7 +27,7 @@ from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError
 from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
 from retrieval.locate import find_index_dir
-from retrieval.model import EmbeddingModel
+from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.search import QueryResult, query_files
 
 
@@ -67,9 +67,12 @@ class Collection:
 
     @property
     def model(self) -> EmbeddingModel:
+        """The model given, else the index's, else (for an index without images yet) the default model."""
         if self._model is None:
             assert self.index is not None
-            self._model = self.index.load_model()
+            with self.index.sessions() as session:
+                served = self.index.model_record(session) is not None
+            self._model = self.index.load_model() if served else load_default_model()
         return self._model
 
     @property

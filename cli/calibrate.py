@@ -1,0 +1,131 @@
+"""`simsearch calibrate DATA`: choose the same/different threshold of a model from labelled data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.common import IndexOption, err, fail, model_from_argument, out, shown_path
+from retrieval.errors import SimsearchError
+
+if TYPE_CHECKING:
+    from retrieval.index import SimilarityIndex
+    from retrieval.model import EmbeddingModel
+
+CRITERIA = ("accuracy", "eer", "target-fpr")
+
+
+def calibrate_command(
+    data: Annotated[Path, typer.Argument(help="Folder of class subfolders, or a CSV of pairs (path_a,path_b,same).")],
+    criterion: Annotated[str, typer.Option(help="accuracy (best accuracy), eer (equal error rate) or target-fpr.")]
+    = "accuracy",
+    target_fpr: Annotated[Optional[float], typer.Option(
+        help="With it: the largest threshold whose false-positive rate stays at most this (implies target-fpr).")]
+    = None,
+    negatives: Annotated[Optional[int], typer.Option(
+        min=1, help="Different-class pairs to sample from a folder (default: as many as same-class pairs, "
+                    "at least 1000).")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95 % intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the pair sample and the bootstrap.")] = 0,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG to write (default: in the index directory).")] = None,
+    index_dir: IndexOption = None,
+    model_name: Annotated[Optional[str], typer.Option(
+        "--model", help="Model file, `default` or `pretrained` (default: the index's model, else `default`).")]
+    = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch device.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Embed DATA, sample same and different pairs, choose the distance threshold, store it in the index for this
+    model (never applied to another), and draw the distance histograms and ROC curve."""
+    from retrieval.calibration import calibrate
+    from retrieval.calibration_plot import write_calibration_plot
+    from retrieval.calibration_store import save_calibration
+
+    if target_fpr is not None:
+        criterion = "target-fpr"
+    if criterion not in CRITERIA:
+        raise fail(f"--criterion must be one of {', '.join(CRITERIA)} (got {criterion!r})")
+    if criterion == "target-fpr" and target_fpr is None:
+        raise fail("--criterion target-fpr needs --target-fpr, e.g. --target-fpr 0.01")
+    from retrieval.index import create_index
+    from retrieval.locate import index_dir_for_writing
+
+    try:
+        index, model = existing_index_and_model(index_dir, model_name)
+        same, different = pair_distances(data, model, negatives, seed, workers, device)
+        err.print(f"{len(same)} same pairs, {len(different)} different pairs")
+        result = calibrate(same, different, criterion, target_fpr, bootstrap=bootstrap, seed=seed)  # type: ignore[arg-type]
+        index = index or create_index(index_dir_for_writing(index_dir))
+        plot = plot or index.root / f"calibration-{model.content_hash[:12]}.png"
+        write_calibration_plot(same, different, result, plot)
+        save_calibration(index, model, criterion, result.threshold, result.to_dict())
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    report = result.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps({"model": model.content_hash, "data": str(data), "plot": str(plot), **report},
+                                    indent=2) + "\n")
+        return
+    table = Table(title=f"calibration of {escape(model.spec.name)} on {escape(str(data))} ({criterion})",
+                  title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("95 % interval", justify="right")
+    for name in ("threshold", "roc_auc", "accuracy", "tpr", "fpr"):
+        interval = getattr(result, f"{name}_interval", None)
+        shown = "" if interval is None else f"{interval.low:.4f} - {interval.high:.4f}"
+        table.add_row(name.replace("_", " "), f"{getattr(result, name):.4f}", shown)
+    out.print(table)
+    err.print(f"stored for model {model.content_hash[:12]} in {shown_path(str(index.root))}; plot: "
+              f"{shown_path(str(plot))}")
+
+
+def existing_index_and_model(index_dir: Optional[Path], model_name: Optional[str]
+                              ) -> tuple[Optional[SimilarityIndex], EmbeddingModel]:
+    """The index, if there is one yet, and the model to calibrate: `--model`, else the index's, else the
+    default. Nothing is created here, so bad data leaves no trace."""
+    from retrieval.collection import Collection
+    from retrieval.index import open_index
+    from retrieval.locate import find_index_dir
+    from retrieval.model import load_default_model
+
+    root = find_index_dir(index_dir)
+    index = open_index(root) if root is not None and root.exists() else None
+    if model_name is not None:
+        return index, model_from_argument(model_name)
+    return index, Collection(index).model if index is not None else load_default_model()
+
+
+def pair_distances(data: Path, model: EmbeddingModel, negatives: Optional[int], seed: int, workers: Optional[int],
+                   device: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 distances of the same and of the different pairs of DATA."""
+    from indexer.labelled import embed_labelled_folder
+    from indexer.pairs import read_pairs_csv
+    from retrieval.calibration import sample_calibration_pairs
+    from retrieval.collection import Collection
+    from retrieval.embedding import Embedder, pick_device
+
+    from cli.progress import RichReporter
+
+    if data.is_file():
+        pairs = read_pairs_csv(data)
+        vectors = Collection(None, model, device).embed_files(pairs.files)
+        first, second, same = np.array(pairs.first), np.array(pairs.second), np.array(pairs.same)
+    elif data.is_dir():
+        with RichReporter(err) as reporter:
+            found = embed_labelled_folder(Embedder(model, pick_device(device)), data, workers=workers,
+                                          reporter=reporter)
+        vectors = found.embeddings
+        first, second, same = sample_calibration_pairs(found.labels, negatives, seed)
+    else:
+        raise fail(f"no such file or directory: {data}")
+    distances = np.clip(2.0 - 2.0 * np.sum(vectors[first] * vectors[second], axis=1), 0.0, None)
+    return distances[same], distances[~same]

@@ -1,0 +1,146 @@
+"""Threshold choice, bootstrap intervals, pair sampling, the plot, and `simsearch calibrate`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import photo
+from retrieval.calibration import CalibrationResult, calibrate, choose_threshold, sample_calibration_pairs
+from retrieval.calibration_plot import write_calibration_plot
+from retrieval.errors import CalibrationError
+from test_cli import assert_one_line_error, invoke
+
+
+def gaussian_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.5, 0.1, n), rng.normal(0.9, 0.1, n)
+
+
+def test_separable_distances_get_a_threshold_between_them() -> None:
+    result = calibrate(np.array([0.1, 0.2, 0.3]), np.array([0.8, 0.9, 1.0]), bootstrap=0)
+    assert 0.3 < result.threshold < 0.8
+    assert (result.accuracy, result.roc_auc, result.tpr, result.fpr) == (1.0, 1.0, 1.0, 0.0)
+
+
+def test_best_accuracy_threshold_is_where_equal_gaussians_cross() -> None:
+    same, different = gaussian_pairs(20_000)
+    assert choose_threshold(same, different) == pytest.approx(0.7, abs=0.02)
+
+
+def test_target_fpr_is_the_largest_threshold_that_keeps_the_rate() -> None:
+    same, different = gaussian_pairs(5_000, seed=1)
+    threshold = choose_threshold(same, different, "target-fpr", target_fpr=0.01)
+    assert np.mean(different <= threshold) <= 0.01
+    next_different = np.min(different[different > threshold])
+    assert np.mean(different <= next_different) > 0.01
+
+
+def test_equal_error_rate_balances_the_two_errors() -> None:
+    same, different = gaussian_pairs(20_000, seed=2)
+    threshold = choose_threshold(same, different, "eer")
+    assert abs(np.mean(different <= threshold) - np.mean(same > threshold)) < 0.005
+
+
+def test_bootstrap_intervals_hold_the_estimate_shrink_with_data_and_are_seeded() -> None:
+    small = calibrate(*gaussian_pairs(200), bootstrap=300, seed=3)
+    large = calibrate(*gaussian_pairs(5_000), bootstrap=300, seed=3)
+    for result in (small, large):
+        assert result.threshold_interval is not None and result.accuracy_interval is not None
+        assert result.threshold_interval.low <= result.threshold <= result.threshold_interval.high
+        assert result.accuracy_interval.low <= result.accuracy <= result.accuracy_interval.high
+    width = lambda r: r.threshold_interval.high - r.threshold_interval.low  # noqa: E731
+    assert width(large) < width(small)
+    assert calibrate(*gaussian_pairs(200), bootstrap=300, seed=3) == small
+
+
+def test_result_round_trips_through_json() -> None:
+    result = calibrate(*gaussian_pairs(300), bootstrap=50)
+    assert CalibrationResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_calibration_errors() -> None:
+    with pytest.raises(CalibrationError, match="no same pairs"):
+        calibrate(np.array([]), np.array([1.0]))
+    with pytest.raises(CalibrationError, match="no different pairs"):
+        calibrate(np.array([0.1]), np.array([]))
+    with pytest.raises(CalibrationError, match="between 0 and 1"):
+        choose_threshold(np.array([0.1]), np.array([1.0]), "target-fpr", target_fpr=1.5)
+
+
+def test_pair_sample_has_every_positive_once_and_distinct_negatives() -> None:
+    labels = np.repeat(np.arange(5), [2, 3, 4, 1, 5])
+    first, second, same = sample_calibration_pairs(labels, seed=4)
+    positives = {(a, b) for a, b in zip(first[same], second[same])}
+    assert len(positives) == same.sum() == 1 + 3 + 6 + 10
+    assert all(labels[a] == labels[b] and a < b for a, b in positives)
+    negatives = list(zip(first[~same], second[~same]))
+    assert len(set(negatives)) == len(negatives) == (15 * 15 - (4 + 9 + 16 + 1 + 25)) // 2
+    assert all(labels[a] != labels[b] for a, b in negatives)
+    again = sample_calibration_pairs(labels, negatives=10, seed=4)
+    assert np.array_equal(again[0], sample_calibration_pairs(labels, negatives=10, seed=4)[0])
+    with pytest.raises(CalibrationError, match="two classes"):
+        sample_calibration_pairs(np.zeros(5, int))
+
+
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    same, different = gaussian_pairs(500)
+    write_calibration_plot(same, different, calibrate(same, different, bootstrap=0), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Path:
+    """Three classes, each a photo and two resized copies of it."""
+    for label, seed in (("red", 0), ("green", 1), ("blue", 2)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i, size in enumerate([(96, 72), (80, 60), (64, 48)]):
+            photo(seed, size).save(tmp_path / "data" / label / f"{i}.png")
+    return tmp_path
+
+
+def test_calibrate_stores_a_threshold_that_verify_then_uses(labelled: Path, tiny_model_file: Path) -> None:
+    result = invoke("calibrate", "data", "--model", str(tiny_model_file), "--bootstrap", "50", "--json",
+                    "--workers", "0", cwd=labelled)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["same_pairs"] == 9 and report["different_pairs"] == 27
+    assert report["roc_auc"] == 1.0 and report["accuracy"] == 1.0
+    assert Path(report["plot"]).read_bytes()[:4] == b"\x89PNG"
+    verified = invoke("verify", "data/red/0.png", "data/red/2.png", "--model", str(tiny_model_file), "--json",
+                      cwd=labelled)
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["threshold"] == report["threshold"]
+    elsewhere = invoke("verify", "data/red/0.png", "data/red/2.png", cwd=labelled)
+    assert_one_line_error(elsewhere, "no calibration")
+
+
+def test_calibrate_from_a_pairs_csv(labelled: Path, tiny_model_file: Path) -> None:
+    rows = [("data/red/0.png", "data/red/1.png", "1"), ("data/red/0.png", "data/blue/0.png", "0"),
+            ("data/green/1.png", "data/green/2.png", "true"), ("data/green/1.png", "data/red/2.png", "false")]
+    with (labelled / "pairs.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("path_a", "path_b", "same"), *rows])
+    result = invoke("calibrate", "pairs.csv", "--model", str(tiny_model_file), "--target-fpr", "0.5", "--json",
+                    cwd=labelled)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["same_pairs"], report["different_pairs"], report["criterion"]) == (2, 2, "target-fpr")
+
+
+def test_calibrate_bad_input_writes_nothing(labelled: Path, tiny_model_file: Path) -> None:
+    (labelled / "bad-header.csv").write_text("a,b,c\nx,y,1\n")
+    (labelled / "missing.csv").write_text("path_a,path_b,same\ndata/red/0.png,data/red/9.png,1\n")
+    (labelled / "one" / "only").mkdir(parents=True)
+    photo(0).save(labelled / "one" / "only" / "a.png")
+    photo(1).save(labelled / "one" / "only" / "b.png")
+    model = ["--model", str(tiny_model_file), "--workers", "0"]
+    assert_one_line_error(invoke("calibrate", "bad-header.csv", *model, cwd=labelled), "header must be")
+    assert_one_line_error(invoke("calibrate", "missing.csv", *model, cwd=labelled), "no such file: data/red/9.png")
+    assert_one_line_error(invoke("calibrate", "one", *model, cwd=labelled), "at least two class")
+    assert_one_line_error(invoke("calibrate", "data", "--criterion", "target-fpr", *model, cwd=labelled),
+                          "needs --target-fpr")
+    assert not (labelled / ".simsearch").exists()
