@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     items = neardup_set.build(DATASETS, CACHE / f"neardup-{args.cifar}-{args.copies}", args.copies, args.cifar)
     groups = np.array([item.group for item in items])
     evaluated = groups % 2 == 1

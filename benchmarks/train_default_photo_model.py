@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.images import Preprocessing  # noqa: E402
 from retrieval.model import PRETRAINED_WEIGHTS, ModelSpec, build_model, load_pretrained_backbone_model  # noqa: E402
 from retrieval.training.frozen_backbone import HeadTraining, train_head, view_features  # noqa: E402
 
