@@ -36,7 +36,7 @@ from indexer.plan import Work  # noqa: E402
 from indexer.scan import stat_file  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.metrics import roc_auc  # noqa: E402
-from retrieval.model import EmbeddingModel, load_default_model, load_pretrained_backbone_model  # noqa: E402
+from retrieval.model import EmbeddingModel, load_default_model, load_model, load_pretrained_backbone_model  # noqa: E402
 
 DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
 CACHE = REPO / "benchmarks" / ".cache"
@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=2)
     parser.add_argument("--cifar", type=int, default=1000, help="CIFAR-10 test images among the originals")
+    parser.add_argument("--model", type=Path, default=None, help="score this model file as (a) instead")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     console = Console()
@@ -91,7 +92,8 @@ def main() -> None:
     console.print(f"{originals.sum()} originals, {(~originals).sum()} copies")
 
     rows = {}
-    for name, loader in [("(a) shipped model", load_default_model),
+    shipped = load_default_model if args.model is None else lambda: load_model(args.model)
+    for name, loader in [("(a) shipped model" if args.model is None else f"(a) {args.model.name}", shipped),
                          ("(b) raw backbone features", load_pretrained_backbone_model)]:
         started = time.perf_counter()
         vectors = embed(loader(), paths)
@@ -113,7 +115,7 @@ def main() -> None:
             handle.write(json.dumps({
                 "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "originals": int(originals.sum()), "copies": int((~originals).sum()),
-                "default_model": load_default_model().spec.name,
+                "default_model": shipped().spec.name,
                 "results": {name: {"recall_at_1": round(r, 4), "roc_auc": round(a, 4)} for name, (r, a, _) in rows.items()},
             }) + "\n")
 

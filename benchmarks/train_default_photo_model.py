@@ -1,21 +1,25 @@
-"""Train the default photo model that ships in the package: a triplet-trained projection head over the frozen
-ImageNet EfficientNet-Lite0 backbone.
+"""Train the default photo model that ships in the package, with the same code as `simsearch train`.
 
-Data: CIFAR-10 *train* images (the near-duplicate benchmark uses CIFAR-10 test and the shared photos, so nothing
-it scores was seen here), each its own class, with kornia views (crop, flip, colour, blur, rotation, JPEG);
-features of the views are computed once and cached, then the 1280 -> 128 head is trained with batch-hard
-triplet loss, keeping the epoch with the best held-out recall@1.
+The equivalent command on a folder of the images would be
 
-    python benchmarks/train_default_photo_model.py --images 3000 --views 4 --seed 0
+    simsearch train FOLDER --self-supervised --backbone efficientnet-lite0 --loss triplet --mining batchhard \\
+        --margin 0.2 -P 64 -K 4 --views 3 --epochs 20 --steps-per-epoch 100 --lr 0.003 --validation-fraction 0.1
+
+Data: CIFAR-10 *train* images (the near-duplicate benchmarks use CIFAR-10 test and the shared photos, so nothing
+they score was seen here), read straight from the zip and decoded as `simsearch` decodes any file. Each image is
+its own class (self-supervised): the frozen ImageNet EfficientNet-Lite0 gives features of the image and of 3
+kornia views of it (crop, flip, colour, blur, rotation, JPEG), and the 1280 -> 128 head learns to keep an
+image's views together with a batch-hard triplet loss; the epoch with the best held-out recall@1 is kept.
+
+    python benchmarks/train_default_photo_model.py --images 2000 --seed 0
 
 writes retrieval/weights/photo-default.safetensors and, beside it, photo-default.json with this command, the
-seed, the data and the validation figures.
+seed and the validation figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -26,80 +30,57 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
-from rich.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.model import PRETRAINED_WEIGHTS, ModelSpec, build_model, load_pretrained_backbone_model  # noqa: E402
-from retrieval.training.frozen_backbone import HeadTraining, train_head, view_features  # noqa: E402
+from retrieval.images import Preprocessing, decode_image  # noqa: E402
+from retrieval.training.encoder import EncoderTraining, new_model, train_encoder  # noqa: E402
+from retrieval.training.trainer import format_record  # noqa: E402
 
 DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
-CACHE = REPO / "benchmarks" / ".cache"
 OUT = REPO / "retrieval" / "weights" / "photo-default.safetensors"
-MODEL_NAME = "photo-default-v1"
+MODEL_NAME = "photo-default-v2"
 
 
-def cifar_train(count: int, seed: int) -> torch.Tensor:
+def cifar_train(count: int, seed: int, prep: Preprocessing) -> torch.Tensor:
     with zipfile.ZipFile(DATASETS / "cifar10" / "cifar10-train.zip") as archive:
         names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))
         chosen = np.random.default_rng(seed).choice(len(names), size=count, replace=False)
-        arrays = [np.asarray(Image.open(io.BytesIO(archive.read(names[i]))).convert("RGB")) for i in sorted(chosen)]
-    return torch.from_numpy(np.stack(arrays))
+        return torch.from_numpy(np.stack([decode_image(archive.read(names[i]), prep).pixels for i in sorted(chosen)]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=3000)
-    parser.add_argument("--views", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--margin", type=float, default=0.2)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--views", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     console = Console()
-    torch.manual_seed(args.seed)
-
-    cache = CACHE / f"photo-head-features-{args.images}-{args.views}-{args.seed}.pt"
+    config = EncoderTraining(backbone="efficientnet-lite0", embedding_dim=128, views=args.views, loss="triplet",
+                             mining="batchhard", margin=0.2, classes_per_batch=64, images_per_class=4,
+                             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=3e-3,
+                             validation_fraction=0.1, self_supervised=True, seed=args.seed, name=MODEL_NAME)
     started = time.perf_counter()
-    if cache.exists():
-        features = torch.load(cache, weights_only=True)
-    else:
-        images = cifar_train(args.images, args.seed)
-        backbone = Embedder(load_pretrained_backbone_model(), torch.device("cpu")).model
-        with Progress(console=console) as progress:
-            task = progress.add_task("view features", total=len(images))
-            features = view_features(backbone, images, args.views, progress=lambda n: progress.advance(task, n))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(features, cache)
-    extract_seconds = time.perf_counter() - started
-
-    config = HeadTraining(out_dim=args.dim, epochs=args.epochs, margin=args.margin, seed=args.seed)
-    started = time.perf_counter()
-    result = train_head(features, config, on_epoch=lambda e, loss, active, recall: console.print(
-        f"epoch {e:3d}  loss {loss:.4f}  active {active:.2f}  validation recall@1 {recall:.4f}"))
-    train_seconds = time.perf_counter() - started
-
-    pretrained = load_pretrained_backbone_model()
-    spec = ModelSpec(name=MODEL_NAME, backbone="efficientnet-lite0", embedding_dim=args.dim,
-                     preprocessing=pretrained.preprocessing, head="linear", backbone_weights=PRETRAINED_WEIGHTS)
-    model = build_model(spec)
-    model.head.load_state_dict(result.head.state_dict())
+    pixels = cifar_train(args.images, args.seed, new_model(config).preprocessing)
+    trained = train_encoder(config, pixels, torch.arange(len(pixels)), log=console.print,
+                            on_epoch=lambda record: console.print(format_record(record)))
+    seconds = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(args.out)
+    trained.model.save(args.out)
     record = {
-        "model": MODEL_NAME, "content_hash": model.content_hash,
+        "model": MODEL_NAME, "content_hash": trained.model.content_hash,
         "command": f"python benchmarks/train_default_photo_model.py --images {args.images} --views {args.views} "
-                   f"--epochs {args.epochs} --dim {args.dim} --margin {args.margin} --seed {args.seed}",
-        "data": f"{args.images} CIFAR-10 train images, 1 plain + {args.views} kornia views each",
-        "loss": f"triplet, batch-hard mining, margin {args.margin}, 64 images x {args.views + 1} views a batch",
-        "best_epoch": result.best_epoch, "validation_recall_at_1": round(result.validation_recall_at_1, 4),
-        "feature_seconds": round(extract_seconds), "train_seconds": round(train_seconds),
-        "torch": torch.__version__, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   f"--epochs {args.epochs} --steps-per-epoch {args.steps_per_epoch} --seed {args.seed}",
+        "data": f"{args.images} CIFAR-10 train images, each its own class, 1 plain + {args.views} kornia views",
+        "loss": "triplet, batch-hard mining, margin 0.2, 64 images x 4 views a batch",
+        "best_epoch": trained.result.best_epoch, "validation_recall_at_1": trained.result.best_score,
+        "seconds": round(seconds), "torch": torch.__version__,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(record)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import photo
-from retrieval.calibration import CalibrationResult, calibrate, choose_threshold, sample_calibration_pairs
+from retrieval.calibration import (CalibrationResult, Interval, _bootstrap, calibrate, choose_threshold, decide,
+                                  sample_calibration_pairs)
 from retrieval.calibration_plot import write_calibration_plot
 from retrieval.errors import CalibrationError
+from retrieval.metrics import roc_auc
 from test_cli import assert_one_line_error, invoke
 
 
@@ -40,10 +42,28 @@ def test_target_fpr_is_the_largest_threshold_that_keeps_the_rate() -> None:
     assert np.mean(different <= next_different) > 0.01
 
 
+
+def test_tied_accuracy_puts_the_threshold_halfway_between_distances() -> None:
+    assert choose_threshold(np.array([0.1, 0.3]), np.array([0.5, 0.7])) == pytest.approx(0.4)
+    tied = np.array([0.1, 0.5, 0.7]), np.array([0.5, 0.7, 0.9])  # 0.3, 0.6 and 0.8 each get 4 of 6 right
+    assert choose_threshold(*tied) == pytest.approx(0.6)
+
+
+def test_target_fpr_below_the_nearest_different_pair_accepts_nothing_different() -> None:
+    same, different = np.array([0.2, 0.5, 0.6]), np.array([0.4, 0.9, 1.0])
+    threshold = choose_threshold(same, different, "target-fpr", target_fpr=0.2)
+    assert 0.2 < threshold < 0.4
+    assert decide(different, threshold).sum() == 0 and decide(0.2, threshold) is True
+
 def test_equal_error_rate_balances_the_two_errors() -> None:
     same, different = gaussian_pairs(20_000, seed=2)
     threshold = choose_threshold(same, different, "eer")
     assert abs(np.mean(different <= threshold) - np.mean(same > threshold)) < 0.005
+
+
+def width(interval: Interval | None) -> float:
+    assert interval is not None
+    return interval.high - interval.low
 
 
 def test_bootstrap_intervals_hold_the_estimate_shrink_with_data_and_are_seeded() -> None:
@@ -53,10 +73,22 @@ def test_bootstrap_intervals_hold_the_estimate_shrink_with_data_and_are_seeded()
         assert result.threshold_interval is not None and result.accuracy_interval is not None
         assert result.threshold_interval.low <= result.threshold <= result.threshold_interval.high
         assert result.accuracy_interval.low <= result.accuracy <= result.accuracy_interval.high
-    width = lambda r: r.threshold_interval.high - r.threshold_interval.low  # noqa: E731
-    assert width(large) < width(small)
+    assert width(large.threshold_interval) < width(small.threshold_interval)
     assert calibrate(*gaussian_pairs(200), bootstrap=300, seed=3) == small
 
+
+
+def test_each_bootstrap_resample_gets_the_threshold_and_auc_of_its_own_pairs() -> None:
+    rng = np.random.default_rng(5)
+    same, different = np.round(rng.normal(0.5, 0.2, 50), 2), np.round(rng.normal(0.8, 0.2, 70), 2)
+    for criterion, target in (("accuracy", None), ("eer", None), ("target-fpr", 0.1)):
+        draws = _bootstrap(same, different, criterion, target, 20, np.random.default_rng(6))
+        replay = np.random.default_rng(6)
+        s = same[replay.integers(0, len(same), (20, len(same)))]
+        d = different[replay.integers(0, len(different), (20, len(different)))]
+        assert draws["threshold"].tolist() == [choose_threshold(a, b, criterion, target) for a, b in zip(s, d)]
+        assert draws["roc_auc"] == pytest.approx([roc_auc(a, b) for a, b in zip(s, d)], abs=1e-12)
+        assert draws["fpr"].tolist() == [np.mean(b <= t) for b, t in zip(d, draws["threshold"])]
 
 def test_result_round_trips_through_json() -> None:
     result = calibrate(*gaussian_pairs(300), bootstrap=50)
@@ -70,6 +102,12 @@ def test_calibration_errors() -> None:
         calibrate(np.array([0.1]), np.array([]))
     with pytest.raises(CalibrationError, match="between 0 and 1"):
         choose_threshold(np.array([0.1]), np.array([1.0]), "target-fpr", target_fpr=1.5)
+    with pytest.raises(CalibrationError, match="between 0 and 1"):
+        calibrate(np.array([0.1]), np.array([1.0]), "target-fpr")
+    with pytest.raises(CalibrationError, match="unknown criterion"):
+        choose_threshold(np.array([0.1]), np.array([1.0]), "f1")  # type: ignore[arg-type]
+    with pytest.raises(CalibrationError, match="finite"):
+        calibrate(np.array([0.1, np.nan]), np.array([1.0]))
 
 
 def test_pair_sample_has_every_positive_once_and_distinct_negatives() -> None:
@@ -85,6 +123,20 @@ def test_pair_sample_has_every_positive_once_and_distinct_negatives() -> None:
     assert np.array_equal(again[0], sample_calibration_pairs(labels, negatives=10, seed=4)[0])
     with pytest.raises(CalibrationError, match="two classes"):
         sample_calibration_pairs(np.zeros(5, int))
+    with pytest.raises(CalibrationError, match="at least two images"):
+        sample_calibration_pairs(np.arange(5))
+
+
+def test_pair_sample_of_many_images_is_distinct_and_sized_as_asked() -> None:
+    labels = np.random.default_rng(7).integers(0, 2_000, 20_000)
+    first, second, same = sample_calibration_pairs(labels, seed=8)
+    assert same.sum() == sum(n * (n - 1) // 2 for n in np.bincount(labels)) == (~same).sum()
+    assert len(np.unique(first * len(labels) + second)) == len(first)
+    assert np.all(first < second) and np.array_equal(labels[first] == labels[second], same)
+    few_same, _, few = sample_calibration_pairs(np.repeat([0, 1], [40, 30]), max_same=100, seed=8)
+    assert (few.sum(), (~few).sum()) == (100, 1000)
+    assert not np.array_equal(few_same, sample_calibration_pairs(np.repeat([0, 1], [40, 30]), max_same=100,
+                                                                 seed=9)[0])
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def test_decoding_with_the_model_preprocessing_matches_the_documented_pipeline()
     """A model file's preprocessing (what `simsearch` decodes with) gives what the benchmarks trained on."""
     buffer = io.BytesIO()
     _character().save(buffer, format="PNG")
-    decoded = torch.from_numpy(decode_image(buffer.getvalue(), PREPROCESSING).pixels).float()
+    decoded = torch.tensor(decode_image(buffer.getvalue(), PREPROCESSING).pixels).float()
     assert decoded.shape == (INPUT_SIZE, INPUT_SIZE, 1)
     assert torch.equal((decoded[..., 0] - PIXEL_MEAN) / PIXEL_STD, _preprocess(_character())[0])
 
