@@ -1,14 +1,17 @@
 """Choose the distance threshold that turns distances into same/different decisions, with bootstrap intervals.
 
 Distances are squared L2 between L2-normalised embeddings; a pair is called "same" when its distance is at most
-the threshold. A threshold is always placed halfway between two neighbouring observed distances, so that it does
-not sit on a data point whose side a rounding error could flip.
+the threshold. A threshold is always placed halfway between two neighbouring observed distances (or `MARGIN`
+beyond the smallest or largest), so that it does not sit on a data point whose side a rounding error could flip.
+
+Everything works on the sorted distinct distances and counts of pairs at each: one sort for the full data, and
+for the bootstrap a block of resamples at a time as rows of counts over the same distinct distances.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -16,7 +19,12 @@ from retrieval.errors import CalibrationError
 from retrieval.metrics import roc_auc
 
 Criterion = Literal["accuracy", "eer", "target-fpr"]
-CRITERIA: tuple[str, ...] = ("accuracy", "eer", "target-fpr")
+CRITERIA: tuple[str, ...] = get_args(Criterion)
+MARGIN = 1e-6
+"""How far beyond the smallest or largest distance a threshold outside all of them is placed."""
+MAX_SAME_PAIRS = 200_000
+_CELLS = 1 << 20
+"""Resamples times distinct distances held at once by the bootstrap (a few arrays of this many int64)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class CalibrationResult:
     fpr_interval: Interval | None = None
 
     def to_dict(self) -> dict[str, object]:
+        """Plain floats, ints, strings and None (intervals as ``{"low", "high"}``), ready for JSON."""
         return asdict(self)
 
     @classmethod
@@ -60,6 +69,51 @@ def decide(distance: float | np.ndarray, threshold: float) -> bool | np.ndarray:
     return distance <= threshold if isinstance(distance, np.ndarray) else bool(distance <= threshold)
 
 
+def choose_threshold(same: np.ndarray, different: np.ndarray, criterion: Criterion = "accuracy",
+                     target_fpr: float | None = None) -> float:
+    """The threshold by `criterion`:
+
+    - ``accuracy``: the most pairs right (ties: the middle of the best candidates);
+    - ``eer``: where the false-positive and false-negative rates are closest (equal error rate);
+    - ``target-fpr``: the largest threshold whose false-positive rate is at most `target_fpr`; when even the
+      nearest different pair is too many, that is a threshold just below it, which may accept no same pair
+      (and lies below zero when a different pair is the nearest of all).
+    """
+    _check_criterion(criterion, target_fpr)
+    same, different = _check(same, different)
+    sweep = _Sweep.of(*_unit_counts(same, different))
+    return float(sweep.thresholds(sweep.choose(criterion, target_fpr))[0])
+
+
+def calibrate(same: np.ndarray, different: np.ndarray, criterion: Criterion = "accuracy",
+              target_fpr: float | None = None, bootstrap: int = 1000, seed: int = 0) -> CalibrationResult:
+    """Threshold and metrics on all pairs, with 95 % percentile-bootstrap intervals (none when `bootstrap` is 0).
+
+    Each resample draws same and different pairs separately with replacement and chooses its own threshold,
+    so the threshold's interval shows how much it depends on the sample.
+    """
+    _check_criterion(criterion, target_fpr)
+    same, different = _check(same, different)
+    values, same_counts, different_counts = _unit_counts(same, different)
+    sweep = _Sweep.of(values, same_counts, different_counts)
+    column = sweep.choose(criterion, target_fpr)
+    accuracy, tpr, fpr = (float(rate[0]) for rate in sweep.rates(column))
+    intervals = {}
+    if bootstrap > 0:
+        draws = _bootstrap(same, different, criterion, target_fpr, bootstrap, np.random.default_rng(seed))
+        intervals = {f"{name}_interval": _interval(values) for name, values in draws.items()}
+    return CalibrationResult(criterion, float(sweep.thresholds(column)[0]),
+                             target_fpr if criterion == "target-fpr" else None, roc_auc(same, different),
+                             accuracy, tpr, fpr, len(same), len(different), **intervals)
+
+
+def _check_criterion(criterion: str, target_fpr: float | None) -> None:
+    if criterion not in CRITERIA:
+        raise CalibrationError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+    if criterion == "target-fpr" and (target_fpr is None or not 0 < target_fpr < 1):
+        raise CalibrationError(f"the target false-positive rate must be between 0 and 1 (got {target_fpr})")
+
+
 def _check(same: np.ndarray, different: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     same = np.asarray(same, dtype=np.float64).ravel()
     different = np.asarray(different, dtype=np.float64).ravel()
@@ -72,119 +126,160 @@ def _check(same: np.ndarray, different: np.ndarray) -> tuple[np.ndarray, np.ndar
     return same, different
 
 
-def _sweep(same: np.ndarray, different: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate thresholds (midpoints between distinct distances, plus one below and one above all) and the
-    TPR and FPR at each, from one sort."""
-    values = np.unique(np.concatenate([same, different]))
-    gaps = (values[:-1] + values[1:]) / 2
-    candidates = np.concatenate([[values[0] - 1e-6], gaps, [values[-1] + 1e-6]])
-    tpr = np.searchsorted(np.sort(same), candidates, side="right") / len(same)
-    fpr = np.searchsorted(np.sort(different), candidates, side="right") / len(different)
-    return candidates, tpr, fpr
+def _unit_counts(same: np.ndarray, different: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct distances and one row of how many same and different pairs lie at each."""
+    values, codes = np.unique(np.concatenate([same, different]), return_inverse=True)
+    return (values, np.bincount(codes[:len(same)], minlength=len(values))[None, :],
+            np.bincount(codes[len(same):], minlength=len(values))[None, :])
 
 
-def choose_threshold(same: np.ndarray, different: np.ndarray, criterion: Criterion = "accuracy",
-                     target_fpr: float | None = None) -> float:
-    """The threshold by `criterion`:
+def _row_counts(codes: np.ndarray, size: int) -> np.ndarray:
+    """How often each of `size` codes occurs in each row of `codes`."""
+    rows = len(codes)
+    flat = (codes + size * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * size).reshape(rows, size)
 
-    - ``accuracy``: the most pairs right (ties: the middle of the best run of candidates);
-    - ``eer``: where the false-positive and false-negative rates are closest (equal error rate);
-    - ``target-fpr``: the largest threshold whose false-positive rate is at most `target_fpr`; when even the
-      nearest different pair is too many, that is a threshold just below it, which may accept no same pair.
+
+@dataclass(frozen=True)
+class _Sweep:
+    """Candidate thresholds of samples of pairs over shared distinct distances, one sample per row.
+
+    Column 0 is the candidate below every distance; column ``k + 1`` lies just above ``values[k]`` and is a
+    candidate only where the row holds that distance. `true_pos` and `false_pos` count the same and different
+    pairs accepted at each column.
     """
-    same, different = _check(same, different)
-    candidates, tpr, fpr = _sweep(same, different)
-    if criterion == "accuracy":
-        correct = tpr * len(same) + (1 - fpr) * len(different)
-        best = np.flatnonzero(correct == correct.max())
-        return float(candidates[best[len(best) // 2]])
-    if criterion == "eer":
-        return float(candidates[np.argmin(np.abs(fpr - (1 - tpr)))])
-    if criterion == "target-fpr":
-        if target_fpr is None or not 0 < target_fpr < 1:
-            raise CalibrationError(f"the target false-positive rate must be between 0 and 1 (got {target_fpr})")
-        allowed = np.flatnonzero(fpr <= target_fpr)
-        return float(candidates[allowed[-1]])
-    raise CalibrationError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+
+    values: np.ndarray
+    candidate: np.ndarray
+    true_pos: np.ndarray
+    false_pos: np.ndarray
+    same: int
+    different: int
+
+    @classmethod
+    def of(cls, values: np.ndarray, same_counts: np.ndarray, different_counts: np.ndarray) -> _Sweep:
+        def accepted(counts: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.zeros((len(counts), 1), np.int64), np.cumsum(counts, axis=1)], axis=1)
+
+        present = (same_counts + different_counts) > 0
+        candidate = np.concatenate([np.ones((len(present), 1), bool), present], axis=1)
+        return cls(values, candidate, accepted(same_counts), accepted(different_counts),
+                   int(same_counts[0].sum()), int(different_counts[0].sum()))
+
+    def choose(self, criterion: str, target_fpr: float | None) -> np.ndarray:
+        """The chosen column of each row."""
+        tpr, fpr = self.true_pos / self.same, self.false_pos / self.different
+        if criterion == "accuracy":
+            correct = np.where(self.candidate, self.true_pos - self.false_pos, np.iinfo(np.int64).min)
+            best = correct == correct.max(axis=1, keepdims=True)
+            middle = best.sum(axis=1) // 2
+            return np.argmax(np.cumsum(best, axis=1) > middle[:, None], axis=1)
+        if criterion == "eer":
+            return np.argmin(np.where(self.candidate, np.abs(fpr - (1 - tpr)), np.inf), axis=1)
+        allowed = self.candidate & (fpr <= target_fpr)
+        return allowed.shape[1] - 1 - np.argmax(allowed[:, ::-1], axis=1)
+
+    def thresholds(self, column: np.ndarray) -> np.ndarray:
+        """The distance of each row's chosen column: halfway between the distances the row holds either side."""
+        size = len(self.values)
+        held = np.where(self.candidate[:, 1:], np.arange(size), size)
+        upper = np.minimum.accumulate(held[:, ::-1], axis=1)[:, ::-1]
+        upper = np.concatenate([upper, np.full((len(upper), 1), size)], axis=1)[np.arange(len(column)), column]
+        padded = np.concatenate([self.values, [np.nan]])
+        below, above = padded[column - 1], padded[upper]
+        return np.where(column == 0, above - MARGIN, np.where(upper == size, below + MARGIN, (below + above) / 2))
+
+    def rates(self, column: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Accuracy, TPR and FPR of each row at its chosen column."""
+        rows = np.arange(len(column))
+        true_pos, false_pos = self.true_pos[rows, column], self.false_pos[rows, column]
+        accuracy = (true_pos + self.different - false_pos) / (self.same + self.different)
+        return accuracy, true_pos / self.same, false_pos / self.different
 
 
-def _rates(same: np.ndarray, different: np.ndarray, threshold: float) -> tuple[float, float, float]:
-    tpr = float(np.mean(same <= threshold))
-    fpr = float(np.mean(different <= threshold))
-    accuracy = (tpr * len(same) + (1 - fpr) * len(different)) / (len(same) + len(different))
-    return accuracy, tpr, fpr
+def _weighted_auc(same_counts: np.ndarray, different_counts: np.ndarray) -> np.ndarray:
+    """`retrieval.metrics.roc_auc` of each row of counts over shared ascending distinct distances."""
+    closer_same = np.cumsum(same_counts, axis=1) - same_counts
+    wins = (different_counts * (closer_same + same_counts / 2)).sum(axis=1)
+    return wins / (same_counts[0].sum() * different_counts[0].sum())
 
 
-def _interval(values: list[float]) -> Interval:
+def _bootstrap(same: np.ndarray, different: np.ndarray, criterion: str, target_fpr: float | None, resamples: int,
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Threshold, ROC AUC, accuracy, TPR and FPR of each resample, a block of resamples at a time."""
+    values, codes = np.unique(np.concatenate([same, different]), return_inverse=True)
+    same_codes, different_codes = codes[:len(same)], codes[len(same):]
+    block = max(1, _CELLS // len(values))
+    parts: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, resamples, block):
+        rows = min(block, resamples - start)
+        same_counts = _row_counts(same_codes[rng.integers(0, len(same), (rows, len(same)))], len(values))
+        different_counts = _row_counts(different_codes[rng.integers(0, len(different), (rows, len(different)))],
+                                       len(values))
+        sweep = _Sweep.of(values, same_counts, different_counts)
+        column = sweep.choose(criterion, target_fpr)
+        parts.append((sweep.thresholds(column), _weighted_auc(same_counts, different_counts), *sweep.rates(column)))
+    names = ("threshold", "roc_auc", "accuracy", "tpr", "fpr")
+    return {name: np.concatenate(found) for name, found in zip(names, zip(*parts))}
+
+
+def _interval(values: np.ndarray) -> Interval:
     low, high = np.percentile(values, [2.5, 97.5])
     return Interval(float(low), float(high))
 
 
-def calibrate(same: np.ndarray, different: np.ndarray, criterion: Criterion = "accuracy",
-              target_fpr: float | None = None, bootstrap: int = 1000, seed: int = 0) -> CalibrationResult:
-    """Threshold and metrics on all pairs, with 95 % percentile-bootstrap intervals.
-
-    Each resample draws same and different pairs separately with replacement and chooses its own threshold,
-    so the threshold's interval shows how much it depends on the sample.
-    """
-    same, different = _check(same, different)
-    threshold = choose_threshold(same, different, criterion, target_fpr)
-    accuracy, tpr, fpr = _rates(same, different, threshold)
-    result = CalibrationResult(criterion, threshold, target_fpr, roc_auc(same, different), accuracy, tpr, fpr,
-                               len(same), len(different))
-    if bootstrap <= 0:
-        return result
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {"threshold": [], "roc_auc": [], "accuracy": [], "tpr": [], "fpr": []}
-    for _ in range(bootstrap):
-        s = same[rng.integers(0, len(same), len(same))]
-        d = different[rng.integers(0, len(different), len(different))]
-        t = choose_threshold(s, d, criterion, target_fpr)
-        a, p, n = _rates(s, d, t)
-        for key, value in zip(draws, (t, roc_auc(s, d), a, p, n)):
-            draws[key].append(value)
-    return CalibrationResult(
-        criterion, threshold, target_fpr, result.roc_auc, accuracy, tpr, fpr, len(same), len(different),
-        **{f"{key}_interval": _interval(values) for key, values in draws.items()},
-    )
-
-
-MAX_SAME_PAIRS = 200_000
-
-
 def sample_calibration_pairs(labels: np.ndarray, negatives: int | None = None, seed: int = 0,
                              max_same: int = MAX_SAME_PAIRS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first, second, same) index arrays: every same-label pair ``i < j`` (a seeded sample of `max_same` of
-    them when there are more: 1000 images of a class alone make half a million), and a seeded sample of
-    distinct different-label pairs (default: as many as the same pairs, at least 1000 where that many exist)."""
+    """(first, second, same) index arrays, ``first < second``: every same-label pair (a seeded sample of
+    `max_same` of them when there are more: 1000 images of a class alone make half a million), and a seeded
+    sample of distinct different-label pairs (default: as many as the same pairs, at least 1000 where that many
+    exist).
+
+    Pairs are numbered without being listed, so the different pairs are a uniform sample without replacement
+    drawn in memory proportional to the sample, however many images there are.
+    """
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
         raise CalibrationError(f"calibration needs at least two classes (found {len(classes)})")
     if counts.max() < 2:
         raise CalibrationError("calibration needs a class with at least two images")
-    same_first, same_second = [], []
-    for label in classes[counts > 1]:
-        members = np.flatnonzero(labels == label)
-        i, j = np.triu_indices(len(members), k=1)
-        same_first.append(members[i])
-        same_second.append(members[j])
-    first, second = np.concatenate(same_first), np.concatenate(same_second)
+    if negatives is not None and negatives < 1:
+        raise CalibrationError(f"the number of different pairs must be positive (got {negatives})")
+    order = np.argsort(labels, kind="stable")
+    position = np.arange(len(labels))
+    class_end = np.repeat(np.cumsum(counts), counts)
     rng = np.random.default_rng(seed)
-    if len(first) > max_same:
-        keep = np.sort(rng.choice(len(first), size=max_same, replace=False))
-        first, second = first[keep], second[keep]
-    available = (len(labels) ** 2 - int((counts ** 2).sum())) // 2
-    wanted = min(available, negatives if negatives is not None else max(len(first), 1000))
-    chosen: set[tuple[int, int]] = set()
-    while len(chosen) < wanted:
-        a = rng.integers(0, len(labels), 2 * (wanted - len(chosen)) + 16)
-        b = rng.integers(0, len(labels), len(a))
-        keep = labels[a] != labels[b]
-        for x, y in zip(np.minimum(a, b)[keep].tolist(), np.maximum(a, b)[keep].tolist()):
-            if len(chosen) == wanted:
-                break
-            chosen.add((x, y))
-    negative = np.array(sorted(chosen), dtype=np.int64).reshape(-1, 2)
-    return (np.concatenate([first, negative[:, 0]]), np.concatenate([second, negative[:, 1]]),
-            np.concatenate([np.ones(len(first), bool), np.zeros(len(negative), bool)]))
+    same_pairs = _PairSpace(order, position + 1, class_end - position - 1)
+    first, second = same_pairs.take(same_pairs.sample(max_same, rng))
+    different_pairs = _PairSpace(order, class_end, len(labels) - class_end)
+    wanted = negatives if negatives is not None else max(len(first), 1000)
+    other_first, other_second = different_pairs.take(different_pairs.sample(wanted, rng))
+    return (np.concatenate([first, other_first]), np.concatenate([second, other_second]),
+            np.concatenate([np.ones(len(first), bool), np.zeros(len(other_first), bool)]))
+
+
+@dataclass(frozen=True)
+class _PairSpace:
+    """The pairs ``(order[p], order[q])`` with ``start[p] <= q < start[p] + count[p]``, numbered p-major."""
+
+    order: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.count.sum())
+
+    def sample(self, most: int, rng: np.random.Generator) -> np.ndarray:
+        """Numbers of all pairs, or of a seeded sample of `most` of them, ascending."""
+        if self.size <= most:
+            return np.arange(self.size)
+        return np.sort(rng.choice(self.size, size=most, replace=False))
+
+    def take(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ends = np.cumsum(self.count)
+        p = np.searchsorted(ends, numbers, side="right")
+        q = self.start[p] + numbers - (ends[p] - self.count[p])
+        a, b = self.order[p], self.order[q]
+        return np.minimum(a, b), np.maximum(a, b)
