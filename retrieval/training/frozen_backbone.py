@@ -1,27 +1,18 @@
-"""Train a projection head over a frozen backbone, from cached features of augmented views.
+"""Backbone features of augmented views, for training a projection head over a frozen backbone.
 
 With the backbone frozen, its features of each view can be computed once and the head trained on them for as
 many epochs as wanted, which is what makes training the default photo model possible on two CPU cores. Views
-are made batched on the device with kornia: random resized crop, flip, colour jitter, blur, small rotation and
-JPEG re-compression, the edits that near-duplicates of a photo carry. Each source image is its own class
-(self-supervised): the head learns to keep an image's views together and other images apart, with a batch-hard
-triplet loss.
+are made batched on the device with kornia (`retrieval.training.views.photo_views`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from retrieval.distances import pairwise_squared_l2
-from retrieval.losses.triplet import TripletMarginLoss
-from retrieval.metrics import retrieval_scores
-from retrieval.miners import BatchHardMiner
 from retrieval.model import EmbeddingModel
 from retrieval.training.views import photo_views
 
@@ -45,75 +36,3 @@ def view_features(model: EmbeddingModel, images: Tensor, views: int, batch_size:
         if progress is not None:
             progress(len(batch))
     return torch.cat(out)
-
-
-@dataclass(frozen=True)
-class HeadTraining:
-    out_dim: int = 128
-    epochs: int = 60
-    instances_per_batch: int = 64
-    margin: float = 0.2
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    validation_fraction: float = 0.1
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class HeadResult:
-    head: nn.Linear
-    best_epoch: int
-    validation_recall_at_1: float
-    history: list[tuple[int, float, float, float]]
-    """(epoch, loss, active fraction, validation recall@1)."""
-
-
-def _validation_recall(head: nn.Module, features: Tensor) -> float:
-    with torch.no_grad():
-        embedded = F.normalize(head(features.flatten(0, 1)), dim=1).numpy()
-    labels = np.repeat(np.arange(len(features)), features.shape[1])
-    return retrieval_scores(embedded, labels, ks=(1,)).recall_at[1]
-
-
-def train_head(features: Tensor, config: HeadTraining,
-               on_epoch: Callable[[int, float, float, float], None] | None = None) -> HeadResult:
-    """Fit a linear head on cached view features (N, V, F); keeps the epoch with the best validation
-    recall@1 (each view finding another view of its own image among held-out images)."""
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(features), generator=generator)
-    held_out = max(2, int(len(features) * config.validation_fraction))
-    validation, train = features[order[:held_out]], features[order[held_out:]]
-    torch.manual_seed(config.seed)
-    head = nn.Linear(features.shape[2], config.out_dim)
-    optimiser = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, len(train) // config.instances_per_batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
-                                                   total_steps=config.epochs * steps_per_epoch)
-    miner, loss_fn = BatchHardMiner(), TripletMarginLoss(config.margin)
-    views = train.shape[1]
-    best = (-1.0, 0, {k: v.clone() for k, v in head.state_dict().items()})
-    history = []
-    for epoch in range(1, config.epochs + 1):
-        permutation = torch.randperm(len(train), generator=generator)
-        losses, active = [], []
-        for step in range(steps_per_epoch):
-            ids = permutation[step * config.instances_per_batch:(step + 1) * config.instances_per_batch]
-            batch = train[ids].flatten(0, 1)
-            labels = torch.arange(len(ids)).repeat_interleave(views)
-            embedded = F.normalize(head(batch), dim=1)
-            distances = pairwise_squared_l2(embedded)
-            out = loss_fn(distances, miner(distances, labels))
-            optimiser.zero_grad()
-            out.loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(float(out.loss))
-            active.append(out.active_fraction)
-        recall = _validation_recall(head, validation)
-        history.append((epoch, float(np.mean(losses)), float(np.mean(active)), recall))
-        if on_epoch is not None:
-            on_epoch(*history[-1])
-        if recall > best[0]:
-            best = (recall, epoch, {k: v.clone() for k, v in head.state_dict().items()})
-    head.load_state_dict(best[2])
-    return HeadResult(head, best[1], best[0], history)
