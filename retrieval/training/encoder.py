@@ -168,9 +168,11 @@ def _to_unit(pixels: Tensor) -> Tensor:
 
 
 def _views(config: EncoderTraining, pixels: Tensor) -> nn.Module:
+    """Affine distortions for labelled grey drawings; otherwise, and always for self-supervised positives, the
+    photo edits (grey images get them without colour jitter and JPEG)."""
     height, width, channels = pixels.shape[1:]
-    if channels == 1 and config.backbone == "small-cnn":
-        return stroke_views(config.self_supervised)
+    if channels == 1 and config.backbone == "small-cnn" and not config.self_supervised:
+        return stroke_views()
     return photo_views(height, width, channels)
 
 

@@ -27,15 +27,10 @@ def photo_views(height: int, width: int, channels: int = 3) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def stroke_views(self_supervised: bool = False) -> nn.Module:
+def stroke_views() -> nn.Module:
     """Koch et al.'s affine distortions for drawings and characters: rotation, shear, scale and shift, with the
-    border (paper) colour filled in. Stronger, plus blur, when the positives are views of one image."""
+    border (paper) colour filled in."""
     import kornia.augmentation as K
 
-    strength = 2.0 if self_supervised else 1.0
-    layers: list[nn.Module] = [K.RandomAffine(degrees=10.0 * strength, translate=(0.1 * strength, 0.1 * strength),
-                                              scale=(1 - 0.2 * strength, 1 + 0.2 * strength),
-                                              shear=15.0 * strength, padding_mode="border", p=1.0)]
-    if self_supervised:
-        layers.append(K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.5))
-    return nn.Sequential(*layers)
+    return K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=15.0, padding_mode="border",
+                          p=1.0)
