@@ -95,7 +95,7 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
 
 
 def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, reembed: bool) -> _Target:
-    with index.sessions() as session, session.begin():
+    with index.write_sessions() as session, session.begin():
         state = session.get(IndexState, 1)
         assert state is not None
         active = state.model
@@ -154,7 +154,7 @@ def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: di
         reporter.warn(problem.path, problem.reason)
     if not file_problems:
         return
-    with index.sessions() as session, session.begin():
+    with index.write_sessions() as session, session.begin():
         served_changed = False
         for problem in file_problems:
             row = known.get(problem.path)
@@ -205,7 +205,7 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
     if not works:
         return to_embed
     gone_by_hash = {row.content_hash: row for row in gone if row.status == STATUS_OK and row.content_hash}
-    with index.sessions() as session, session.begin():
+    with index.write_sessions() as session, session.begin():
         for work in works:
             row, digest = work.known, work.content_hash
             if digest is None:
@@ -246,7 +246,7 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
 def _remove(index: SimilarityIndex, gone: list[KnownImage], summary: IndexSummary) -> None:
     if not gone:
         return
-    with index.sessions() as session, session.begin():
+    with index.write_sessions() as session, session.begin():
         for chunk_start in range(0, len(gone), 500):
             ids = [row.id for row in gone[chunk_start:chunk_start + 500]]
             session.execute(delete(ImageRecord).where(ImageRecord.id.in_(ids)))
@@ -269,7 +269,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     started = time.perf_counter()
     for batch in loader:
         vectors = embedder.embed(batch.pixels) if len(batch.pixels) else np.empty((0, target.model.embedding_dim))
-        with index.sessions() as session, session.begin():
+        with index.write_sessions() as session, session.begin():
             _write_batch(session, target, batch.items, vectors, summary, reporter)
             index.bump_generation(session)
         summary.embedded += len(vectors)
@@ -339,7 +339,7 @@ def _set_error(image: ImageRecord, reason: str, size: int | None, mtime_ns: int 
 
 def _finish(index: SimilarityIndex, target: _Target) -> None:
     """Switch to the target model once every indexed image has a vector from it; drop unused vectors."""
-    with index.sessions() as session, session.begin():
+    with index.write_sessions() as session, session.begin():
         if not target.serving:
             missing = session.scalar(select(func.count()).select_from(ImageRecord).where(
                 ImageRecord.status == STATUS_OK,

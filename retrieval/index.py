@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Engine, and_, exists, select
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
@@ -60,6 +60,9 @@ class SimilarityIndex:
         self.root = root
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.write_sessions = sessionmaker(engine.execution_options(sqlite_begin="IMMEDIATE"),
+                                           expire_on_commit=False)
+        """For transactions that write: they take the database's write lock when they begin."""
         self._vectors: tuple[int, VectorIndex] | None = None
 
     # --- model -----------------------------------------------------------------------------
@@ -263,9 +266,11 @@ def _open(root: Path) -> SimilarityIndex:
             upgrade_to_head(engine)
     index = SimilarityIndex(root, engine)
     try:
-        with index.sessions() as session, session.begin():
+        with index.write_sessions() as session, session.begin():
             if session.get(IndexState, 1) is None:
                 session.add(IndexState(id=1, generation=0))
+    except IntegrityError:
+        pass  # another process (a query beside the first `index`, say) added the row first: it is there
     except (OperationalError, DatabaseError) as exc:
         raise IndexUnavailableError(f"cannot open the index database in {root}: {exc.orig}") from exc
     return index

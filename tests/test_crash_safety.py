@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -37,19 +38,22 @@ def test_sigkill_mid_run_keeps_the_index_usable(tmp_path: Path, make_photos) -> 
     photos = make_photos(tmp_path / "p", total, suffix=".jpg", size=(320, 240))
     slow_model = save_tiny_model(tmp_path / "slow.safetensors", seed=0, side=320)  # a run that lasts seconds
     index_dir = tmp_path / ".simsearch"
+    log = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "index", "p", "--model", str(slow_model), "--batch-size", "1",
          "--workers", "1"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=log)
     started = time.monotonic()
     deadline = started + 120
     while committed(index_dir) < 6 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    log.close()
+    errors = (tmp_path / "stderr.txt").read_text()
     done = committed(index_dir)
     print(f"killed after {done} of {total} images, {time.monotonic() - started:.1f} s after the start")
-    assert 0 < done < total, f"the kill should land mid-run ({done} of {total} committed)"
+    assert 0 < done < total, f"the kill should land mid-run ({done} of {total} committed); stderr: {errors[-2000:]}"
 
     reopened = open_index(index_dir)
     assert len(reopened.vector_index()) == done, "FAISS and the database agree after the restart"
@@ -61,3 +65,29 @@ def test_sigkill_mid_run_keeps_the_index_usable(tmp_path: Path, make_photos) -> 
     assert finish.returncode == 0, finish.stderr
     assert committed(index_dir) == total
     assert len(open_index(index_dir).vector_index()) == total
+
+
+def _open_new_index(root: str, results: Any) -> None:
+    from retrieval.index import create_index
+
+    try:
+        create_index(Path(root))
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the test reports whatever went wrong
+        results.put(repr(exc))
+
+
+def test_processes_opening_a_new_index_at_once_all_succeed(tmp_path: Path) -> None:
+    """A query (or calibrate) starting beside the first `index` must not make either fail."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(8):
+        results = context.Queue()
+        processes = [context.Process(target=_open_new_index, args=(str(tmp_path / f"index{attempt}"), results))
+                     for _ in range(3)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+        assert [results.get() for _ in processes] == ["ok"] * 3

@@ -15,6 +15,9 @@ def create_sqlite_engine(path: Path) -> Engine:
 
     pysqlite does not emit BEGIN before a SELECT by itself, so two reads in one session could see
     two states of a database another process is writing; SQLAlchemy's documented recipe fixes it.
+    A connection with the execution option `sqlite_begin="IMMEDIATE"` begins with BEGIN IMMEDIATE:
+    a transaction that will write takes the write lock first (waiting up to the busy timeout), instead
+    of failing at once with "database is locked" when another process wrote after its first read.
     """
     engine = create_engine(f"sqlite:///{path}")
 
@@ -30,7 +33,8 @@ def create_sqlite_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN")
+        mode = conn.get_execution_options().get("sqlite_begin", "")
+        conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
     return engine
 
