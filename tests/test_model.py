@@ -91,3 +91,17 @@ def test_embedder_matches_the_model_it_prepares() -> None:
     embedder = Embedder(model, torch.device("cpu"))
     np.testing.assert_allclose(embedder.embed(pixels), expected, atol=1e-5)
     assert embedder.content_hash == before
+
+
+def test_a_model_saved_after_embedding_reloads_with_its_hash(tmp_path: Path) -> None:
+    """`calibrate --model X` embeds with X before the index stores X's file: that file must still load."""
+    from retrieval.embedding import Embedder
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec())
+    pixels = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    expected = Embedder(model, torch.device("cpu")).embed(pixels)
+    model.save(tmp_path / "after.safetensors")
+    reloaded = load_model(tmp_path / "after.safetensors")
+    assert reloaded.content_hash == model.content_hash
+    np.testing.assert_allclose(Embedder(reloaded, torch.device("cpu")).embed(pixels), expected, atol=1e-5)
