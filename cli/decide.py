@@ -88,8 +88,7 @@ def dedup_command(
             if paths:
                 raise fail("--stdin reads the paths from stdin; give no PATH arguments")
             return stream_duplicates(open_for_decisions(index_dir, None, device), threshold)
-        if paths:
-            index_first(paths, index_dir, device)
+        unindexed = index_first(paths, index_dir, device) if paths else 0
         collection = open_for_decisions(index_dir, None, device)
         groups = collection.dedup(threshold, paths or None)
     except SimsearchError as exc:
@@ -102,9 +101,12 @@ def dedup_command(
         write_csv(groups)
     else:
         print_groups(groups, collection.threshold(threshold))
+    if unindexed:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
-def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[str]) -> None:
+def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[str]) -> int:
+    """Index `paths` into the index; returns how many of their files could not be indexed."""
     from indexer.pipeline import IndexOptions, index_paths
     from retrieval.index import create_index
     from retrieval.locate import index_dir_for_writing
@@ -118,7 +120,9 @@ def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[s
     with RichReporter(err) as reporter:
         summary = index_paths(index, paths, None, IndexOptions(device=device), reporter)
     if summary.problems:
-        err.print(f"{summary.problems} files could not be indexed and are left out")
+        verb = "is" if summary.problems == 1 else "are"
+        err.print(f"{plural(summary.problems, 'file')} could not be indexed and {verb} left out")
+    return summary.problems
 
 
 def stream_duplicates(collection: Collection, threshold: Optional[float]) -> None:

@@ -23,7 +23,7 @@ from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
 from retrieval.embedding import Embedder, pick_device
-from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError
+from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError, ModelMismatchError
 from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
 from retrieval.locate import find_index_dir
@@ -105,7 +105,7 @@ class Collection:
 
     def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
         """The k nearest indexed images of each file (a file that fails carries its error)."""
-        return query_files(self._require_index(), self.embedder, [Path(p) for p in paths], k)
+        return query_files(self._require_searchable_index(), self.embedder, [Path(p) for p in paths], k)
 
     def calibration(self) -> StoredCalibration | None:
         """The latest calibration of this collection's model, if any (never one of another model)."""
@@ -126,14 +126,14 @@ class Collection:
         limit = self.threshold(threshold)
         vectors = self.embed_files([first, second])
         distance = float(max(0.0, 2.0 - 2.0 * float(vectors[0] @ vectors[1])))
-        tensors = torch.from_numpy(vectors)
+        tensors = torch.from_numpy(vectors).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
         return Verdict(distance <= limit, distance, limit, limit - distance,
                        None if probability is None else float(probability[0]))
 
     def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None) -> list[DuplicateGroup]:
         """Near-duplicate groups among the indexed images (those under `roots` when given)."""
-        index = self._require_index()
+        index = self._require_searchable_index()
         limit = self.threshold(threshold)
         under = [os.path.abspath(Path(root).expanduser()) for root in roots] if roots else None
         return index_duplicates(index, limit, under)
@@ -143,6 +143,8 @@ class Collection:
 
         Reads nothing ahead, so a pipeline gets each answer as soon as its line is in; writes nothing.
         """
+        if self.index is not None:
+            self._require_searchable_index()
         limit = self.threshold(threshold)
         seen = faiss.IndexFlatIP(self.model.embedding_dim)
         seen_paths: list[str] = []
@@ -199,6 +201,19 @@ class Collection:
         if self.index is None:
             raise IndexNotFoundError("this needs an index: run `simsearch index PATH` first or pass --index")
         return self.index
+
+    def _require_searchable_index(self) -> SimilarityIndex:
+        """The index, when its vectors come from this collection's model: another model's embeddings (and
+        threshold) mean nothing against them."""
+        index = self._require_index()
+        if self._model is not None:
+            with index.sessions() as session:
+                record = index.model_record(session)
+            if record is not None and record.content_hash != self._model.content_hash:
+                raise ModelMismatchError(f"the index at {index.root} was built with model {record.name} "
+                                         f"({record.content_hash[:12]}), not {self._model.spec.name} "
+                                         f"({self._model.content_hash[:12]}): search it with its own model")
+        return index
 
 
 def open_collection(path: Path | str | None = None, model: EmbeddingModel | None = None,

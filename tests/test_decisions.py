@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import photo
 from retrieval import open_collection
 from retrieval.calibration_store import latest_calibration, save_calibration
-from retrieval.errors import CalibrationError
+from retrieval.errors import CalibrationError, ModelMismatchError
 from retrieval.model import load_model
 from test_cli import assert_one_line_error, invoke
 
@@ -67,6 +67,19 @@ def test_verify_needs_a_calibration_of_this_model_or_a_threshold(collection: Pat
         open_collection(collection / ".simsearch", model=other_model).threshold()
 
 
+def test_another_models_vectors_are_never_searched(collection: Path) -> None:
+    """Verify works with any model, but the index's vectors only answer to the model that made them."""
+    other_model = load_model(Path(__file__).parent / ".." / "retrieval" / "weights" / "photo-default.safetensors")
+    other = open_collection(collection / ".simsearch", model=other_model)
+    assert other.verify(collection / "photos/a.png", collection / "photos/a-copy.png", threshold=0.5).same
+    with pytest.raises(ModelMismatchError, match="search it with its own model"):
+        other.query([collection / "photos/a.png"])
+    with pytest.raises(ModelMismatchError):
+        other.dedup(threshold=0.5)
+    with pytest.raises(ModelMismatchError):
+        list(other.stream_duplicates([str(collection / "photos/a.png")], threshold=0.5))
+
+
 def test_dedup_groups_copies_with_the_largest_as_keeper(collection: Path) -> None:
     threshold = str(distance(collection, "photos/a.png", "photos/a-small.png") + 1e-4)
     result = invoke("dedup", "--threshold", threshold, "--json", cwd=collection)
@@ -97,6 +110,17 @@ def test_dedup_of_given_paths_indexes_them_and_looks_only_there(collection: Path
     names = sorted(sorted([Path(g["keeper"]["path"]).name] + [Path(d["path"]).name for d in g["duplicates"]])
                    for g in everything)
     assert ["d-again.png", "d.png"] in names and ["e-again.png", "e.png"] in names
+
+
+def test_dedup_of_given_paths_exits_1_when_some_could_not_be_indexed(collection: Path) -> None:
+    extra = collection / "extra"
+    extra.mkdir()
+    shutil.copy(collection / "photos" / "e.png", extra / "e-again.png")
+    (extra / "broken.jpg").write_bytes(b"not a jpeg")
+    result = invoke("dedup", "extra", "--threshold", str(COPY_THRESHOLD), "--json", cwd=collection)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout) == [], "the groups are still printed"
+    assert "1 file could not be indexed and is left out" in result.stderr
 
 
 def test_dedup_stdin_streams_one_json_line_per_input(collection: Path) -> None:
