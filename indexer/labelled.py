@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from retrieval.images import Preprocessing
 class LabelledEmbeddings:
     embeddings: np.ndarray
     labels: np.ndarray
-    """Integer class of each row; `classes[labels[i]]` is its folder name."""
+    """Integer class of each row; `classes[labels[i]]` is its class subfolder."""
     classes: list[str]
     paths: list[str]
 
@@ -32,37 +33,51 @@ class LabelledImages:
     pixels: torch.Tensor
     """uint8 (N, H, W, C) at the model's input size."""
     labels: torch.Tensor
-    """int64 (N,); `classes[labels[i]]` is the folder name (or, for unlabelled data, the file)."""
+    """int64 (N,); `classes[labels[i]]` is the class subfolder (or, for unlabelled data, the file)."""
     classes: list[str]
     paths: list[str]
 
 
+def class_name(root: Path, path: str) -> str | None:
+    """The class of a file: its folder's path under `root` ("cat", or "Latin/character01" in a nested tree, so
+    that equal leaf names in different branches stay different classes); None for a file directly in `root`."""
+    folder = os.path.relpath(os.path.dirname(path), root)
+    return None if folder == os.curdir else Path(folder).as_posix()
+
+
 def _decoded_batches(root: Path, prep: Preprocessing, *, batch_size: int, workers: int | None, pin_memory: bool,
                      reporter: Reporter, need_classes: bool) -> Iterator[tuple[torch.Tensor, list[str], list[str]]]:
-    """Decoded pixels with the folder name and path of each good file; bad files are warned about and left out."""
+    """Decoded pixels with the class and path of each good file; bad files are warned about and left out, and
+    so (when classes are needed) are files outside any class subfolder."""
     scanned = scan([root])
-    if need_classes:
-        _require_classes(root, {f.label for f in scanned.files})
-    elif not scanned.files:
-        raise InputPathError(f"no images under {root}")
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
-    loader = make_loader([Work(f, None) for f in scanned.files], prep, batch_size=batch_size,
+    files = scanned.files
+    names = {f.path: class_name(root, f.path) or "" for f in files}
+    if need_classes:
+        for f in files:
+            if not names[f.path]:
+                reporter.warn(f.path, "not in a class subfolder; left out")
+        files = [f for f in files if names[f.path]]
+        _require_classes(root, set(names[f.path] for f in files))
+    elif not files:
+        raise InputPathError(f"no images under {root}")
+    loader = make_loader([Work(f, None) for f in files], prep, batch_size=batch_size,
                          workers=default_workers() if workers is None else workers, max_pixels=100_000_000,
                          pin_memory=pin_memory)
-    reporter.start("decoding", len(scanned.files))
+    reporter.start("decoding", len(files))
     for batch in loader:
         for item in batch.items:
             if item.error is not None:
                 reporter.warn(item.work.file.path, item.error)
         good = batch.ok
-        yield batch.pixels, [item.work.file.label for item in good], [item.work.file.path for item in good]
+        yield batch.pixels, [names[item.work.file.path] for item in good], [item.work.file.path for item in good]
         reporter.advance(len(batch.items))
 
 
 def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
                           reporter: Reporter | None = None) -> LabelledEmbeddings:
-    """Embed every image under `root`, labelled by its parent folder. Raises `InputPathError` when fewer
+    """Embed every image under `root`, labelled by its class subfolder (`class_name`). Raises `InputPathError` when fewer
     than two classes remain."""
     vectors, names, paths = [], [], []
     for pixels, batch_names, batch_paths in _decoded_batches(
@@ -78,7 +93,7 @@ def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 3
 
 def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bool = False, workers: int | None = None,
                          reporter: Reporter | None = None) -> LabelledImages:
-    """Decode every image under `root` into memory for training. Labels come from the parent folders, or with
+    """Decode every image under `root` into memory for training. Labels come from the class subfolders (`class_name`), or with
     `self_supervised` every image is its own class (any folder layout)."""
     chunks, names, paths = [], [], []
     for pixels, batch_names, batch_paths in _decoded_batches(
