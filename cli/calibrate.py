@@ -12,14 +12,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import IndexOption, err, fail, model_from_argument, out, shown_path
+from cli.common import IndexOption, err, fail, model_from_argument, out, require_writable_folder, shown_path
+from retrieval.calibration import CRITERIA
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
     from retrieval.index import SimilarityIndex
     from retrieval.model import EmbeddingModel
-
-CRITERIA = ("accuracy", "eer", "target-fpr")
 
 
 def calibrate_command(
@@ -57,6 +56,9 @@ def calibrate_command(
         raise fail("--criterion target-fpr needs --target-fpr, e.g. --target-fpr 0.01")
     from retrieval.index import create_index
     from retrieval.locate import index_dir_for_writing
+
+    if plot is not None:
+        require_writable_folder(plot)
 
     try:
         index, model = existing_index_and_model(index_dir, model_name)

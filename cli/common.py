@@ -39,6 +39,19 @@ def model_from_argument(value: str) -> "EmbeddingModel":
     return models.load_model(Path(value))
 
 
+def require_writable_folder(path: Path) -> None:
+    """Create the folder that will receive `path` and check it can be written, before any long work."""
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"not a folder: {folder} (to write {path})")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise fail(f"cannot write in {folder}: permission denied")
+
+
 def shown_path(path: str) -> str:
     """A path relative to the working directory when it lies below it, else as stored."""
     relative = os.path.relpath(path)

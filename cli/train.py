@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import err, fail
+from cli.common import err, fail, require_writable_folder
 from retrieval.errors import SimsearchError
 
 EXIT_INTERRUPTED = 130
@@ -37,7 +37,7 @@ def train_command(
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     steps_per_epoch: Annotated[int, typer.Option(min=1, help="Batches between validations.")] = 200,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (warm-up, then cosine decay).")] = 1e-3,
-    input_size: Annotated[int, typer.Option(min=8, help="small-cnn: square input side.")] = 42,
+    input_size: Annotated[int, typer.Option(min=16, help="small-cnn: square input side (four 2x poolings).")] = 42,
     colour: Annotated[bool, typer.Option("--colour", help="small-cnn: RGB input instead of grey.")] = False,
     views: Annotated[int, typer.Option(min=1, help="Frozen efficientnet-lite0: augmented views cached per image.")]
     = 4,
@@ -64,11 +64,15 @@ def train_command(
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             raise fail(f"--{option} must be one of {', '.join(allowed)} (got {value!r})")
+    if margin is not None and margin <= 0:
+        raise fail(f"--margin must be positive (got {margin}): without it the embeddings may all collapse together")
     if not data.is_dir():
         raise fail(f"not a folder: {data}")
     checkpoint = checkpoint or model_out.with_name(model_out.name + ".checkpoint")
     if resume and not checkpoint.exists():
         raise fail(f"no checkpoint to resume from at {checkpoint}")
+    require_writable_folder(model_out)
+    require_writable_folder(checkpoint)
     config = EncoderTraining(
         backbone=backbone, embedding_dim=embedding_dim, trainable_stages=trainable_stages, views=views,  # type: ignore[arg-type]
         input_size=input_size, colour=colour, loss=loss, mining=mining, margin=margin,  # type: ignore[arg-type]
@@ -89,7 +93,6 @@ def train_command(
 
             trained = train_encoder(config, data_set.pixels, data_set.labels, checkpoint=checkpoint, resume=resume,
                                     on_step=progress.step, on_epoch=on_epoch, log=progress.log)
-        model_out.parent.mkdir(parents=True, exist_ok=True)
         partial = model_out.with_name(model_out.name + ".partial")
         trained.model.save(partial)
         partial.replace(model_out)

@@ -29,5 +29,9 @@ class InputPathError(SimsearchError):
     """A path given by the user does not exist or holds nothing usable."""
 
 
+class OutputWriteError(SimsearchError):
+    """A file the user asked for cannot be written (permissions, a full disk, ...)."""
+
+
 class CalibrationError(SimsearchError):
     """No usable threshold: no calibration for this model, or data that cannot calibrate one."""

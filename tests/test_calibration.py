@@ -195,4 +195,7 @@ def test_calibrate_bad_input_writes_nothing(labelled: Path, tiny_model_file: Pat
     assert_one_line_error(invoke("calibrate", "one", *model, cwd=labelled), "at least two class")
     assert_one_line_error(invoke("calibrate", "data", "--criterion", "target-fpr", *model, cwd=labelled),
                           "needs --target-fpr")
+    (labelled / "a-file").write_text("")
+    assert_one_line_error(invoke("calibrate", "data", "--plot", "a-file/plot.png", *model, cwd=labelled),
+                          "not a folder: a-file (to write a-file/plot.png)")
     assert not (labelled / ".simsearch").exists()

@@ -56,6 +56,9 @@ def test_train_writes_a_model_that_eval_and_index_can_use(tmp_path: Path) -> Non
     scored = invoke("eval", "chars.safetensors", "data", "--way", "4", "--episodes", "20", "--pairs", "50",
                     "--workers", "0", "--json", cwd=tmp_path)
     assert scored.exit_code == 0, scored.output
+    too_few = invoke("eval", "chars.safetensors", "data", "--shot", "5", "--workers", "0", cwd=tmp_path)
+    assert too_few.exit_code == 2 and "Traceback" not in too_few.output
+    assert too_few.output.splitlines()[-1].startswith("error: no class pool has 8 classes with 6 images")
 
 
 def test_self_supervised_training_takes_any_folder(tmp_path: Path) -> None:
@@ -74,7 +77,7 @@ def test_frozen_efficientnet_trains_only_the_head_and_pairwise_loss_keeps_its_he
     model = load_model(tmp_path / "eff.safetensors")
     assert model.spec.head == "linear" and model.spec.backbone_weights == "imagenet"
     assert (tmp_path / "eff.safetensors").stat().st_size < 100_000
-    embedding = torch.nn.functional.normalize(torch.randn(1, 16), dim=1)
+    embedding = torch.nn.functional.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), dim=1)
     probability = model.pair_probability(embedding, embedding)
     assert probability is not None and probability.shape == (1,)
 
@@ -130,6 +133,12 @@ def test_training_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
     make_characters(tmp_path / "data", classes=3)
     assert_one_line_error(invoke("train", "data", "--out", "m.safetensors", "--loss", "hinge", cwd=tmp_path),
                           "--loss must be one of")
+    assert_one_line_error(invoke("train", "data", "--out", "m.safetensors", "--margin", "-1", cwd=tmp_path),
+                          "--margin must be positive")
+    assert invoke("train", "data", "--out", "m.safetensors", "--input-size", "8", cwd=tmp_path).exit_code == 2
+    (tmp_path / "a-file").write_text("")
+    assert_one_line_error(invoke("train", "data", "--out", "a-file/m.safetensors", *TINY, cwd=tmp_path),
+                          "not a folder: a-file (to write a-file/m.safetensors)")
     assert_one_line_error(invoke("train", "data", "--out", "m.safetensors", "--resume", cwd=tmp_path),
                           "no checkpoint to resume from")
     assert not (tmp_path / "m.safetensors").exists()

@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from retrieval.errors import SimsearchError
+
 DATASETS_ENV = "SIMSEARCH_DATASETS"
 NATIVE_SIZE = 105
 LAKE_RUNS = 20
@@ -27,11 +29,11 @@ LAKE_RUNS = 20
 Split = Literal["background", "evaluation"]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(SimsearchError, FileNotFoundError):
     """The shared datasets folder, or a file expected in it, is missing."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(SimsearchError, ValueError):
     """A dataset file does not have the layout this reader expects."""
 
 

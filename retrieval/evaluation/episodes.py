@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 from retrieval.distances import pairwise_squared_l2
+from retrieval.errors import SimsearchError
 from retrieval.evaluation.stats import Estimate, mean_ci
 
 
-class EpisodeSamplingError(ValueError):
+class EpisodeSamplingError(SimsearchError, ValueError):
     """The labels cannot supply the requested episode shape."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from retrieval.errors import SimsearchError
+from retrieval.errors import OutputWriteError, SimsearchError
 from retrieval.training.sampler import PKSampler
 
 Validate = Callable[[nn.Module], float]
@@ -28,7 +28,7 @@ EpochCallback = Callable[["EpochRecord"], None]
 CHECKPOINT_FORMAT = 1
 
 
-class TrainingBudgetError(ValueError):
+class TrainingBudgetError(SimsearchError, ValueError):
     """Neither a time nor a step budget was given."""
 
 
@@ -277,8 +277,11 @@ class Trainer:
     def save_checkpoint(self, path: Path) -> None:
         """Write atomically, so a run killed while saving still leaves the previous epoch's checkpoint."""
         partial = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), partial)
-        partial.replace(path)
+        try:
+            torch.save(self.state_dict(), partial)
+            partial.replace(path)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
 
     def resume(self, path: Path) -> None:
         """Load a checkpoint written by :meth:`save_checkpoint` (tensors and plain values only, no unpickling)."""
