@@ -85,7 +85,7 @@ def time_100k(count: int, dim: int, threshold: float, seed: int) -> tuple[float,
     planted = rng.choice(count, size=count // 100, replace=False)
     vectors[planted] = vectors[(planted + 1) % count] + 0.1 * rng.standard_normal((len(planted), dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    owners = [[Candidate(f"/synthetic/{i:06d}.jpg", 100, 100, i, i)] for i in range(count)]
+    owners = [[Candidate(f"/synthetic/{i:06d}.jpg", 100, 100, i)] for i in range(count)]
     started = time.perf_counter()
     groups = duplicate_groups(vectors, owners, threshold)
     return time.perf_counter() - started, len(groups)

@@ -29,7 +29,6 @@ class Candidate:
     width: int | None
     height: int | None
     mtime_ns: int | None
-    image_id: int = 0
 
     @property
     def pixels(self) -> int:
@@ -111,14 +110,14 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
     with index.sessions() as session:
-        query = select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
+        query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
                        ImageRecord.vector_id).where(ImageRecord.status == STATUS_OK)
         if roots:
             query = query.where(images_under(roots))
-        for image_id, path, width, height, mtime_ns, vector_id in session.execute(query):
+        for path, width, height, mtime_ns, vector_id in session.execute(query):
             row = row_of.get(int(vector_id))
             if row is not None:
-                owners[row].append(Candidate(path, width, height, mtime_ns, image_id))
+                owners[row].append(Candidate(path, width, height, mtime_ns))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return []

@@ -50,7 +50,6 @@ class Neighbour:
     distance: float
     path: str
     label: str | None
-    image_id: int
 
 
 class SimilarityIndex:
@@ -207,7 +206,7 @@ class SimilarityIndex:
             for distance, vector_id in zip(row_d, row_i):
                 for image in sorted(by_vector.get(int(vector_id), []), key=lambda im: im.path):
                     if len(hits) < k:
-                        hits.append(Neighbour(len(hits) + 1, float(distance), image.path, image.label, image.id))
+                        hits.append(Neighbour(len(hits) + 1, float(distance), image.path, image.label))
             results.append(hits)
         return results
 

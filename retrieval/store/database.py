@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from retrieval.errors import IndexUnavailableError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def create_sqlite_engine(path: Path) -> Engine:
@@ -39,7 +43,7 @@ def create_sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-def migrations_config():  # type: ignore[no-untyped-def]
+def migrations_config() -> Config:
     """Alembic configuration pointing at the `migrations` package, no alembic.ini needed."""
     from alembic.config import Config
 

@@ -35,10 +35,6 @@ class VectorIndex:
         except RuntimeError as exc:
             raise IndexUnavailableError(f"cannot read vector file {path}: {str(exc).splitlines()[0]}") from exc
 
-    @property
-    def dim(self) -> int:
-        return int(self._index.d)
-
     def __len__(self) -> int:
         return int(self._index.ntotal)
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import Tensor
 
 
 class PKSampler:
-    """Yields batches of batch indices: ``classes_per_batch`` classes, ``images_per_class`` images each.
+    """Draws batches of indices: ``classes_per_batch`` classes, ``images_per_class`` images each.
 
     Classes are visited in a fresh random order on every pass, so all classes are seen
     equally often; images are drawn without replacement within a class when it has
@@ -31,10 +29,6 @@ class PKSampler:
         self.images_per_class = images_per_class
         self._rng = np.random.default_rng(seed)
         self._queue: list[int] = []
-
-    @property
-    def batch_size(self) -> int:
-        return self.classes_per_batch * self.images_per_class
 
     def _next_classes(self) -> list[int]:
         while len(self._queue) < self.classes_per_batch:
@@ -60,7 +54,3 @@ class PKSampler:
             replace = len(members) < self.images_per_class
             parts.append(self._rng.choice(members, size=self.images_per_class, replace=replace))
         return torch.from_numpy(np.concatenate(parts)).long()
-
-    def __iter__(self) -> Iterator[Tensor]:
-        while True:
-            yield self.next_batch()
