@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.loading import default_workers, make_loader
+from indexer.loading import default_workers, inference_threads_beside, make_loader
 from indexer.plan import Work
 from indexer.report import Reporter, SilentReporter
 from indexer.scan import scan
@@ -77,24 +77,26 @@ def _decoded_batches(root: Path, prep: Preprocessing, *, batch_size: int, worker
 
 def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
                           reporter: Reporter | None = None) -> LabelledEmbeddings:
-    """Embed every image under `root`, labelled by its class subfolder (`class_name`). Raises `InputPathError` when fewer
-    than two classes remain."""
+    """Embed every image under `root`, labelled by its class subfolder (`class_name`). Raises `InputPathError`
+    when fewer than two classes remain."""
     vectors, names, paths = [], [], []
-    for pixels, batch_names, batch_paths in _decoded_batches(
-            root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,
-            pin_memory=embedder.pin_memory, reporter=reporter or SilentReporter(), need_classes=True):
-        if len(pixels):
-            vectors.append(embedder.embed(pixels))
-        names += batch_names
-        paths += batch_paths
+    workers = default_workers() if workers is None else workers
+    with inference_threads_beside(workers):
+        for pixels, batch_names, batch_paths in _decoded_batches(
+                root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,
+                pin_memory=embedder.pin_memory, reporter=reporter or SilentReporter(), need_classes=True):
+            if len(pixels):
+                vectors.append(embedder.embed(pixels))
+            names += batch_names
+            paths += batch_paths
     classes, labels = _class_labels(root, names)
     return LabelledEmbeddings(np.concatenate(vectors), labels.numpy(), classes, paths)
 
 
 def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bool = False, workers: int | None = None,
                          reporter: Reporter | None = None) -> LabelledImages:
-    """Decode every image under `root` into memory for training. Labels come from the class subfolders (`class_name`), or with
-    `self_supervised` every image is its own class (any folder layout)."""
+    """Decode every image under `root` into memory for training. Labels come from the class subfolders
+    (`class_name`), or with `self_supervised` every image is its own class (any folder layout)."""
     chunks, names, paths = [], [], []
     for pixels, batch_names, batch_paths in _decoded_batches(
             root, prep, batch_size=64, workers=workers, pin_memory=False,

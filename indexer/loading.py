@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +76,30 @@ def _init_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container sets it), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """One decode worker per core beyond the first, which inference keeps busy (at least one)."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """One decode worker per core beyond the first, which inference keeps busy (at least one, at most 8)."""
+    return max(1, min(8, available_cores() - 1))
+
+
+@contextmanager
+def inference_threads_beside(workers: int) -> Iterator[None]:
+    """Give inference the cores that `workers` decode processes leave (at least one), restoring torch's thread
+    count after. More threads than cores makes decoding and inference wait on each other: on 2 cores, with one
+    decode worker, one inference thread indexes about a quarter faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, available_cores() - workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_loader(works: Sequence[Work], prep: Preprocessing, *, batch_size: int, workers: int,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from indexer.hashing import hash_file
@@ -258,7 +258,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
            summary: IndexSummary, reporter: Reporter) -> None:
     if not works:
         return
-    from indexer.loading import default_workers, make_loader
+    from indexer.loading import default_workers, inference_threads_beside, make_loader
     from retrieval.embedding import Embedder, pick_device
 
     embedder = Embedder(target.model, pick_device(options.device))
@@ -267,23 +267,44 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
                          max_pixels=options.max_pixels, pin_memory=embedder.pin_memory)
     reporter.start("embedding", len(works))
     started = time.perf_counter()
-    for batch in loader:
-        vectors = embedder.embed(batch.pixels) if len(batch.pixels) else np.empty((0, target.model.embedding_dim))
-        with index.write_sessions() as session, session.begin():
-            _write_batch(session, target, batch.items, vectors, summary, reporter)
-            index.bump_generation(session)
-        summary.embedded += len(vectors)
-        reporter.advance(len(batch.items))
+    with inference_threads_beside(workers):
+        for batch in loader:
+            vectors = (embedder.embed(batch.pixels) if len(batch.pixels)
+                       else np.empty((0, target.model.embedding_dim)))
+            with index.write_sessions() as session, session.begin():
+                _write_batch(session, target, batch.items, vectors, summary, reporter)
+                index.bump_generation(session)
+            summary.embedded += len(vectors)
+            reporter.advance(len(batch.items))
     summary.embed_seconds = time.perf_counter() - started
+
+
+def _store_vectors(session: Session, model_id: int, hashes: list[str], vectors: np.ndarray) -> dict[str, int]:
+    """The vector id of each content hash: the stored one where the content was embedded before, else a new row
+    (one per content, even when copies arrive in the same batch). Two statements, whatever the batch size."""
+    ids: dict[str, int] = dict(session.execute(select(VectorRecord.content_hash, VectorRecord.id).where(
+        VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(set(hashes)))).all())
+    new: dict[str, bytes] = {}
+    for digest, vector in zip(hashes, vectors, strict=True):
+        if digest not in ids and digest not in new:
+            new[digest] = np.asarray(vector, dtype=np.float32).tobytes()
+    if new:
+        inserted = session.execute(insert(VectorRecord).returning(VectorRecord.content_hash, VectorRecord.id),
+                                   [{"model_id": model_id, "content_hash": digest, "data": data}
+                                    for digest, data in new.items()])
+        ids.update(inserted.all())
+    return ids
 
 
 def _write_batch(session: Session, target: _Target, items: list[Loaded], vectors: np.ndarray,
                  summary: IndexSummary, reporter: Reporter) -> None:
-    ok = iter(vectors)
+    decoded = [item for item in items if item.error is None]
+    vector_ids = _store_vectors(session, target.model_id, [item.content_hash or "" for item in decoded], vectors)
+    known_ids = [item.work.known.id for item in items if item.work.known is not None]
+    known = {image.id: image for image in session.scalars(select(ImageRecord).where(ImageRecord.id.in_(known_ids)))}
     for item in items:
         row = item.work.known
-        image = session.get(ImageRecord, row.id) if row else ImageRecord(path=item.work.file.path)
-        assert image is not None
+        image = known[row.id] if row else ImageRecord(path=item.work.file.path)
         if item.error is not None:
             reporter.warn(item.work.file.path, item.error)
             _set_error(image, item.error, item.work.file.size, item.work.file.mtime_ns, item.content_hash)
@@ -291,15 +312,7 @@ def _write_batch(session: Session, target: _Target, items: list[Loaded], vectors
             session.add(image)
             continue
         assert item.content_hash is not None
-        vector_id = _vector_id(session, target.model_id, item.content_hash)
-        if vector_id is None:
-            vector = VectorRecord(model_id=target.model_id, content_hash=item.content_hash,
-                                  data=np.asarray(next(ok), dtype=np.float32).tobytes())
-            session.add(vector)
-            session.flush()
-            vector_id = vector.id
-        else:
-            next(ok)
+        vector_id = vector_ids[item.content_hash]
         content_changed = row is None or row.content_hash != item.content_hash or row.status != STATUS_OK
         if row is None:
             summary.added += 1

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from retrieval.allocator import keep_freed_memory
 from retrieval.model import EmbeddingModel
 
 
@@ -42,7 +43,8 @@ class Embedder:
     would cost a third of a second on every query): in the copy, batch norms are folded into the
     convolutions and, on a CPU, the layout is channels-last (the decoded batches already are). The
     model itself keeps its structure, so it can still be saved, hashed or trained; its tensors move
-    to the embedder's device. On CUDA the forward pass runs under autocast (float16).
+    to the embedder's device. On CUDA the forward pass runs under autocast (float16); on a CPU the process
+    keeps the memory a batch frees for the next one (`keep_freed_memory`).
     """
 
     def __init__(self, model: EmbeddingModel, device: torch.device | None = None) -> None:
@@ -52,6 +54,7 @@ class Embedder:
         self.model = fold_batch_norms(copy.deepcopy(model.eval(), shared)).to(self.device)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
+            keep_freed_memory()
 
     @property
     def pin_memory(self) -> bool:
