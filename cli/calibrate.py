@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from cli.common import IndexOption, err, fail, model_from_argument, out, require_writable_folder, shown_path
-from retrieval.calibration import CRITERIA
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from retrieval.index import SimilarityIndex
     from retrieval.model import EmbeddingModel
 
@@ -44,7 +44,7 @@ def calibrate_command(
 ) -> None:
     """Embed DATA, sample same and different pairs, choose the distance threshold, store it in the index for this
     model (never applied to another), and draw the distance histograms and ROC curve."""
-    from retrieval.calibration import calibrate
+    from retrieval.calibration import CRITERIA, calibrate
     from retrieval.calibration_plot import write_calibration_plot
     from retrieval.calibration_store import save_calibration
 
@@ -109,6 +109,8 @@ def existing_index_and_model(index_dir: Optional[Path], model_name: Optional[str
 def pair_distances(data: Path, model: EmbeddingModel, negatives: Optional[int], seed: int, workers: Optional[int],
                    device: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
     """Squared L2 distances of the same and of the different pairs of DATA."""
+    import numpy as np
+
     from indexer.labelled import embed_labelled_folder
     from indexer.pairs import read_pairs_csv
     from retrieval.calibration import sample_calibration_pairs

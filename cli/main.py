@@ -31,7 +31,8 @@ def index_command(
                                                       "(default: the index's model; `default` for a new index).")] = None,
     reembed: Annotated[bool, typer.Option(help="Re-embed every image when --model differs from the index's.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes (default: cores - 1).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=0, help="Decode worker processes (default: half the cores; with a GPU, all but one).")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")]
     = 100_000_000,

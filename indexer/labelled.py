@@ -80,7 +80,7 @@ def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 3
     """Embed every image under `root`, labelled by its class subfolder (`class_name`). Raises `InputPathError`
     when fewer than two classes remain."""
     vectors, names, paths = [], [], []
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(embedder.device.type == "cpu") if workers is None else workers
     with inference_threads_beside(workers):
         for pixels, batch_names, batch_paths in _decoded_batches(
                 root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,

@@ -84,9 +84,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """One decode worker per core beyond the first, which inference keeps busy (at least one, at most 8)."""
-    return max(1, min(8, available_cores() - 1))
+def default_workers(cpu_inference: bool = True) -> int:
+    """Decode processes (at least one, at most 8). With inference on a GPU, every core but the one that feeds it;
+    on the CPU, half the cores, because decoding a camera JPEG and embedding it cost about the same CPU time
+    (`benchmarks/index_throughput.py`) and inference takes the other half (`inference_threads_beside`)."""
+    cores = available_cores()
+    return max(1, min(8, cores // 2 if cpu_inference else cores - 1))
 
 
 @contextmanager

@@ -262,7 +262,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     from retrieval.embedding import Embedder, pick_device
 
     embedder = Embedder(target.model, pick_device(options.device))
-    workers = default_workers() if options.workers is None else options.workers
+    workers = default_workers(embedder.device.type == "cpu") if options.workers is None else options.workers
     loader = make_loader(works, target.model.preprocessing, batch_size=options.batch_size, workers=workers,
                          max_pixels=options.max_pixels, pin_memory=embedder.pin_memory)
     reporter.start("embedding", len(works))

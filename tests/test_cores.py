@@ -15,7 +15,8 @@ from retrieval.allocator import keep_freed_memory
 def test_inference_gets_the_cores_the_decode_workers_leave(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     monkeypatch.setattr(loading, "available_cores", lambda: 4)
-    assert loading.default_workers() == 3
+    assert loading.default_workers() == 2, "on the CPU, decoding and inference take half the cores each"
+    assert loading.default_workers(cpu_inference=False) == 3, "a GPU needs one core to feed it"
     with loading.inference_threads_beside(1):
         assert torch.get_num_threads() == 3
     with loading.inference_threads_beside(8):
