@@ -36,8 +36,9 @@ from retrieval.evaluation import (
     sample_episodes,
 )
 from retrieval.model import ModelSpec, build_model
-from retrieval.training import RandomAffine, Trainer, TrainerConfig, build_objective
+from retrieval.training import Trainer, TrainerConfig, build_objective
 from retrieval.training.trainer import Validate
+from retrieval.training.views import stroke_views
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = BENCH_DIR / "results" / "omniglot.jsonl"
@@ -155,7 +156,7 @@ def train_one(args: argparse.Namespace, loss: str, mining: str, log: Log) -> tup
         validate = make_validator(val_set, preprocess, args)
     augment = None
     if not args.no_augment:
-        augment = RandomAffine(args.degrees, args.shear, tuple(args.scale), args.translate, seed=args.seed)
+        augment = stroke_views(args.degrees, args.shear, tuple(args.scale), args.translate)
     config = TrainerConfig(
         classes_per_batch=args.classes_per_batch,
         images_per_class=args.images_per_class,

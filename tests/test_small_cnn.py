@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
 from retrieval.images import decode_image
-from retrieval.training.augment import RandomAffine
+from retrieval.training.views import stroke_views
 
 
 def _preprocess(image: Image.Image) -> torch.Tensor:
@@ -72,11 +72,16 @@ def test_gradients_reach_the_first_layer() -> None:
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
 
 
-def test_random_affine_is_seeded_and_identity_when_ranges_are_zero() -> None:
+def test_stroke_views_distort_each_image_reproducibly_and_nothing_when_ranges_are_zero() -> None:
     images = torch.rand(3, 1, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0))
-    identity = RandomAffine(degrees=0.0, shear=0.0, scale=(1.0, 1.0), translate=0.0)
+    identity = stroke_views(degrees=0.0, shear=0.0, scale=(1.0, 1.0), translate=0.0)
     assert torch.allclose(identity(images), images, atol=1e-5)
-    first = RandomAffine(seed=5)(images)
-    assert torch.equal(first, RandomAffine(seed=5)(images))
+    views = stroke_views()
+    torch.manual_seed(5)
+    first = views(images)
+    torch.manual_seed(5)
+    assert torch.equal(first, views(images))
     assert first.shape == images.shape
     assert not torch.allclose(first, images, atol=1e-3)
+    same = views(images[:1].expand(3, -1, -1, -1).contiguous())
+    assert not torch.allclose(same[0], same[1], atol=1e-3), "a fresh distortion for every image"

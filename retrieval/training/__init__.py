@@ -1,6 +1,5 @@
 """Training loop, batch sampling, augmentation and objectives for metric learning."""
 
-from retrieval.training.augment import RandomAffine
 from retrieval.training.objectives import build_objective
 from retrieval.training.sampler import PKSampler
 from retrieval.training.trainer import EpochRecord, Trainer, TrainerConfig, TrainingBudgetError, TrainResult
@@ -8,7 +7,6 @@ from retrieval.training.trainer import EpochRecord, Trainer, TrainerConfig, Trai
 __all__ = [
     "EpochRecord",
     "PKSampler",
-    "RandomAffine",
     "TrainResult",
     "Trainer",
     "TrainerConfig",

@@ -5,6 +5,8 @@ Both pipelines take float (B, C, H, W) batches in [0, 1] and keep their size.
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 
@@ -27,10 +29,14 @@ def photo_views(height: int, width: int, channels: int = 3) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def stroke_views() -> nn.Module:
-    """Koch et al.'s affine distortions for drawings and characters: rotation, shear, scale and shift, with the
-    border (paper) colour filled in."""
+def stroke_views(degrees: float = 10.0, shear: float = 0.3, scale: tuple[float, float] = (0.8, 1.2),
+                 translate: float = 0.1) -> nn.Module:
+    """Koch et al.'s affine distortions for drawings and characters, a fresh one for every image: rotation within
+    `degrees`, shear factors within +-`shear` and scales within `scale` along each axis independently, and a shift
+    within `translate` of the side; the border (paper) colour is filled in."""
     import kornia.augmentation as K
 
-    return K.RandomAffine(degrees=10.0, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=15.0, padding_mode="border",
-                          p=1.0)
+    shear_degrees = math.degrees(math.atan(shear))
+    return K.RandomAffine(degrees=degrees, translate=(translate, translate), scale=(*scale, *scale),
+                          shear=(-shear_degrees, shear_degrees, -shear_degrees, shear_degrees),
+                          padding_mode="border", p=1.0)
