@@ -217,6 +217,7 @@ def record(args: argparse.Namespace, rows: list[RunFigures]) -> None:
         "(query->nearest support, squared L2); evaluation-set episodes N-way 1-shot, "
         f"{EVAL_QUERIES_PER_CLASS} queries/class",
         "config": config,
+        "augmentation": "none" if args.no_augment else "kornia RandomAffine (retrieval.training.views.stroke_views)",
         "machine": {
             "cpu_threads": args.threads,
             "device": args.device,
