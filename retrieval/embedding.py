@@ -42,8 +42,8 @@ class Embedder:
     It runs a copy of the model's module structure that shares the model's tensors (copying them
     would cost a third of a second on every query): in the copy, batch norms are folded into the
     convolutions and, on a CPU, the layout is channels-last (the decoded batches already are). The
-    model itself keeps its structure, so it can still be saved, hashed or trained; its tensors move
-    to the embedder's device. On CUDA the forward pass runs under autocast (float16); on a CPU the process
+    model itself keeps its structure, so it can still be saved, hashed or trained (make a new embedder
+    after changing its weights); its tensors move to the embedder's device. On CUDA the forward pass runs under autocast (float16); on a CPU the process
     keeps the memory a batch frees for the next one (`keep_freed_memory`).
     """
 
