@@ -12,6 +12,7 @@ exits, as PyTorch's CUDA caching allocator does with GPU memory.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -20,8 +21,10 @@ _HEAP_UP_TO = 1 << 30
 _NEVER_TRIM = (1 << 31) - 1
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Tune glibc's malloc as described above; returns False (and changes nothing) where it is not glibc."""
+    """Tune glibc's malloc as described above, once per process; returns False (and changes nothing) where it is
+    not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:

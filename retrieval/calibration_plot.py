@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.calibration import CalibrationResult
-from retrieval.errors import OutputWriteError
+from retrieval.errors import writing_output
 
 
 def write_calibration_plot(same: np.ndarray, different: np.ndarray, result: CalibrationResult, path: Path) -> None:
@@ -40,8 +40,6 @@ def write_calibration_plot(same: np.ndarray, different: np.ndarray, result: Cali
     roc.set_title(f"ROC (AUC {result.roc_auc:.4f})")
     roc.legend(loc="lower right")
     figure.tight_layout()
-    try:
+    with writing_output("plot", path):
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path)
-    except OSError as exc:
-        raise OutputWriteError(f"cannot write the plot {path}: {exc.strerror or exc}") from exc

@@ -43,8 +43,9 @@ class Embedder:
     would cost a third of a second on every query): in the copy, batch norms are folded into the
     convolutions and, on a CPU, the layout is channels-last (the decoded batches already are). The
     model itself keeps its structure, so it can still be saved, hashed or trained (make a new embedder
-    after changing its weights); its tensors move to the embedder's device. On CUDA the forward pass runs under autocast (float16); on a CPU the process
-    keeps the memory a batch frees for the next one (`keep_freed_memory`).
+    after changing its weights); its tensors move to the embedder's device. On CUDA the forward pass
+    runs under autocast (float16); on a CPU the process keeps the memory a batch frees for the next one
+    (`keep_freed_memory`).
     """
 
     def __init__(self, model: EmbeddingModel, device: torch.device | None = None) -> None:

@@ -1,5 +1,9 @@
 """Typed exceptions of the library; `cli/` turns them into one-line messages."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class SimsearchError(Exception):
     """Base of every error the library raises on purpose."""
@@ -31,6 +35,15 @@ class InputPathError(SimsearchError):
 
 class OutputWriteError(SimsearchError):
     """A file the user asked for cannot be written (permissions, a full disk, ...)."""
+
+
+@contextmanager
+def writing_output(what: str, path: Path) -> Iterator[None]:
+    """Raise `OutputWriteError` ("cannot write the {what} {path}: ...") for an OSError in the block."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
 
 
 class CalibrationError(SimsearchError):

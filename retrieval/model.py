@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
-from retrieval.errors import ModelError, OutputWriteError
+from retrieval.errors import ModelError, writing_output
 from retrieval.images import Preprocessing
 from retrieval.losses.pairwise import PairwiseHead
 
@@ -156,10 +156,8 @@ class EmbeddingModel(nn.Module):
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
                    if not (self.spec.backbone_weights == PRETRAINED_WEIGHTS and k.startswith("backbone."))}
-        try:
+        with writing_output("model", path):
             save_file(tensors, str(path), metadata={"spec": self.spec.to_json(), "content_hash": self.content_hash})
-        except OSError as exc:
-            raise OutputWriteError(f"cannot write the model {path}: {exc.strerror or exc}") from exc
 
 
 def _content_hash(spec: ModelSpec, state: dict[str, torch.Tensor]) -> str:

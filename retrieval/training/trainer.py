@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from retrieval.allocator import keep_freed_memory
-from retrieval.errors import OutputWriteError, SimsearchError
+from retrieval.errors import SimsearchError, writing_output
 from retrieval.training.sampler import PKSampler
 
 Validate = Callable[[nn.Module], float]
@@ -286,11 +286,9 @@ class Trainer:
     def save_checkpoint(self, path: Path) -> None:
         """Write atomically, so a run killed while saving still leaves the previous epoch's checkpoint."""
         partial = path.with_name(path.name + ".partial")
-        try:
+        with writing_output("checkpoint", path):
             torch.save(self.state_dict(), partial)
             partial.replace(path)
-        except OSError as exc:
-            raise OutputWriteError(f"cannot write the checkpoint {path}: {exc.strerror or exc}") from exc
 
     def resume(self, path: Path) -> None:
         """Load a checkpoint written by :meth:`save_checkpoint` (tensors and plain values only, no unpickling)."""
