@@ -11,7 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import REPO, save_tiny_model, tiny_spec
-from retrieval.encoders.efficientnet_lite import EfficientNetLite0, imagenet_classifier, load_imagenet_weights
+from retrieval.encoders.efficientnet_lite import (
+    EfficientNetLite0,
+    SameConv2d,
+    imagenet_classifier,
+    load_imagenet_weights,
+)
 from retrieval.errors import ModelError
 from retrieval.model import (
     DEFAULT_MODEL_FILE,
@@ -72,6 +77,30 @@ def test_ported_backbone_classifies_imagenet_photos() -> None:
         top = classifier(backbone(x)).argmax(dim=1).tolist()
     assert 281 <= top[0] <= 285, "an ImageNet cat class (281-285)"
     assert top[1] == 967, "espresso"
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("height,width", [(16, 16), (15, 15), (16, 15), (9, 12)])
+def test_same_padding_in_the_kernel_equals_tensorflow_input_padding(kernel: int, height: int, width: int) -> None:
+    """The zero-extended kernel gives TensorFlow's "same" output, values and gradients, on even, odd and mixed
+    input sizes."""
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 6, kernel, stride=2, bias=True)
+    x = torch.randn(2, 4, height, width, requires_grad=True)
+    reference = torch.nn.Conv2d(4, 6, kernel, stride=2, bias=True)
+    reference.load_state_dict(conv.state_dict())
+    x_ref = x.detach().clone().requires_grad_(True)
+    total_h = max((-(-height // 2) - 1) * 2 + kernel - height, 0)
+    total_w = max((-(-width // 2) - 1) * 2 + kernel - width, 0)
+    padded = torch.nn.functional.pad(x_ref, [total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2])
+    expected = reference(padded)
+    out = conv(x)
+    assert out.shape == expected.shape == (2, 6, -(-height // 2), -(-width // 2))
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
 
 
 def test_embedder_matches_the_model_it_prepares() -> None:
