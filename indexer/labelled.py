@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from indexer.loading import default_workers, inference_threads_beside, make_loader
+from indexer.inference import embed_as_decoded
+from indexer.loading import LoadedBatch, default_workers, make_loader
 from indexer.plan import Work
 from indexer.report import Reporter, SilentReporter
 from indexer.scan import scan
@@ -45,10 +46,11 @@ def class_name(root: Path, path: str) -> str | None:
     return None if folder == os.curdir else Path(folder).as_posix()
 
 
-def _decoded_batches(root: Path, prep: Preprocessing, *, batch_size: int, workers: int | None, pin_memory: bool,
-                     reporter: Reporter, need_classes: bool) -> Iterator[tuple[torch.Tensor, list[str], list[str]]]:
-    """Decoded pixels with the class and path of each good file; bad files are warned about and left out, and
-    so (when classes are needed) are files outside any class subfolder."""
+def _labelled_loader(root: Path, prep: Preprocessing, *, batch_size: int, workers: int, pin_memory: bool,
+                     reporter: Reporter, need_classes: bool) -> tuple[DataLoader, dict[str, str]]:
+    """A loader of the image files under `root` and the class of each (`class_name`, "" outside any class
+    subfolder). Scan problems are warned about; when classes are needed, so are files outside any class
+    subfolder, which are left out."""
     scanned = scan([root])
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
@@ -62,34 +64,34 @@ def _decoded_batches(root: Path, prep: Preprocessing, *, batch_size: int, worker
         _require_classes(root, set(names[f.path] for f in files))
     elif not files:
         raise InputPathError(f"no images under {root}")
-    loader = make_loader([Work(f, None) for f in files], prep, batch_size=batch_size,
-                         workers=default_workers() if workers is None else workers, max_pixels=100_000_000,
-                         pin_memory=pin_memory)
+    loader = make_loader([Work(f, None) for f in files], prep, batch_size=batch_size, workers=workers,
+                         max_pixels=100_000_000, pin_memory=pin_memory)
     reporter.start("decoding", len(files))
-    for batch in loader:
-        for item in batch.items:
-            if item.error is not None:
-                reporter.warn(item.work.file.path, item.error)
-        good = batch.ok
-        yield batch.pixels, [names[item.work.file.path] for item in good], [item.work.file.path for item in good]
-        reporter.advance(len(batch.items))
+    return loader, names
+
+
+def _decoded(batch: LoadedBatch, reporter: Reporter) -> list[str]:
+    """The paths of the batch's decoded files, in the order of its pixels; the others are warned about."""
+    for item in batch.items:
+        if item.error is not None:
+            reporter.warn(item.work.file.path, item.error)
+    reporter.advance(len(batch.items))
+    return [item.work.file.path for item in batch.ok]
 
 
 def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
                           reporter: Reporter | None = None) -> LabelledEmbeddings:
     """Embed every image under `root`, labelled by its class subfolder (`class_name`). Raises `InputPathError`
     when fewer than two classes remain."""
-    vectors, names, paths = [], [], []
+    reporter = reporter or SilentReporter()
     workers = default_workers(embedder.device.type == "cpu") if workers is None else workers
-    with inference_threads_beside(workers):
-        for pixels, batch_names, batch_paths in _decoded_batches(
-                root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,
-                pin_memory=embedder.pin_memory, reporter=reporter or SilentReporter(), need_classes=True):
-            if len(pixels):
-                vectors.append(embedder.embed(pixels))
-            names += batch_names
-            paths += batch_paths
-    classes, labels = _class_labels(root, names)
+    loader, names = _labelled_loader(root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,
+                                     pin_memory=embedder.pin_memory, reporter=reporter, need_classes=True)
+    vectors, paths = [], []
+    for batch, batch_vectors in embed_as_decoded(iter(loader), embedder, workers, batch_size):
+        vectors.append(batch_vectors)
+        paths += _decoded(batch, reporter)
+    classes, labels = _class_labels(root, [names[path] for path in paths])
     return LabelledEmbeddings(np.concatenate(vectors), labels.numpy(), classes, paths)
 
 
@@ -97,18 +99,19 @@ def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bo
                          reporter: Reporter | None = None) -> LabelledImages:
     """Decode every image under `root` into memory for training. Labels come from the class subfolders
     (`class_name`), or with `self_supervised` every image is its own class (any folder layout)."""
-    chunks, names, paths = [], [], []
-    for pixels, batch_names, batch_paths in _decoded_batches(
-            root, prep, batch_size=64, workers=workers, pin_memory=False,
-            reporter=reporter or SilentReporter(), need_classes=not self_supervised):
-        chunks.append(pixels)
-        names += batch_names
-        paths += batch_paths
+    reporter = reporter or SilentReporter()
+    workers = default_workers() if workers is None else workers
+    loader, names = _labelled_loader(root, prep, batch_size=64, workers=workers, pin_memory=False, reporter=reporter,
+                                     need_classes=not self_supervised)
+    chunks, paths = [], []
+    for batch in loader:
+        chunks.append(batch.pixels)
+        paths += _decoded(batch, reporter)
     if self_supervised:
         if len(paths) < 2:
             raise InputPathError(f"{root} needs at least two readable images (found {len(paths)})")
         return LabelledImages(torch.cat(chunks), torch.arange(len(paths)), list(paths), paths)
-    classes, labels = _class_labels(root, names)
+    classes, labels = _class_labels(root, [names[path] for path in paths])
     return LabelledImages(torch.cat(chunks), labels, classes, paths)
 
 

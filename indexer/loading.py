@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,22 +86,9 @@ def available_cores() -> int:
 def default_workers(cpu_inference: bool = True) -> int:
     """Decode processes (at least one, at most 8). With inference on a GPU, every core but the one that feeds it;
     on the CPU, half the cores, because decoding a camera JPEG and embedding it cost about the same CPU time
-    (`benchmarks/index_throughput.py`) and inference takes the other half (`inference_threads_beside`)."""
+    (`benchmarks/index_throughput.py`) and inference takes the other half (`indexer.inference`)."""
     cores = available_cores()
     return max(1, min(8, cores // 2 if cpu_inference else cores - 1))
-
-
-@contextmanager
-def inference_threads_beside(workers: int) -> Iterator[None]:
-    """Give inference the cores that `workers` decode processes leave (at least one), restoring torch's thread
-    count after. More threads than cores makes decoding and inference wait on each other: on 2 cores, with one
-    decode worker, one inference thread indexes about a quarter faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, available_cores() - workers))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_loader(works: Sequence[Work], prep: Preprocessing, *, batch_size: int, workers: int,

@@ -258,24 +258,24 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
            summary: IndexSummary, reporter: Reporter) -> None:
     if not works:
         return
-    from indexer.loading import default_workers, inference_threads_beside, make_loader
-    from retrieval.embedding import Embedder, pick_device
+    from indexer.inference import embed_as_decoded
+    from indexer.loading import default_workers, make_loader
+    from retrieval.embedding import Embedder, pick_device, pins_memory
 
-    embedder = Embedder(target.model, pick_device(options.device))
-    workers = default_workers(embedder.device.type == "cpu") if options.workers is None else options.workers
-    loader = make_loader(works, target.model.preprocessing, batch_size=options.batch_size, workers=workers,
-                         max_pixels=options.max_pixels, pin_memory=embedder.pin_memory)
+    model, device = target.model, pick_device(options.device)
+    workers = default_workers(device.type == "cpu") if options.workers is None else options.workers
+    loader = make_loader(works, model.preprocessing, batch_size=options.batch_size, workers=workers,
+                         max_pixels=options.max_pixels, pin_memory=pins_memory(device))
+    batches = iter(loader)  # the workers start decoding while the embedder is prepared
+    embedder = Embedder(model, device)
     reporter.start("embedding", len(works))
     started = time.perf_counter()
-    with inference_threads_beside(workers):
-        for batch in loader:
-            vectors = (embedder.embed(batch.pixels) if len(batch.pixels)
-                       else np.empty((0, target.model.embedding_dim)))
-            with index.write_sessions() as session, session.begin():
-                _write_batch(session, target, batch.items, vectors, summary, reporter)
-                index.bump_generation(session)
-            summary.embedded += len(vectors)
-            reporter.advance(len(batch.items))
+    for batch, vectors in embed_as_decoded(batches, embedder, workers, options.batch_size):
+        with index.write_sessions() as session, session.begin():
+            _write_batch(session, target, batch.items, vectors, summary, reporter)
+            index.bump_generation(session)
+        summary.embedded += len(vectors)
+        reporter.advance(len(batch.items))
     summary.embed_seconds = time.perf_counter() - started
 
 

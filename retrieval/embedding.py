@@ -35,6 +35,11 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+def pins_memory(device: torch.device) -> bool:
+    """Whether batches for `device` should be decoded into pinned memory (for fast, asynchronous copies)."""
+    return device.type == "cuda"
+
+
 class Embedder:
     """A model prepared for inference on a device; turns uint8 (B, H, W, C) batches into float32
     embeddings.
@@ -59,7 +64,7 @@ class Embedder:
 
     @property
     def pin_memory(self) -> bool:
-        return self.device.type == "cuda"
+        return pins_memory(self.device)
 
     def embed(self, pixels: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
