@@ -161,3 +161,21 @@ def test_eval_reads_lake_one_shot_runs_zip(tmp_path: Path, tiny_model_file: Path
     (name, value), = figures.items()
     assert "Lake 20-way" in name and "60 trials" in name
     assert value["value"] == 0.0, "each query is identical to a support image that is not its answer"
+
+
+def test_the_console_entry_point_keeps_exit_status_and_output(tmp_path: Path) -> None:
+    """`main` leaves without the interpreter's teardown: the status and everything printed must still arrive."""
+    import os
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *args], cwd=tmp_path,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+
+    missing = run("query", "photo.jpg", "--index", str(tmp_path / "none"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"error: no simsearch index at {tmp_path / 'none'} (run `simsearch index PATH` first)"
+    helped = run("--help")
+    assert helped.returncode == 0
+    assert all(command in helped.stdout for command in ("index", "query", "verify", "dedup", "classify", "calibrate"))
