@@ -35,7 +35,8 @@ from retrieval.evaluation import (
     make_embedder,
     sample_episodes,
 )
-from retrieval.model import ModelSpec, build_model
+from retrieval.model import build_model
+from retrieval.model_spec import ModelSpec
 from retrieval.training import Trainer, TrainerConfig, build_objective
 from retrieval.training.trainer import Validate
 from retrieval.training.views import stroke_views

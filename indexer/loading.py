@@ -5,28 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.hashing import hash_bytes
+from indexer.decoding import Decoded, Loaded, load_file
 from indexer.plan import Work
-from retrieval.errors import DecodeError
-from retrieval.images import Preprocessing, decode_image
-
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """One file after the worker: pixels on success, the reason otherwise."""
-
-    work: Work
-    content_hash: str | None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
+from retrieval.images import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -49,23 +35,12 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.works)
 
-    def __getitem__(self, i: int) -> tuple[Loaded, np.ndarray | None]:
-        work = self.works[i]
-        try:
-            data = Path(work.file.path).read_bytes()
-        except OSError as exc:
-            return Loaded(work, None, error=exc.strerror or str(exc)), None
-        content_hash = work.content_hash or hash_bytes(data)
-        if not data:
-            return Loaded(work, content_hash, error="empty file"), None
-        try:
-            decoded = decode_image(data, self.prep, self.max_pixels)
-        except DecodeError as exc:
-            return Loaded(work, content_hash, error=str(exc)), None
-        return Loaded(work, content_hash, decoded.width, decoded.height), decoded.pixels
+    def __getitem__(self, i: int) -> Decoded:
+        return load_file(self.works[i], self.prep, self.max_pixels)
 
 
-def _collate(samples: list[tuple[Loaded, np.ndarray | None]]) -> LoadedBatch:
+def collate(samples: Sequence[Decoded]) -> LoadedBatch:
+    """One batch of decoded files, their pixels stacked."""
     arrays = [pixels for _, pixels in samples if pixels is not None]
     stacked = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, dtype=torch.uint8)
     return LoadedBatch([item for item, _ in samples], stacked)
@@ -95,6 +70,6 @@ def make_loader(works: Sequence[Work], prep: Preprocessing, *, batch_size: int, 
                 max_pixels: int, pin_memory: bool) -> DataLoader:
     return DataLoader(
         FileDataset(works, prep, max_pixels), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, worker_init_fn=_init_worker if workers else None, pin_memory=pin_memory,
+        collate_fn=collate, worker_init_fn=_init_worker if workers else None, pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
     )

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,17 +25,19 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from indexer.hashing import hash_file
+from indexer.head_start import HeadStart
 from indexer.plan import KnownImage, Work, make_plan
 from indexer.report import IndexSummary, Reporter, SilentReporter
 from indexer.scan import ScannedFile, ScanResult, scan, stat_file
 from retrieval.errors import InputPathError, ModelMismatchError
-from retrieval.images import DEFAULT_MAX_PIXELS
+from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
+from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
 from retrieval.store.queries import images_under
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ImageRecord, IndexState, VectorRecord, utcnow
 
 if TYPE_CHECKING:
-    from indexer.loading import Loaded
+    from indexer.decoding import Loaded
     from retrieval.model import EmbeddingModel
 
 HASH_THREADS = 4
@@ -49,11 +53,14 @@ class IndexOptions:
 
 
 class _Target:
-    """The model vectors are written for (loaded on first use), and whether the index serves it."""
+    """The model vectors are written for (loaded on first use), its preprocessing (known without loading it), and
+    whether the index serves it."""
 
-    def __init__(self, load: Callable[[], EmbeddingModel], model_id: int, serving: bool) -> None:
+    def __init__(self, load: Callable[[], EmbeddingModel], model_id: int, preprocessing: Preprocessing,
+                 serving: bool) -> None:
         self._load = load
         self.model_id = model_id
+        self.preprocessing = preprocessing
         self.serving = serving
 
     @cached_property
@@ -95,29 +102,39 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
 
 
 def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, reembed: bool) -> _Target:
+    """The model to embed with; a new index's default model is registered from its file, so that nothing here
+    needs torch."""
     with index.write_sessions() as session, session.begin():
         state = session.get(IndexState, 1)
         assert state is not None
         active = state.model
+        if active is None and requested is None:
+            header = read_model_header(DEFAULT_MODEL_FILE)
+            record = index.register_model_file(session, DEFAULT_MODEL_FILE, header)
+            state.model_id = record.id
+            return _Target(_load_default_model, record.id, header.spec.preprocessing, serving=True)
         if active is None:
-            if requested is None:
-                from retrieval.model import load_default_model
-
-                requested = load_default_model()
+            assert requested is not None
             record = index.register_model(session, requested)
             state.model_id = record.id
-            return _Target(lambda: requested, record.id, serving=True)
+            return _Target(lambda: requested, record.id, requested.preprocessing, serving=True)
         if requested is None:
-            return _Target(index.load_model, active.id, serving=True)
+            return _Target(index.load_model, active.id, ModelSpec.from_json(active.spec).preprocessing, serving=True)
         if requested.content_hash == active.content_hash:
-            return _Target(lambda: requested, active.id, serving=True)
+            return _Target(lambda: requested, active.id, requested.preprocessing, serving=True)
         if not reembed:
             raise ModelMismatchError(
                 f"the index at {index.root} was built with model {active.name} ({active.content_hash[:12]}), "
                 f"not {requested.spec.name} ({requested.content_hash[:12]}); pass --reembed to re-embed "
                 "every image with the new model")
         record = index.register_model(session, requested)
-        return _Target(lambda: requested, record.id, serving=False)
+        return _Target(lambda: requested, record.id, requested.preprocessing, serving=False)
+
+
+def _load_default_model() -> EmbeddingModel:
+    from retrieval.model import load_default_model
+
+    return load_default_model()
 
 
 def _known_images(session: Session, roots: list[str], target_id: int, everything: bool) -> dict[str, KnownImage]:
@@ -258,16 +275,21 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
            summary: IndexSummary, reporter: Reporter) -> None:
     if not works:
         return
-    from indexer.inference import embed_as_decoded
-    from indexer.loading import default_workers, make_loader
-    from retrieval.embedding import Embedder, pick_device, pins_memory
+    head = HeadStart(works, target.preprocessing, options.max_pixels) if options.workers != 0 else None
+    with head or nullcontext():  # decoding starts now; torch and the model load meanwhile
+        from indexer.inference import embed_as_decoded
+        from indexer.loading import collate, default_workers, make_loader
+        from retrieval.embedding import Embedder, pick_device, pins_memory
 
-    model, device = target.model, pick_device(options.device)
+        model, device = target.model, pick_device(options.device)
+        early = head.take() if head is not None else []
     workers = default_workers(device.type == "cpu") if options.workers is None else options.workers
-    loader = make_loader(works, model.preprocessing, batch_size=options.batch_size, workers=workers,
+    loader = make_loader(works[len(early):], target.preprocessing, batch_size=options.batch_size, workers=workers,
                          max_pixels=options.max_pixels, pin_memory=pins_memory(device))
-    batches = iter(loader)  # the workers start decoding while the embedder is prepared
+    rest = iter(loader)  # its workers decode while the embedder is prepared and the early files are embedded
     embedder = Embedder(model, device)
+    early_batches = (collate(early[i:i + options.batch_size]) for i in range(0, len(early), options.batch_size))
+    batches = chain(early_batches, rest)
     reporter.start("embedding", len(works))
     started = time.perf_counter()
     for batch, vectors in embed_as_decoded(batches, embedder, workers, options.batch_size):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from retrieval.store.vector_index import VectorIndex
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
+    from retrieval.model_spec import ModelHeader, ModelSpec
 
 DB_NAME = "index.db"
 MODELS_DIR = "models"
@@ -88,17 +90,25 @@ class SimilarityIndex:
 
     def register_model(self, session: Session, model: EmbeddingModel) -> ModelRecord:
         """The database row of `model`, adding it (and its file in the index directory) if new."""
-        record = session.scalar(select(ModelRecord).where(ModelRecord.content_hash == model.content_hash))
+        return self._register(session, model.content_hash, model.spec, model.save)
+
+    def register_model_file(self, session: Session, path: Path, header: ModelHeader) -> ModelRecord:
+        """As `register_model` for the model in a file with this header, copied without loading it."""
+        return self._register(session, header.content_hash, header.spec, lambda target: shutil.copyfile(path, target))
+
+    def _register(self, session: Session, content_hash: str, spec: ModelSpec,
+                  write: Callable[[Path], object]) -> ModelRecord:
+        record = session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))
         if record is not None:
             return record
-        path = self.model_path(model.content_hash)
+        path = self.model_path(content_hash)
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            model.save(tmp)
+            write(tmp)
             os.replace(tmp, path)
-        record = ModelRecord(content_hash=model.content_hash, name=model.spec.name, spec=model.spec.to_json(),
-                             embedding_dim=model.embedding_dim)
+        record = ModelRecord(content_hash=content_hash, name=spec.name, spec=spec.to_json(),
+                             embedding_dim=spec.embedding_dim)
         session.add(record)
         session.flush()
         return record

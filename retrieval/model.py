@@ -13,8 +13,6 @@ another.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,53 +23,10 @@ from torch import nn
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from retrieval.errors import ModelError, writing_output
 from retrieval.images import Preprocessing
+from retrieval.model_spec import DEFAULT_MODEL_FILE, PRETRAINED_WEIGHTS, ModelSpec
 from retrieval.losses.pairwise import PairwiseHead
 
-FORMAT_VERSION = 1
-PRETRAINED_WEIGHTS = "imagenet"
-FILE_WEIGHTS = "file"
 PRETRAINED_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
-DEFAULT_MODEL_FILE = Path(__file__).resolve().parent / "weights" / "photo-default.safetensors"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything but the tensors needed to rebuild a model."""
-
-    name: str
-    backbone: str
-    embedding_dim: int
-    preprocessing: Preprocessing
-    head: str = "identity"
-    backbone_weights: str = FILE_WEIGHTS
-    backbone_options: dict[str, object] = field(default_factory=dict)
-    pair_head: bool = False
-    """Whether the model carries a pairwise head `sigmoid(w.|h1-h2| + b)` that scores pairs of embeddings."""
-
-    def to_json(self) -> str:
-        data: dict[str, object] = {
-            "format": FORMAT_VERSION, "name": self.name, "backbone": self.backbone,
-            "backbone_weights": self.backbone_weights, "backbone_options": self.backbone_options,
-            "head": self.head, "embedding_dim": self.embedding_dim,
-            "preprocessing": self.preprocessing.to_dict(),
-        }
-        if self.pair_head:
-            data["pair_head"] = True
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        try:
-            data = json.loads(text)
-            if data.get("format") != FORMAT_VERSION:
-                raise ModelError(f"unsupported model format {data.get('format')!r}")
-            return cls(name=data["name"], backbone=data["backbone"], embedding_dim=int(data["embedding_dim"]),
-                       preprocessing=Preprocessing.from_dict(data["preprocessing"]), head=data["head"],
-                       backbone_weights=data["backbone_weights"],
-                       backbone_options=dict(data.get("backbone_options", {})),
-                       pair_head=bool(data.get("pair_head", False)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"malformed model spec: {exc}") from exc
 
 
 def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:

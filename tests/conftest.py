@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from retrieval.images import Preprocessing
-from retrieval.model import ModelSpec, build_model
+from retrieval.model import EmbeddingModel, build_model, load_model
+from retrieval.model_spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -33,6 +34,11 @@ def save_tiny_model(path: Path, seed: int, side: int = 32) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny.safetensors", seed=0)
+
+
+@pytest.fixture
+def tiny(tiny_model_file: Path) -> EmbeddingModel:
+    return load_model(tiny_model_file)
 
 
 def photo(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:

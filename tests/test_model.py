@@ -134,3 +134,30 @@ def test_a_model_saved_after_embedding_reloads_with_its_hash(tmp_path: Path) -> 
     reloaded = load_model(tmp_path / "after.safetensors")
     assert reloaded.content_hash == model.content_hash
     np.testing.assert_allclose(Embedder(reloaded, torch.device("cpu")).embed(pixels), expected, atol=1e-5)
+
+
+def test_the_default_model_file_header_names_the_model_it_holds(tmp_path: Path) -> None:
+    """A new index registers the shipped model from its file header, before loading it: the header's hash must be
+    the loaded model's, and the index's copy must load as that model."""
+    from retrieval.index import create_index
+    from retrieval.model import load_default_model
+    from retrieval.model_spec import DEFAULT_MODEL_FILE, read_model_header
+
+    header = read_model_header(DEFAULT_MODEL_FILE)
+    model = load_default_model()
+    assert header.content_hash == model.content_hash
+    assert header.spec == model.spec
+    index = create_index(tmp_path / "index")
+    with index.write_sessions() as session, session.begin():
+        record = index.register_model_file(session, DEFAULT_MODEL_FILE, header)
+    assert record.content_hash == header.content_hash
+    assert load_model(index.model_path(header.content_hash)).content_hash == header.content_hash
+
+
+def test_a_file_without_a_model_header_is_a_model_error(tmp_path: Path) -> None:
+    from retrieval.model_spec import read_model_header
+
+    path = tmp_path / "photo.safetensors"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="cannot read model file"):
+        read_model_header(path)

@@ -23,11 +23,6 @@ from test_images import png_header_bomb
 FAST = IndexOptions(batch_size=4, workers=0, max_pixels=10_000_000)
 
 
-@pytest.fixture
-def tiny(tiny_model_file: Path) -> EmbeddingModel:
-    return load_model(tiny_model_file)
-
-
 def run(index: SimilarityIndex, paths: list[Path], model: EmbeddingModel, **options: object):  # type: ignore[no-untyped-def]
     opts = IndexOptions(**{**FAST.__dict__, **options})  # type: ignore[arg-type]
     return index_paths(index, paths, model, opts)

@@ -32,7 +32,8 @@ from retrieval.errors import SimsearchError
 from retrieval.images import Preprocessing
 from retrieval.losses.pairwise import PairwiseHead
 from retrieval.metrics import retrieval_scores
-from retrieval.model import FILE_WEIGHTS, EmbeddingModel, ModelSpec, build_model, pretrained_backbone_spec
+from retrieval.model import EmbeddingModel, build_model, pretrained_backbone_spec
+from retrieval.model_spec import FILE_WEIGHTS, ModelSpec
 from retrieval.training.frozen_backbone import view_features
 from retrieval.training.objectives import LossName, MiningName, build_objective
 from retrieval.training.trainer import EpochCallback, StepCallback, Trainer, TrainerConfig, TrainResult, Validate

@@ -1,0 +1,69 @@
+"""Decode the first files in a process of their own while torch and the model are still loading."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from types import TracebackType
+
+from indexer.decoding import Decoded, load_file
+from indexer.plan import Work
+from retrieval.images import Preprocessing
+
+_PARENT_CHECK_SECONDS = 1.0
+
+
+class HeadStart:
+    """Decodes `works` in order from the moment it is made until `take` is called, in one process that needs
+    neither torch nor the model.
+
+    DataLoader workers can start only once torch is imported, and importing it and loading a model takes
+    seconds (3 to 4 on the 2-core benchmark machines, where decoding 500 camera photos takes 12). This process
+    starts with the run; `take` stops it and returns the files it decoded, always a prefix of `works`, and the
+    DataLoader decodes the rest. Leaving the `with` block stops the process if `take` was never called.
+    """
+
+    def __init__(self, works: Sequence[Work], prep: Preprocessing, max_pixels: int) -> None:
+        context = multiprocessing.get_context()
+        self._stop = context.Event()
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_decode_until_taken, name="simsearch-head-start", daemon=True,
+                                        args=(list(works), prep, max_pixels, self._stop, send, os.getpid()))
+        self._process.start()
+        send.close()
+
+    def __enter__(self) -> HeadStart:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+        self._receive.close()
+
+    def take(self) -> list[Decoded]:
+        """Stop decoding; the files decoded so far, in order (none if the process failed)."""
+        self._stop.set()
+        try:
+            decoded: list[Decoded] = self._receive.recv()
+        except EOFError:
+            decoded = []
+        self._process.join()
+        return decoded
+
+
+def _decode_until_taken(works: list[Work], prep: Preprocessing, max_pixels: int, stop: Event, send: Connection,
+                        parent: int) -> None:
+    decoded = []
+    for work in works:
+        if stop.is_set() or os.getppid() != parent:
+            break
+        decoded.append(load_file(work, prep, max_pixels))
+    while not stop.wait(_PARENT_CHECK_SECONDS):
+        if os.getppid() != parent:
+            return
+    send.send(decoded)

@@ -1,0 +1,90 @@
+"""Files decoded while torch and the model load are indexed like the rest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import pipeline
+from indexer.decoding import Decoded, load_file
+from indexer.head_start import HeadStart
+from indexer.plan import Work
+from indexer.scan import scan
+from retrieval.embedding import Embedder
+from retrieval.images import Preprocessing
+from retrieval.index import create_index
+from retrieval.model import EmbeddingModel
+from retrieval.search import query_files
+from test_pipeline import run
+
+PREP = Preprocessing(size=(32, 32))
+MAX_PIXELS = 10_000_000
+
+
+def works_of(folder: Path) -> list[Work]:
+    return [Work(f, None) for f in scan([folder]).files]
+
+
+def assert_same(decoded: list[Decoded], expected: list[Decoded]) -> None:
+    assert [item for item, _ in decoded] == [item for item, _ in expected]
+    for (_, pixels), (_, want) in zip(decoded, expected, strict=True):
+        assert (pixels is None and want is None) or np.array_equal(pixels, want)  # type: ignore[arg-type]
+
+
+def test_take_returns_the_files_decoded_so_far_in_order(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    make_photos(tmp_path / "p", 6)
+    (tmp_path / "p" / "broken.png").write_bytes(b"not an image")
+    works = works_of(tmp_path / "p")
+    expected = [load_file(work, PREP, MAX_PIXELS) for work in works]
+    wait, deadline = 0.0, time.monotonic() + 60
+    while True:
+        with HeadStart(works, PREP, MAX_PIXELS) as head:
+            time.sleep(wait)
+            decoded = head.take()
+        assert_same(decoded, expected[:len(decoded)])
+        if len(decoded) == len(works):
+            break
+        assert time.monotonic() < deadline, "given time, every file is decoded"
+        wait = max(0.1, wait * 2)
+
+
+def test_a_head_start_left_untaken_stops(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    make_photos(tmp_path / "p", 3)
+    with HeadStart(works_of(tmp_path / "p"), PREP, MAX_PIXELS) as head:
+        process = head._process
+    assert not process.is_alive()
+
+
+def test_files_decoded_early_and_by_the_loader_are_all_indexed_once(
+        tmp_path: Path, tiny: EmbeddingModel, make_photos, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    photos = make_photos(tmp_path / "p", 9)
+
+    class ThreeEarly:
+        """A head start that decoded the first three files before the model was ready."""
+
+        def __init__(self, works: list[Work], prep: Preprocessing, max_pixels: int) -> None:
+            self.decoded = [load_file(work, prep, max_pixels) for work in works[:3]]
+
+        def __enter__(self) -> ThreeEarly:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def take(self) -> list[Decoded]:
+            return self.decoded
+
+    in_process = create_index(tmp_path / "one")
+    run(in_process, [tmp_path / "p"], tiny, batch_size=2)
+    monkeypatch.setattr(pipeline, "HeadStart", ThreeEarly)
+    mixed = create_index(tmp_path / "two")
+    summary = run(mixed, [tmp_path / "p"], tiny, batch_size=2, workers=1)
+    assert (summary.added, summary.embedded, summary.failed) == (9, 9, 0)
+    for query in photos:
+        [a] = query_files(in_process, Embedder(tiny), [query], 9)
+        [b] = query_files(mixed, Embedder(tiny), [query], 9)
+        assert [n.path for n in a.neighbours] == [n.path for n in b.neighbours]
+        np.testing.assert_allclose([n.distance for n in a.neighbours], [n.distance for n in b.neighbours], atol=1e-5)
