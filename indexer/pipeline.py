@@ -275,6 +275,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
            summary: IndexSummary, reporter: Reporter) -> None:
     if not works:
         return
+    started = time.perf_counter()
     head = HeadStart(works, target.preprocessing, options.max_pixels) if options.workers != 0 else None
     with head or nullcontext():  # decoding starts now; torch and the model load meanwhile
         from indexer.inference import embed_as_decoded
@@ -291,7 +292,6 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     early_batches = (collate(early[i:i + options.batch_size]) for i in range(0, len(early), options.batch_size))
     batches = chain(early_batches, rest)
     reporter.start("embedding", len(works))
-    started = time.perf_counter()
     for batch, vectors in embed_as_decoded(batches, embedder, workers, options.batch_size):
         with index.write_sessions() as session, session.begin():
             _write_batch(session, target, batch.items, vectors, summary, reporter)

@@ -42,6 +42,7 @@ class IndexSummary:
     still_failing: int = 0
     embedded: int = 0
     embed_seconds: float = 0.0
+    """From the first file decoded to the last vector written, loading the model included."""
     seconds: float = 0.0
 
     @property
