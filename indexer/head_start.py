@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -13,17 +14,22 @@ from indexer.decoding import Decoded, load_file
 from indexer.plan import Work
 from retrieval.images import Preprocessing
 
+MAX_FILES = 1000
+"""Files offered to the head start at most: several times what one process decodes while torch loads, and a short
+list to send where the process is spawned rather than forked."""
 _PARENT_CHECK_SECONDS = 1.0
+_STOP_SECONDS = 5.0
 
 
 class HeadStart:
-    """Decodes `works` in order from the moment it is made until `take` is called, in one process that needs
-    neither torch nor the model.
+    """Decodes the first of `works` in order from the moment it is made until `take` is called, in one process
+    that needs neither torch nor the model.
 
     DataLoader workers can start only once torch is imported, and importing it and loading a model takes
     seconds (3 to 4 on the 2-core benchmark machines, where decoding 500 camera photos takes 12). This process
     starts with the run; `take` stops it and returns the files it decoded, always a prefix of `works`, and the
-    DataLoader decodes the rest. Leaving the `with` block stops the process if `take` was never called.
+    DataLoader decodes the rest. Leaving the `with` block stops the process if `take` was never called; the
+    process also stops by itself when its parent dies.
     """
 
     def __init__(self, works: Sequence[Work], prep: Preprocessing, max_pixels: int) -> None:
@@ -31,7 +37,7 @@ class HeadStart:
         self._stop = context.Event()
         self._receive, send = context.Pipe(duplex=False)
         self._process = context.Process(target=_decode_until_taken, name="simsearch-head-start", daemon=True,
-                                        args=(list(works), prep, max_pixels, self._stop, send, os.getpid()))
+                                        args=(list(works[:MAX_FILES]), prep, max_pixels, self._stop, send))
         self._process.start()
         send.close()
 
@@ -42,6 +48,9 @@ class HeadStart:
                  traceback: TracebackType | None) -> None:
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(_STOP_SECONDS)
+            if self._process.is_alive():
+                self._process.kill()
         self._process.join()
         self._receive.close()
 
@@ -56,14 +65,17 @@ class HeadStart:
         return decoded
 
 
-def _decode_until_taken(works: list[Work], prep: Preprocessing, max_pixels: int, stop: Event, send: Connection,
-                        parent: int) -> None:
+def _decode_until_taken(works: list[Work], prep: Preprocessing, max_pixels: int, stop: Event,
+                        send: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this process
+    parent = multiprocessing.parent_process()
     decoded = []
     for work in works:
-        if stop.is_set() or os.getppid() != parent:
+        if stop.is_set() or (parent is not None and not parent.is_alive()):
             break
         decoded.append(load_file(work, prep, max_pixels))
     while not stop.wait(_PARENT_CHECK_SECONDS):
-        if os.getppid() != parent:
-            return
+        if parent is not None and not parent.is_alive():
+            os._exit(0)
     send.send(decoded)
+    os._exit(0)  # the parent has everything; a spawned interpreter's teardown would only delay its join

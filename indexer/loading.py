@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ class LoadedBatch:
     @property
     def ok(self) -> list[Loaded]:
         return [item for item in self.items if item.error is None]
+
+    def pin_memory(self) -> LoadedBatch:
+        """A copy with the pixels in pinned memory: what the DataLoader's pinning thread calls (for a GPU)."""
+        return dataclasses.replace(self, pixels=self.pixels.pin_memory())
 
 
 class FileDataset(Dataset):

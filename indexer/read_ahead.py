@@ -38,7 +38,9 @@ class ReadAhead(Generic[T]):
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._stop.set()
-        self._thread.join()
+        # Leaving on an exception (Ctrl-C, say), the thread may be waiting on a source that will not answer for
+        # seconds (a DataLoader whose workers were interrupted notices after 5 s); it is a daemon, so let it go.
+        self._thread.join(None if kind is None else _POLL_SECONDS)
 
     @property
     def exhausted(self) -> bool:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from indexer import pipeline
+from indexer import head_start, pipeline
 from indexer.decoding import Decoded, load_file
 from indexer.head_start import HeadStart
+from indexer.loading import LoadedBatch
 from indexer.plan import Work
 from indexer.scan import scan
 from retrieval.embedding import Embedder
@@ -34,7 +37,12 @@ def assert_same(decoded: list[Decoded], expected: list[Decoded]) -> None:
         assert (pixels is None and want is None) or np.array_equal(pixels, want)  # type: ignore[arg-type]
 
 
-def test_take_returns_the_files_decoded_so_far_in_order(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("method", multiprocessing.get_all_start_methods())
+def test_take_returns_the_files_decoded_so_far_in_order(tmp_path: Path, make_photos, method: str,  # type: ignore[no-untyped-def]
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the start method (fork on Linux until Python 3.14, forkserver after, spawn on macOS)."""
+    context = multiprocessing.get_context(method)
+    monkeypatch.setattr(head_start.multiprocessing, "get_context", lambda: context)
     make_photos(tmp_path / "p", 6)
     (tmp_path / "p" / "broken.png").write_bytes(b"not an image")
     works = works_of(tmp_path / "p")
@@ -49,6 +57,32 @@ def test_take_returns_the_files_decoded_so_far_in_order(tmp_path: Path, make_pho
             break
         assert time.monotonic() < deadline, "given time, every file is decoded"
         wait = max(0.1, wait * 2)
+
+
+def test_a_head_start_offers_a_bounded_prefix(tmp_path: Path, make_photos,  # type: ignore[no-untyped-def]
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first files go to the process (a short list to send where it is spawned)."""
+    monkeypatch.setattr(head_start, "MAX_FILES", 2)
+    make_photos(tmp_path / "p", 4)
+    works = works_of(tmp_path / "p")
+    with HeadStart(works, PREP, MAX_PIXELS) as head:
+        time.sleep(1.0)
+        decoded = head.take()
+    assert len(decoded) <= 2
+    assert_same(decoded, [load_file(work, PREP, MAX_PIXELS) for work in works[:len(decoded)]])
+
+
+def test_the_dataloader_pins_a_batch_for_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DataLoader's pinning thread calls `pin_memory()` on what the workers return: it must reach the pixels
+    (pinning itself needs a GPU build, so here it is recorded instead)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor, *_: pinned.append(tensor) or tensor.clone())
+    batch = LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
+    result = pin_memory(batch)
+    assert isinstance(result, LoadedBatch) and result is not batch
+    assert len(pinned) == 1 and pinned[0] is batch.pixels
 
 
 def test_a_head_start_left_untaken_stops(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]

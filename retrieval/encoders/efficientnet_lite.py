@@ -13,6 +13,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +51,14 @@ class SameConv2d(nn.Conv2d):
 
     "Same" padding of a stride-2 convolution is asymmetric (one row and column more at the end)
     where the total is odd. Instead of padding the input, which copies the whole activation map (a
-    tenth of EfficientNet-Lite0's CPU time), the kernel gets a leading zero row or column and the
-    convolution pads symmetrically: the same products and sums, so the same output and gradients.
-    Not for dilated convolutions.
+    tenth of EfficientNet-Lite0's CPU time in a profile), the kernel gets a leading zero row or column and
+    the convolution pads symmetrically: the same products and sums, so the same output and gradients.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.dilation != (1, 1) or self.padding != (0, 0):
+            raise ValueError("SameConv2d computes its own padding and takes no dilation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         totals = [max((math.ceil(size / s) - 1) * s + k - size, 0)
