@@ -198,8 +198,10 @@ def main() -> None:
     one_thread = min(infer_one_thread, cores / (decode_cost + 1 / infer_one_thread))
     all_threads = cores / (decode_cost + cores / infer)
     cpu_bound = min(bound, max(one_thread, all_threads))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            check=False).stdout.strip()
     result = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "images": args.images,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "images": args.images,
         "megabytes": round(megabytes), "cores": os.cpu_count(), "decode_workers": workers,
         "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "python": platform.python_version(),
         "torch": torch.__version__, "decode_images_per_s": round(decode, 1), "model_images_per_s": round(infer, 1),
