@@ -123,10 +123,9 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
         if requested.content_hash == active.content_hash:
             return _Target(lambda: requested, active.id, requested.preprocessing, serving=True)
         if not reembed:
-            raise ModelMismatchError(
-                f"the index at {index.root} was built with model {active.name} ({active.content_hash[:12]}), "
-                f"not {requested.spec.name} ({requested.content_hash[:12]}); pass --reembed to re-embed "
-                "every image with the new model")
+            raise ModelMismatchError.between(index.root, (active.name, active.content_hash),
+                                             (requested.spec.name, requested.content_hash),
+                                             "pass --reembed to re-embed every image with the new model")
         record = index.register_model(session, requested)
         return _Target(lambda: requested, record.id, requested.preprocessing, serving=False)
 

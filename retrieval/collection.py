@@ -210,9 +210,9 @@ class Collection:
             with index.sessions() as session:
                 record = index.model_record(session)
             if record is not None and record.content_hash != self._model.content_hash:
-                raise ModelMismatchError(f"the index at {index.root} was built with model {record.name} "
-                                         f"({record.content_hash[:12]}), not {self._model.spec.name} "
-                                         f"({self._model.content_hash[:12]}): search it with its own model")
+                raise ModelMismatchError.between(index.root, (record.name, record.content_hash),
+                                                 (self._model.spec.name, self._model.content_hash),
+                                                 "search it with its own model")
         return index
 
 

@@ -1,5 +1,7 @@
 """Typed exceptions of the library; `cli/` turns them into one-line messages."""
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,13 @@ class IndexUnavailableError(SimsearchError):
 
 class ModelMismatchError(SimsearchError):
     """The index was built with another model than the one asked for."""
+
+    @classmethod
+    def between(cls, root: object, built: tuple[str, str], asked: tuple[str, str], advice: str) -> ModelMismatchError:
+        """The error for the index at `root`, built with model `built` and asked to use `asked` (each a name and
+        a content hash), ending with what to do."""
+        return cls(f"the index at {root} was built with model {built[0]} ({built[1][:12]}), "
+                   f"not {asked[0]} ({asked[1][:12]}); {advice}")
 
 
 class InputPathError(SimsearchError):
