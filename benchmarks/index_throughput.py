@@ -11,11 +11,13 @@ re-encoded at quality 90), then measures, in one run:
   (d) `simsearch index` again on the unchanged folder
   (e) `simsearch query IMAGE -k 5` wall time, beside `python -c "import torch"`
 
-Goals (issue 2): (c) >= 80 % of min(a, b); (d) < 5 % of (c)'s wall time. Files are decoded from the start of
-(c), but inference waits a fixed few seconds (interpreter, torch, the model), so the ratio grows with the folder:
+Goals (issue 2, on a folder of at least 500 photos): (c) >= 80 % of min(a, b); (d) < 5 % of (c)'s wall time.
+Files are decoded from the start of (c), but inference waits a fixed few seconds (interpreter, torch, the
+model), so both ratios improve with the folder. The default, 2000 photos (a few months of a phone's), measures
+the pipeline rather than its start-up; 500 shows the start-up's weight:
 
+    python benchmarks/index_throughput.py
     python benchmarks/index_throughput.py --images 500
-    python benchmarks/index_throughput.py --images 2000
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def single_thread_model_rate(folder: Path, batch_size: int, batches: int) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-record", action="store_true", help="do not append to the results file")
     args = parser.parse_args()
