@@ -42,9 +42,10 @@ class InferenceThreads:
 
 
 def _out_of_shared_memory(batch: LoadedBatch) -> LoadedBatch:
-    """A batch from a worker lives in shared memory (a container's /dev/shm is often 64 MB); a batch held for
-    later moves to the process's own, unless it was already copied into pinned memory for a GPU."""
-    if batch.pixels.is_pinned():
+    """A batch straight from a worker lives in shared memory (a container's /dev/shm is often 64 MB); a batch
+    held for later moves to the process's own. Batches decoded in this process, or already copied into pinned
+    memory for a GPU, stay as they are."""
+    if not batch.pixels.is_shared():
         return batch
     return dataclasses.replace(batch, pixels=batch.pixels.clone())
 

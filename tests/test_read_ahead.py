@@ -99,3 +99,13 @@ def test_inference_takes_every_core_once_decoding_is_done(monkeypatch: pytest.Mo
         assert torch.get_num_threads() == 2, "restored after"
     finally:
         torch.set_num_threads(before)
+
+
+def test_only_batches_in_shared_memory_are_copied_out() -> None:
+    from indexer.inference import _out_of_shared_memory
+
+    local = LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
+    assert _out_of_shared_memory(local) is local
+    shared = LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8).share_memory_())
+    moved = _out_of_shared_memory(shared)
+    assert not moved.pixels.is_shared() and torch.equal(moved.pixels, shared.pixels)
