@@ -23,7 +23,7 @@ from torch import nn
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
 from retrieval.errors import ModelError, writing_output
 from retrieval.images import Preprocessing
-from retrieval.model_spec import DEFAULT_MODEL_FILE, PRETRAINED_WEIGHTS, ModelSpec
+from retrieval.model_spec import DEFAULT_MODEL_FILE, PRETRAINED_WEIGHTS, ModelSpec, spec_from_metadata
 from retrieval.losses.pairwise import PairwiseHead
 
 PRETRAINED_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
@@ -154,9 +154,7 @@ def load_model(path: Path) -> EmbeddingModel:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read model file {path}: {exc}") from exc
-    if "spec" not in metadata:
-        raise ModelError(f"{path} is not a simsearch model (no spec in its metadata)")
-    model = build_model(ModelSpec.from_json(metadata["spec"]))
+    model = build_model(spec_from_metadata(metadata, path))
     strict = model.spec.backbone_weights != PRETRAINED_WEIGHTS
     try:
         result = model.load_state_dict(tensors, strict=strict)

@@ -77,6 +77,14 @@ def read_model_header(path: Path) -> ModelHeader:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read model file {path}: {exc}") from exc
-    if "spec" not in metadata or "content_hash" not in metadata:
+    spec = spec_from_metadata(metadata, path)
+    if "content_hash" not in metadata:
+        raise ModelError(f"{path} is not a simsearch model (no content hash in its metadata)")
+    return ModelHeader(spec, metadata["content_hash"])
+
+
+def spec_from_metadata(metadata: dict[str, str], path: Path) -> ModelSpec:
+    """The spec in the metadata of the safetensors file at `path`; `ModelError` if it is not a simsearch model."""
+    if "spec" not in metadata:
         raise ModelError(f"{path} is not a simsearch model (no spec in its metadata)")
-    return ModelHeader(ModelSpec.from_json(metadata["spec"]), metadata["content_hash"])
+    return ModelSpec.from_json(metadata["spec"])
