@@ -23,14 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.index_throughput import build_folder, warm_page_cache  # noqa: E402
+from benchmarks.index_throughput import build_folder, git_commit, warm_page_cache  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "index_ab.jsonl"
-
-
-def git_commit(checkout: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 def index_seconds(checkout: Path, folder: Path) -> float:

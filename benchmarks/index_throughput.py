@@ -136,6 +136,12 @@ def model_rate(folder: Path, batch_size: int, batches: int) -> float:
     return batches * len(pixels) / (time.perf_counter() - started)
 
 
+def git_commit(checkout: Path) -> str:
+    """The short commit of a checkout, to record beside its figures ("" where git cannot tell)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                          check=False).stdout.strip()
+
+
 def timed(command: list[str], cwd: Path) -> float:
     return timed_with_output(command, cwd)[0]
 
@@ -200,10 +206,9 @@ def main() -> None:
     one_thread = min(infer_one_thread, cores / (decode_cost + 1 / infer_one_thread))
     all_threads = cores / (decode_cost + cores / infer)
     cpu_bound = min(bound, max(one_thread, all_threads))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                            check=False).stdout.strip()
     result = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "images": args.images,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(REPO),
+        "images": args.images,
         "megabytes": round(megabytes), "cores": os.cpu_count(), "decode_workers": workers,
         "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "python": platform.python_version(),
         "torch": torch.__version__, "decode_images_per_s": round(decode, 1), "model_images_per_s": round(infer, 1),
