@@ -69,6 +69,11 @@ def train_command(
     if not data.is_dir():
         raise fail(f"not a folder: {data}")
     checkpoint = checkpoint or model_out.with_name(model_out.name + ".checkpoint")
+    if model_out.is_dir():
+        raise fail(f"--out {model_out} is a folder: name the model file to write, e.g. "
+                   f"{model_out / 'model.safetensors'}")
+    if checkpoint.is_dir():
+        raise fail(f"--checkpoint {checkpoint} is a folder, not a checkpoint file")
     if resume and not checkpoint.exists():
         raise fail(f"no checkpoint to resume from at {checkpoint}")
     require_writable_folder(model_out)
@@ -93,9 +98,7 @@ def train_command(
 
             trained = train_encoder(config, data_set.pixels, data_set.labels, checkpoint=checkpoint, resume=resume,
                                     on_step=progress.step, on_epoch=on_epoch, log=progress.log)
-        partial = model_out.with_name(model_out.name + ".partial")
-        trained.model.save(partial)
-        partial.replace(model_out)
+        trained.model.save(model_out)
     except KeyboardInterrupt:
         err.print(f"interrupted; `--resume` continues from the last finished epoch ({checkpoint})")
         raise typer.Exit(EXIT_INTERRUPTED) from None

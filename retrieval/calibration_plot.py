@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
+from retrieval.atomic import atomic_write
 from retrieval.calibration import CalibrationResult
-from retrieval.errors import writing_output
+from retrieval.errors import OutputWriteError
+
+PLOT_SUFFIX = ".png"
+
+
+def check_plot_path(path: Path) -> None:
+    """`OutputWriteError` unless `path` names a PNG: the one format written, so that a wrong name is refused
+    before any work rather than after it all."""
+    if path.suffix.lower() != PLOT_SUFFIX:
+        raise OutputWriteError(f"cannot write the plot {path}: plots are PNG files, name it *{PLOT_SUFFIX}")
 
 
 def write_calibration_plot(same: np.ndarray, different: np.ndarray, result: CalibrationResult, path: Path) -> None:
     """Histograms of same and different distances (shared bins) with the threshold; ROC curve with the
-    operating point. Drawn with matplotlib's Agg canvas, so no display and no global pyplot state."""
+    operating point. Drawn with matplotlib's Agg canvas, so no display and no global pyplot state; written
+    atomically (`OutputWriteError`, and nothing left, on a full disk)."""
+    check_plot_path(path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,6 +53,11 @@ def write_calibration_plot(same: np.ndarray, different: np.ndarray, result: Cali
     roc.set_title(f"ROC (AUC {result.roc_auc:.4f})")
     roc.legend(loc="lower right")
     figure.tight_layout()
-    with writing_output("plot", path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+
+    def write(temporary: Path) -> None:
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(png.getbuffer())
+
+    atomic_write(path, write, "plot")

@@ -10,14 +10,15 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from retrieval.allocator import keep_freed_memory
+from retrieval.devices import available_device
+from retrieval.errors import ModelError
 from retrieval.model import EmbeddingModel
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """`requested` if given ("cpu", "cuda", "cuda:1"), else CUDA when torch sees one, else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`requested` if given ("cpu", "cuda", "cuda:1"), else CUDA when torch sees one, else CPU; `DeviceError`
+    for a device that does not exist here."""
+    return available_device(requested)
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
@@ -67,6 +68,11 @@ class Embedder:
         return pins_memory(self.device)
 
     def embed(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embeddings of a uint8 batch; `ModelError` if any is not finite (weights or preprocessing that
+        overflow), which would otherwise be stored and poison every distance to it."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             out = self.model(pixels.to(self.device, non_blocking=True))
-        return out.float().cpu().numpy()
+        vectors = out.float().cpu().numpy()
+        if not np.isfinite(vectors).all():
+            raise ModelError("the model gives NaN or infinite embeddings (broken weights or preprocessing)")
+        return vectors

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 
 class SimsearchError(Exception):
     """Base of every error the library raises on purpose."""
@@ -27,6 +23,14 @@ class IndexUnavailableError(SimsearchError):
     """The index directory exists but cannot be opened (permissions, corruption, lock)."""
 
 
+class IndexWriteError(SimsearchError):
+    """Writing to the index database failed (a full disk, an I/O error); what was committed before stays."""
+
+
+class DeviceError(SimsearchError):
+    """The torch device asked for does not exist or is not available."""
+
+
 class ModelMismatchError(SimsearchError):
     """The index was built with another model than the one asked for."""
 
@@ -44,15 +48,6 @@ class InputPathError(SimsearchError):
 
 class OutputWriteError(SimsearchError):
     """A file the user asked for cannot be written (permissions, a full disk, ...)."""
-
-
-@contextmanager
-def writing_output(what: str, path: Path) -> Iterator[None]:
-    """Raise `OutputWriteError` ("cannot write the {what} {path}: ...") for an OSError in the block."""
-    try:
-        yield
-    except OSError as exc:
-        raise OutputWriteError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
 
 
 class CalibrationError(SimsearchError):

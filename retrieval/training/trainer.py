@@ -8,8 +8,10 @@ float batch, an objective mapping (embeddings, labels) to a :class:`~retrieval.l
 
 from __future__ import annotations
 
+import io
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from retrieval.allocator import keep_freed_memory
-from retrieval.errors import SimsearchError, writing_output
+from retrieval.atomic import atomic_write
+from retrieval.errors import SimsearchError
 from retrieval.training.sampler import PKSampler
 
 Validate = Callable[[nn.Module], float]
@@ -258,16 +261,23 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue from `state` (a `state_dict`); `CheckpointError` for one of other settings, or an incomplete
+        or damaged one."""
+        if not isinstance(state, dict):
+            raise CheckpointError(f"not a training checkpoint (it holds a {type(state).__name__})")
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"unsupported checkpoint format {state.get('format')!r}")
         if state.get("tag") != self.tag:
             raise CheckpointError("the checkpoint was written for other data or other training settings")
         try:
-            self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-            self.objective.load_state_dict(state["objective"])  # type: ignore[arg-type]
-            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"the checkpoint does not fit this model: {exc}") from exc
+            self._restore(state)
+        except (LookupError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit this model or is damaged: {_one_line(exc)}") from exc
+
+    def _restore(self, state: dict[str, object]) -> None:
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.objective.load_state_dict(state["objective"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         generators = _generators([self.objective, self.augment])
         saved = state["generators"]
         if len(saved) != len(generators):  # type: ignore[arg-type]
@@ -284,19 +294,37 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write atomically, so a run killed while saving still leaves the previous epoch's checkpoint."""
-        partial = path.with_name(path.name + ".partial")
-        with writing_output("checkpoint", path):
-            torch.save(self.state_dict(), partial)
-            partial.replace(path)
+        """Write atomically, so a run killed while saving, or a full disk (`OutputWriteError`), leaves the previous
+        epoch's checkpoint and nothing else.
+
+        Serialised in memory and written by Python: torch's own writer reports a full disk as a RuntimeError.
+        """
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getbuffer()), "checkpoint")
 
     def resume(self, path: Path) -> None:
-        """Load a checkpoint written by :meth:`save_checkpoint` (tensors and plain values only, no unpickling)."""
+        """Load a checkpoint written by :meth:`save_checkpoint` (tensors and plain values only, no unpickling);
+        `CheckpointError` for anything else."""
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about what it refuses to unpickle; the error says it
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch.load parses untrusted bytes and raises many types on a damaged file
+            raise CheckpointError(f"cannot read checkpoint {path}: {_checkpoint_problem(exc)}") from exc
         self.load_state_dict(state)
+
+
+def _checkpoint_problem(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or _one_line(exc)
+    return f"not a training checkpoint, or a damaged one ({type(exc).__name__})"
+
+
+def _one_line(exc: Exception, limit: int = 200) -> str:
+    """An exception's message on one line, cut short (torch's run to many lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_record(record: EpochRecord) -> str:
