@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -12,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import IndexOption, err, fail, model_from_argument, out, require_writable_folder, shown_path
+from cli.output import write_json
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
@@ -33,7 +32,8 @@ def calibrate_command(
                     "at least 1000).")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95 % intervals.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the pair sample and the bootstrap.")] = 0,
-    plot: Annotated[Optional[Path], typer.Option(help="PNG to write (default: in the index directory).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG file to write (default: in the index directory).")]
+    = None,
     index_dir: IndexOption = None,
     model_name: Annotated[Optional[str], typer.Option(
         "--model", help="Model file, `default` or `pretrained` (default: the index's model, else `default`).")]
@@ -45,7 +45,7 @@ def calibrate_command(
     """Embed DATA, sample same and different pairs, choose the distance threshold, store it in the index for this
     model (never applied to another), and draw the distance histograms and ROC curve."""
     from retrieval.calibration import CRITERIA, calibrate
-    from retrieval.calibration_plot import write_calibration_plot
+    from retrieval.calibration_plot import check_plot_path, write_calibration_plot
     from retrieval.calibration_store import save_calibration
 
     if target_fpr is not None:
@@ -58,6 +58,12 @@ def calibrate_command(
     from retrieval.locate import index_dir_for_writing
 
     if plot is not None:
+        if plot.is_dir():
+            raise fail(f"cannot write the plot {plot}: it is a folder")
+        try:
+            check_plot_path(plot)
+        except SimsearchError as exc:
+            raise fail(str(exc)) from None
         require_writable_folder(plot)
 
     try:
@@ -73,8 +79,7 @@ def calibrate_command(
         raise fail(str(exc)) from None
     report = result.to_dict()
     if as_json:
-        sys.stdout.write(json.dumps({"model": model.content_hash, "data": str(data), "plot": str(plot), **report},
-                                    indent=2) + "\n")
+        write_json({"model": model.content_hash, "data": str(data), "plot": str(plot), **report})
         return
     table = Table(title=f"calibration of {escape(model.spec.name)} on {escape(str(data))} ({criterion})",
                   title_justify="left")

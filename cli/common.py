@@ -10,11 +10,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cli.output import terminal_text
+
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# No emoji codes: a file named ":cat:.png" is shown as named, not as a cat.
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_PARTIAL = 1
 EXIT_ERROR = 2
@@ -24,8 +27,20 @@ IndexOption = Annotated[Optional[Path], typer.Option(
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error[/]: {escape(message)}", soft_wrap=True)
+    """Print the one-line error and return the exit (status 2) to raise."""
+    print_error(message)
     return typer.Exit(EXIT_ERROR)
+
+
+def print_error(message: str) -> None:
+    """`error: MESSAGE` on one line of stderr; file names in it are shown as `terminal_text`."""
+    err.print(f"[red]error[/]: {escape(terminal_text(message))}", soft_wrap=True)
+
+
+def exit_for_failures(failed: int, total: int) -> None:
+    """Exit 2 when none of `total` inputs could be used (nothing done), 1 when only some failed."""
+    if failed:
+        raise typer.Exit(EXIT_ERROR if failed == total else EXIT_PARTIAL)
 
 
 def model_from_argument(value: str) -> "EmbeddingModel":
@@ -53,8 +68,9 @@ def require_writable_folder(path: Path) -> None:
 
 
 def shown_path(path: str) -> str:
-    """A path relative to the working directory when it lies below it, else as stored."""
+    """A path for the terminal (`terminal_text`): relative to the working directory when it lies below it, else
+    as stored. Not yet markup-escaped for rich."""
     relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+    return terminal_text(path if relative.startswith("..") else relative)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -12,7 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import EXIT_PARTIAL, IndexOption, err, fail, model_from_argument, out, shown_path
+from cli.common import (EXIT_PARTIAL, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
+                        print_error, shown_path)
+from cli.output import terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
@@ -51,11 +53,11 @@ def verify_command(
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        sys.stdout.write(json.dumps({
+        write_json({
             "a": str(first), "b": str(second), "same": verdict.same, "distance": round(verdict.distance, 6),
             "threshold": verdict.threshold, "margin": round(verdict.margin, 6), "probability": verdict.probability,
             "model": collection.model.content_hash,
-        }, indent=2) + "\n")
+        })
     else:
         probability = "" if verdict.probability is None else f", pairwise-head probability {verdict.probability:.3f}"
         out.print(f"{'same' if verdict.same else 'different'}: distance {verdict.distance:.4f}, threshold "
@@ -94,11 +96,11 @@ def dedup_command(
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     if print0:
-        sys.stdout.write("".join(other.path + "\0" for group in groups for other in group.others))
+        write_paths0(other.path for group in groups for other in group.others)
     elif as_json:
-        sys.stdout.write(json.dumps([group_json(group) for group in groups], indent=2, ensure_ascii=False) + "\n")
+        write_json([group_json(group) for group in groups])
     elif as_csv:
-        write_csv(groups)
+        write_csv(csv_rows(groups))
     else:
         print_groups(groups, collection.threshold(threshold))
     if unindexed:
@@ -126,16 +128,17 @@ def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[s
 
 
 def stream_duplicates(collection: Collection, threshold: Optional[float]) -> None:
+    """One JSON line per path read from stdin, as each comes. Lines are read as bytes and decoded as file names
+    are (`os.fsdecode`), so that a name that is not UTF-8 is still the path of its file."""
     failed = False
-    lines = (line.rstrip("\n") for line in sys.stdin)
+    lines = (os.fsdecode(line.rstrip(b"\n")) for line in sys.stdin.buffer)
     for match in collection.stream_duplicates((line for line in lines if line.strip()), threshold):
         failed = failed or match.error is not None
         record = {"path": match.path, "duplicate_of": match.duplicate_of,
                   "distance": None if match.distance is None else round(match.distance, 6)}
         if match.error is not None:
             record["error"] = match.error
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        write_json(record, one_line=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -148,13 +151,13 @@ def group_json(group: DuplicateGroup) -> dict[str, object]:
     }
 
 
-def write_csv(groups: list[DuplicateGroup]) -> None:
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["group", "role", "path", "distance", "width", "height"])
+def csv_rows(groups: list[DuplicateGroup]) -> Iterator[list[object]]:
+    """A header, then one row per image of each group: its keeper, then its duplicates."""
+    yield ["group", "role", "path", "distance", "width", "height"]
     for number, group in enumerate(groups, 1):
-        writer.writerow([number, "keeper", group.keeper.path, 0.0, group.keeper.width, group.keeper.height])
+        yield [number, "keeper", group.keeper.path, 0.0, group.keeper.width, group.keeper.height]
         for other, distance in zip(group.others, group.distances):
-            writer.writerow([number, "duplicate", other.path, round(distance, 6), other.width, other.height])
+            yield [number, "duplicate", other.path, round(distance, 6), other.width, other.height]
 
 
 def print_groups(groups: list[DuplicateGroup], threshold: float) -> None:
@@ -217,11 +220,11 @@ def classify_command(
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        sys.stdout.write(json.dumps([{
+        write_json([{
             "query": r.query, "label": r.label, "nearest_label": r.nearest_label,
             "distance": None if r.distance is None else round(r.distance, 6), "nearest_support": r.nearest_support,
             **({"error": r.error} if r.error else {}),
-        } for r in results], indent=2, ensure_ascii=False) + "\n")
+        } for r in results])
     else:
         table = Table()
         for column in ("query", "class", "distance", "decided by"):
@@ -229,11 +232,12 @@ def classify_command(
         for r in results:
             if r.error is None:
                 label = r.label if r.label is not None else f"unknown (nearest: {r.nearest_label})"
-                decided = shown_path(r.nearest_support) if r.nearest_support else f"mean of {r.nearest_label}"
-                table.add_row(escape(shown_path(r.query)), escape(label), f"{r.distance:.4f}", escape(decided))
+                decided = (shown_path(r.nearest_support) if r.nearest_support
+                           else terminal_text(f"mean of {r.nearest_label}"))
+                table.add_row(escape(shown_path(r.query)), escape(terminal_text(label)), f"{r.distance:.4f}",
+                              escape(decided))
         out.print(table)
     for r in results:
         if r.error is not None:
-            err.print(f"[red]error[/]: {escape(r.error)}", soft_wrap=True)
-    if any(r.error for r in results):
-        raise typer.Exit(EXIT_PARTIAL)
+            print_error(r.error)
+    exit_for_failures(sum(r.error is not None for r in results), len(results))

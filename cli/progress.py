@@ -10,6 +10,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from cli.output import terminal_text
+
 
 class RateColumn(ProgressColumn):
     """Items per second, as images/s."""
@@ -44,7 +46,8 @@ class RichReporter:
             self.progress.advance(self.task, count)
 
     def warn(self, path: str, reason: str) -> None:
-        self.console.print(f"[yellow]warning[/]: {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        self.console.print(f"[yellow]warning[/]: {escape(terminal_text(path))}: {escape(terminal_text(reason))}",
+                           highlight=False, soft_wrap=True)
 
 
 class TrainingProgress:

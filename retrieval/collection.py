@@ -24,11 +24,18 @@ from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError, ModelMismatchError
+from retrieval.file_identity import identify_file
 from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
+from retrieval.inputs import (path_argument, path_arguments, refuse_single_path, support_argument, threshold_argument,
+                              unreadable_reason)
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.search import QueryResult, query_files
+
+
+STREAM_CANDIDATES = 8
+"""Indexed neighbours a streamed input is compared with: the nearest that is another file than the input wins."""
 
 
 @dataclass(frozen=True)
@@ -83,17 +90,18 @@ class Collection:
 
     def embed_files(self, paths: Sequence[Path | str]) -> np.ndarray:
         """L2-normalised embeddings of image files, in one batch; raises `DecodeError` naming a bad file."""
-        vectors, failed = self._embed_each(paths)
+        vectors, failed = self._embed_each(path_arguments(paths))
         if failed:
             raise DecodeError(next(iter(failed.values())))
         return vectors
 
-    def _embed_each(self, paths: Sequence[Path | str]) -> tuple[np.ndarray, dict[int, str]]:
+    def _embed_each(self, paths: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Embeddings of the files that decode (in one batch, in order), and the error of each that does not."""
         decoded, failed = [], {}
         for i, path in enumerate(paths):
-            if not Path(path).is_file():
-                failed[i] = f"{path}: no such file"
+            reason = unreadable_reason(Path(path))
+            if reason is not None:
+                failed[i] = f"{path}: {reason}"
                 continue
             try:
                 decoded.append(decode_image(Path(path), self.model.preprocessing).pixels)
@@ -105,16 +113,16 @@ class Collection:
 
     def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
         """The k nearest indexed images of each file (a file that fails carries its error)."""
-        return query_files(self._require_searchable_index(), self.embedder, [Path(p) for p in paths], k)
+        return query_files(self._require_searchable_index(), self.embedder, paths, k)
 
     def calibration(self) -> StoredCalibration | None:
         """The latest calibration of this collection's model, if any (never one of another model)."""
         return None if self.index is None else latest_calibration(self.index, self.model.content_hash)
 
     def threshold(self, explicit: float | None = None) -> float:
-        """`explicit` when given, else the calibrated threshold of this model."""
+        """`explicit` when given (a finite distance of at least 0), else the calibrated threshold of this model."""
         if explicit is not None:
-            return explicit
+            return threshold_argument(explicit)
         calibration = self.calibration()
         if calibration is None:
             raise CalibrationError(f"no calibration for model {self.model.spec.name} ({self.model.content_hash[:12]});"
@@ -135,67 +143,83 @@ class Collection:
         """Near-duplicate groups among the indexed images (those under `roots` when given)."""
         index = self._require_searchable_index()
         limit = self.threshold(threshold)
-        under = [os.path.abspath(Path(root).expanduser()) for root in roots] if roots else None
-        return index_duplicates(index, limit, under)
+        under = [] if roots is None else [os.path.abspath(Path(root).expanduser())
+                                          for root in path_arguments(roots, "roots")]
+        return index_duplicates(index, limit, under or None)
 
     def stream_duplicates(self, paths: Iterable[str], threshold: float | None = None) -> Iterator[StreamMatch]:
         """For each path as it comes, the nearest earlier input or indexed image within the threshold.
 
-        Reads nothing ahead, so a pipeline gets each answer as soon as its line is in; writes nothing.
+        Reads nothing ahead, so a pipeline gets each answer as soon as its line is in; writes nothing. The
+        arguments, the index and the threshold are checked at the call, before the first path is read.
         """
+        refuse_single_path(paths)
         if self.index is not None:
             self._require_searchable_index()
-        limit = self.threshold(threshold)
-        seen = faiss.IndexFlatIP(self.model.embedding_dim)
+        return self._stream_duplicates(paths, self.threshold(threshold))
+
+    def _stream_duplicates(self, paths: Iterable[str], limit: float) -> Iterator[StreamMatch]:
+        seen = faiss.IndexIDMap2(faiss.IndexFlatIP(self.model.embedding_dim))
+        seen_files: dict[str, int] = {}
         seen_paths: list[str] = []
-        for raw in paths:
+        for given in paths:
+            raw = path_argument(given, "each of paths")
             path = os.path.abspath(Path(raw).expanduser())
             try:
                 vector = self.embed_files([path])
             except DecodeError as exc:
                 yield StreamMatch(raw, None, None, str(exc))
                 continue
-            candidates = self._indexed_matches(vector, path)
+            identity = identify_file(path)
+            own = identity.file_id if identity is not None else path
+            candidates = self._indexed_matches(vector, own)
             if seen.ntotal:
-                scores, found = seen.search(vector, 1)
-                candidates.append((max(0.0, 2.0 - 2.0 * float(scores[0, 0])), seen_paths[int(found[0, 0])]))
+                scores, found = seen.search(vector, 2)
+                candidates += [(max(0.0, 2.0 - 2.0 * float(score)), seen_paths[int(row)])
+                               for score, row in zip(scores[0], found[0]) if row >= 0 and row != seen_files.get(own)]
             best = min(candidates, default=None)
             if best is not None and best[0] <= limit:
                 yield StreamMatch(raw, best[1], best[0], None)
             else:
                 yield StreamMatch(raw, None, None, None)
-            seen.add(vector)
-            seen_paths.append(path)
+            if own not in seen_files:
+                seen_files[own] = len(seen_paths)
+                seen.add_with_ids(vector, np.array([len(seen_paths)], dtype=np.int64))
+                seen_paths.append(path)
 
-    def _indexed_matches(self, vector: np.ndarray, path: str) -> list[tuple[float, str]]:
-        """The nearest indexed image other than `path` itself, as (distance, path)."""
+    def _indexed_matches(self, vector: np.ndarray, own: str) -> list[tuple[float, str]]:
+        """The nearest indexed image that is another file than `own` (a file id) and is still there, as
+        (distance, path): a link to the input, or the input itself, is no duplicate of it."""
         if self.index is None:
             return []
-        hits = [n for n in self.index.search(vector, 2)[0] if n.path != path]
-        return [(hits[0].distance, hits[0].path)] if hits else []
+        for hit in self.index.search(vector, STREAM_CANDIDATES)[0]:
+            identity = identify_file(hit.path)
+            if identity is not None and identity.file_id != own:
+                return [(hit.distance, hit.path)]
+        return []
 
     def classify(self, support: Mapping[str, Sequence[Path | str]], queries: Sequence[Path | str],
                  prototype: bool = False, threshold: float | None = None) -> list[Classification]:
         """The nearest support class of each query file (by nearest support image, or by class mean with
         `prototype`); "unknown" (label None) beyond the given or calibrated threshold, if there is one."""
-        classes = sorted(support)
-        files = [path for name in classes for path in support[name]]
-        labels = np.array([i for i, name in enumerate(classes) for _ in support[name]])
+        members = support_argument(support)
+        asked = path_arguments(queries, "queries")
+        limit = self.threshold(threshold) if threshold is not None or self.calibration() is not None else None
+        classes = list(members)
+        files = [path for name in classes for path in members[name]]
+        labels = np.array([i for i, name in enumerate(classes) for _ in members[name]])
         support_vectors = self.embed_files(files)
-        limit = threshold
-        if limit is None and self.calibration() is not None:
-            limit = self.threshold()
-        vectors, failed = self._embed_each(queries)
-        kept = [i for i in range(len(queries)) if i not in failed]
+        vectors, failed = self._embed_each(asked)
+        kept = [i for i in range(len(asked)) if i not in failed]
         best, distances, deciding = nearest_classes(vectors, support_vectors, labels, prototype)
         found = {}
         for row, i in enumerate(kept):
             name = classes[int(best[row])]
             within = limit is None or distances[row] <= limit
-            found[i] = Classification(str(queries[i]), name if within else None, name, float(distances[row]),
-                                      None if deciding[row] < 0 else str(files[int(deciding[row])]))
-        return [found.get(i) or Classification(str(query), None, None, None, None, failed[i])
-                for i, query in enumerate(queries)]
+            found[i] = Classification(asked[i], name if within else None, name, float(distances[row]),
+                                      None if deciding[row] < 0 else files[int(deciding[row])])
+        return [found.get(i) or Classification(query, None, None, None, None, failed[i])
+                for i, query in enumerate(asked)]
 
     def _require_index(self) -> SimilarityIndex:
         if self.index is None:

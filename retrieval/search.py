@@ -13,6 +13,7 @@ from retrieval.embedding import Embedder
 from retrieval.errors import DecodeError
 from retrieval.images import DEFAULT_MAX_PIXELS, decode_image
 from retrieval.index import Neighbour, SimilarityIndex
+from retrieval.inputs import k_argument, path_arguments, unreadable_reason
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,17 @@ class QueryResult:
     error: str | None = None
 
 
-def query_files(index: SimilarityIndex, embedder: Embedder, paths: Sequence[Path], k: int,
+def query_files(index: SimilarityIndex, embedder: Embedder, paths: Sequence[Path | str], k: int,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> list[QueryResult]:
     """Decode, embed (in one batch) and search each file; a file that fails carries its error."""
+    files = [Path(path) for path in path_arguments(paths)]
+    k = k_argument(k)
     decoded: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
-    for i, path in enumerate(paths):
-        if not path.is_file():
-            errors[i] = "no such file"
+    for i, path in enumerate(files):
+        reason = unreadable_reason(path)
+        if reason is not None:
+            errors[i] = reason
             continue
         try:
             decoded[i] = decode_image(path, embedder.model.preprocessing, max_pixels).pixels
@@ -42,4 +46,4 @@ def query_files(index: SimilarityIndex, embedder: Embedder, paths: Sequence[Path
         order = sorted(decoded)
         vectors = embedder.embed(torch.from_numpy(np.stack([decoded[i] for i in order])))
         found = dict(zip(order, index.search(vectors, k)))
-    return [QueryResult(str(path), found.get(i, []), errors.get(i)) for i, path in enumerate(paths)]
+    return [QueryResult(str(path), found.get(i, []), errors.get(i)) for i, path in enumerate(files)]

@@ -179,3 +179,32 @@ def test_the_console_entry_point_keeps_exit_status_and_output(tmp_path: Path) ->
     helped = run("--help")
     assert helped.returncode == 0
     assert all(command in helped.stdout for command in ("index", "query", "verify", "dedup", "classify", "calibrate"))
+
+
+def test_query_exits_2_when_no_query_image_could_be_used(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """Missing, undecodable, a directory, a FIFO (never opened: it would block): nothing done, each said as
+    what it is."""
+    import os
+
+    make_photos(tmp_path / "p", 2)
+    assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
+    (tmp_path / "bad.png").write_text("nope")
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    result = invoke("query", "missing.png", "bad.png", "folder.png", "pipe.png", "--json", cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert [r["error"] for r in json.loads(result.stdout)] == [
+        "no such file", "not a recognised image format", "is a directory", "is a FIFO, not a regular file"]
+    assert result.stderr.splitlines() == ["error: missing.png: no such file",
+                                          "error: bad.png: not a recognised image format",
+                                          "error: folder.png: is a directory",
+                                          "error: pipe.png: is a FIFO, not a regular file"]
+    some = invoke("query", "p/img0000.png", "folder.png", cwd=tmp_path)
+    assert some.exit_code == 1 and "img0000.png" in some.stdout
+
+
+def test_verify_says_a_directory_is_one(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    make_photos(tmp_path / "p", 2)
+    assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
+    assert_one_line_error(invoke("verify", "p", "p/img0000.png", "--threshold", "0.5", cwd=tmp_path),
+                          "p: is a directory")

@@ -171,6 +171,8 @@ def test_classify_names_the_nearest_support_class_or_unknown(collection: Path) -
                     str(e_distance / 2), "--prototype", "--json", cwd=collection)
     assert strict.exit_code == 0, strict.output
     assert [r["label"] for r in json.loads(strict.stdout)] == ["beta", None]
+    nothing = invoke("classify", "--support", "support", "photos/missing.png", cwd=collection)
+    assert nothing.exit_code == 2 and nothing.stderr.endswith("photos/missing.png: no such file\n"), nothing.output
 
 
 def test_classify_refuses_a_support_class_without_images(collection: Path) -> None:
