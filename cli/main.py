@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import EXIT_PARTIAL, IndexOption, err, fail, model_from_argument, out, shown_path
+from cli.common import (EXIT_PARTIAL, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
+                        print_error, shown_path)
 from cli.calibrate import calibrate_command
 from cli.decide import classify_command, dedup_command, verify_command
+from cli.output import write_json
 from cli.train import train_command
-from retrieval.errors import InputPathError, SimsearchError
+from retrieval.errors import SimsearchError
+
+if TYPE_CHECKING:
+    from retrieval.index import SimilarityIndex
 
 EXIT_BROKEN_PIPE = 120
 """As Python exits when it cannot flush its standard streams."""
@@ -48,11 +52,14 @@ def index_command(
 
     from cli.progress import RichReporter
 
-    is_new, root = False, Path()
+    from retrieval.devices import check_device_name
+
+    index = None
     try:
         missing = [p for p in paths if not os.path.lexists(p)]
         if missing:
             raise fail(f"no such file or directory: {missing[0]}")
+        check_device_name(device)
         model = model_from_argument(model_name) if model_name is not None else None
         root = index_dir_for_writing(index_dir)
         is_new = not root.exists()
@@ -62,19 +69,32 @@ def index_command(
         with RichReporter(err) as reporter:
             summary = index_paths(index, paths, model, options, reporter)
     except SimsearchError as exc:
-        if is_new and root.is_dir() and isinstance(exc, InputPathError):
-            shutil.rmtree(root)
+        if index is not None and is_new and not _holds_images(index):
+            shutil.rmtree(index.root, ignore_errors=True)  # the index this run created, with nothing in it
         raise fail(str(exc)) from None
     rate = f", {summary.embedded / summary.embed_seconds:.1f} images/s" if summary.embed_seconds else ""
     copies = f" ({summary.copies} copies, not re-embedded)" if summary.copies else ""
     reembedded = f", re-embedded {summary.reembedded}" if summary.reembedded else ""
     err.print(f"added {summary.added}{copies}, updated {summary.updated}, moved {summary.moved}, "
               f"removed {summary.removed}, skipped {summary.unchanged} unchanged{reembedded}, failed {summary.failed}"
-              f" in {summary.seconds:.1f} s{rate}; index: {shown_path(str(index.root))}", soft_wrap=True)
+              f" in {summary.seconds:.1f} s{rate}; index: {escape(shown_path(str(index.root)))}", soft_wrap=True)
     if summary.still_failing:
         err.print(f"{summary.still_failing} unchanged files still fail to decode (not retried until they change)")
+    if summary.aliases:
+        err.print(f"{summary.aliases} other paths (symbolic or hard links) to files indexed once under another path")
     if summary.problems:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _holds_images(index: SimilarityIndex) -> bool:
+    """Whether the index records any file; a failed first run leaves an index that does not (to remove). In
+    doubt, it does: what cannot be checked is kept."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return index.holds_images()
+    except SQLAlchemyError:
+        return True
 
 
 @app.command("query")
@@ -102,13 +122,12 @@ def query_command(
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        payload = [{"query": r.query, "error": r.error,
-                    "neighbours": [{"rank": n.rank, "distance": round(n.distance, 6), "path": n.path,
-                                    "label": n.label} for n in r.neighbours]} for r in results]
-        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        write_json([{"query": r.query, "error": r.error,
+                     "neighbours": [{"rank": n.rank, "distance": round(n.distance, 6), "path": n.path,
+                                     "label": n.label} for n in r.neighbours]} for r in results])
     for result in results:
         if result.error is not None:
-            err.print(f"[red]error[/]: {escape(result.query)}: {escape(result.error)}", soft_wrap=True)
+            print_error(f"{result.query}: {result.error}")
         elif not as_json:
             table = Table(title=escape(shown_path(result.query)), title_justify="left")
             table.add_column("rank", justify="right")
@@ -117,8 +136,7 @@ def query_command(
             for n in result.neighbours:
                 table.add_row(str(n.rank), f"{n.distance:.4f}", escape(shown_path(n.path)))
             out.print(table)
-    if any(r.error for r in results):
-        raise typer.Exit(EXIT_PARTIAL)
+    exit_for_failures(sum(r.error is not None for r in results), len(results))
 
 
 app.command("train")(train_command)
@@ -170,13 +188,13 @@ def eval_command(
         "MAP@R": (report.retrieval.map_at_r, None),
     }
     if as_json:
-        sys.stdout.write(json.dumps({
+        write_json({
             "model": embedder.content_hash, "data": str(data), "images": len(found.labels),
             "classes": len(found.classes), "episodes": report.episodes.n, "pairs": report.pairs, "seed": seed,
             "figures": {name: {"value": value, "ci95": ci} for name, (value, ci) in figures.items()},
-        }, indent=2) + "\n")
+        })
         return
-    table = Table(title=f"{escape(str(data))}: {len(found.labels)} images, {len(found.classes)} classes")
+    table = Table(title=f"{escape(shown_path(str(data)))}: {len(found.labels)} images, {len(found.classes)} classes")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for name, (value, ci) in figures.items():
@@ -199,9 +217,8 @@ def lake_eval(model_name: str, runs_zip: Path, device: Optional[str], as_json: b
     accuracy = lake_oneshot_accuracy(lambda images: torch.from_numpy(embedder.embed(images)), runs)
     name = f"Lake 20-way within-alphabet one-shot accuracy ({accuracy.n} trials)"
     if as_json:
-        sys.stdout.write(json.dumps({"model": embedder.content_hash, "data": str(runs_zip), "trials": accuracy.n,
-                                     "figures": {name: {"value": accuracy.mean, "ci95": accuracy.ci95}}},
-                                    indent=2) + "\n")
+        write_json({"model": embedder.content_hash, "data": str(runs_zip), "trials": accuracy.n,
+                    "figures": {name: {"value": accuracy.mean, "ci95": accuracy.ci95}}})
         return
     out.print(f"{escape(name)}: {accuracy.mean:.4f} ± {accuracy.ci95:.4f} (95 %)")
 

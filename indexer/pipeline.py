@@ -26,10 +26,11 @@ from sqlalchemy.orm import Session, aliased
 
 from indexer.hashing import hash_file
 from indexer.head_start import HeadStart
-from indexer.plan import KnownImage, Work, make_plan
+from indexer.plan import KnownImage, Plan, Work, make_plan
 from indexer.report import IndexSummary, Reporter, SilentReporter
 from indexer.scan import ScannedFile, ScanResult, scan, stat_file
 from retrieval.errors import InputPathError, ModelMismatchError
+from retrieval.file_identity import identify_file
 from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
@@ -89,14 +90,16 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
             raise InputPathError(f"no image files found under {', '.join(scanned.roots)}")
         files = scanned.files + _outside_files(known, scanned) if not target.serving else scanned.files
         plan = make_plan(files, known, sizes, problem_paths)
-        summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing)
-        _record_scan_problems(index, scanned, known, summary, reporter)
+        summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
+                               aliases=len(scanned.aliases))
+        _drop_aliases_of_indexed(index, plan, known, summary)
+        _record_scan_problems(index, scanned, known, plan, summary, reporter)
         hashed = _hash(plan.to_hash, reporter)
         to_embed = plan.to_embed + _apply_hashed(index, hashed, plan.gone, target, summary)
         _remove(index, plan.gone, summary)
         _embed(index, target, to_embed, options, summary, reporter)
         _finish(index, target)
-        index.refresh_vector_file()
+        index.vector_index()  # the FAISS file, brought up to the database now rather than by the first query
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -104,7 +107,7 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
 def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, reembed: bool) -> _Target:
     """The model to embed with; a new index's default model is registered from its file, so that nothing here
     needs torch."""
-    with index.write_sessions() as session, session.begin():
+    with index.writing() as session:
         state = session.get(IndexState, 1)
         assert state is not None
         active = state.model
@@ -139,12 +142,34 @@ def _load_default_model() -> EmbeddingModel:
 def _known_images(session: Session, roots: list[str], target_id: int, everything: bool) -> dict[str, KnownImage]:
     vector = aliased(VectorRecord)
     query = select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
-                   ImageRecord.content_hash, ImageRecord.status, vector.model_id).outerjoin(
+                   ImageRecord.content_hash, ImageRecord.status, ImageRecord.file_id, vector.model_id).outerjoin(
         vector, vector.id == ImageRecord.vector_id)
     if not everything:
         query = query.where(images_under(roots))
     return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
-                                 row.model_id == target_id) for row in session.execute(query)}
+                                 row.model_id == target_id, row.file_id) for row in session.execute(query)}
+
+
+def _drop_aliases_of_indexed(index: SimilarityIndex, plan: Plan, known: dict[str, KnownImage],
+                             summary: IndexSummary) -> None:
+    """Leave out the new paths to files that are indexed under a path outside the scanned ones (`index d/latest`
+    after `index d/2024`, where `latest` links to `2024`), if that path still reaches the file. (A row under the
+    scanned paths is the scan's to settle: its path is kept, or it is gone and the file moves to its new path.)"""
+    new = {w.file.file_id: w.file.path for w in chain(plan.to_hash, plan.to_embed) if w.known is None}
+    if not new:
+        return
+    aliases: set[str] = set()
+    ids = sorted(new)
+    with index.sessions() as session:
+        for start in range(0, len(ids), 500):
+            rows = session.execute(select(ImageRecord.path, ImageRecord.file_id).where(
+                ImageRecord.file_id.in_(ids[start:start + 500]), ImageRecord.status == STATUS_OK))
+            for path, indexed_id in rows:
+                identity = identify_file(path) if path not in known else None
+                if identity is not None and identity.file_id == indexed_id:
+                    aliases.add(new[indexed_id])
+    plan.drop(aliases)
+    summary.aliases += len(aliases)
 
 
 def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[ScannedFile]:
@@ -163,14 +188,21 @@ def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[Sc
     return files
 
 
-def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: dict[str, KnownImage],
+def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: dict[str, KnownImage], plan: Plan,
                           summary: IndexSummary, reporter: Reporter) -> None:
-    file_problems = [p for p in scanned.problems if p.is_file]
+    """Warn about each problem of the scan and record each file that cannot be read; also note the new device
+    and inode of unchanged files."""
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
-    if not file_problems:
+    unstorable = [p for p in scanned.problems if p.is_file and not p.recordable]
+    summary.failed += len(unstorable)
+    file_problems = [p for p in scanned.problems if p.is_file and p.recordable]
+    if not file_problems and not plan.new_file_ids:
         return
-    with index.write_sessions() as session, session.begin():
+    with index.writing() as session:
+        if plan.new_file_ids:
+            session.execute(update(ImageRecord), [{"id": row_id, "file_id": new_id}
+                                                  for row_id, new_id in plan.new_file_ids.items()])
         served_changed = False
         for problem in file_problems:
             row = known.get(problem.path)
@@ -221,7 +253,7 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
     if not works:
         return to_embed
     gone_by_hash = {row.content_hash: row for row in gone if row.status == STATUS_OK and row.content_hash}
-    with index.write_sessions() as session, session.begin():
+    with index.writing() as session:
         for work in works:
             row, digest = work.known, work.content_hash
             if digest is None:
@@ -262,7 +294,7 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
 def _remove(index: SimilarityIndex, gone: list[KnownImage], summary: IndexSummary) -> None:
     if not gone:
         return
-    with index.write_sessions() as session, session.begin():
+    with index.writing() as session:
         for chunk_start in range(0, len(gone), 500):
             ids = [row.id for row in gone[chunk_start:chunk_start + 500]]
             session.execute(delete(ImageRecord).where(ImageRecord.id.in_(ids)))
@@ -292,7 +324,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     batches = chain(early_batches, rest)
     reporter.start("embedding", len(works))
     for batch, vectors in embed_as_decoded(batches, embedder, workers, options.batch_size):
-        with index.write_sessions() as session, session.begin():
+        with index.writing() as session:
             _write_batch(session, target, batch.items, vectors, summary, reporter)
             index.bump_generation(session)
         summary.embedded += len(vectors)
@@ -349,6 +381,7 @@ def _write_batch(session: Session, target: _Target, items: list[Loaded], vectors
 
 def _set_ok(image: ImageRecord, file: ScannedFile, content_hash: str, width: int | None, height: int | None) -> None:
     image.path = file.path
+    image.file_id = file.file_id
     image.size = file.size
     image.mtime_ns = file.mtime_ns
     image.label = file.label
@@ -373,7 +406,7 @@ def _set_error(image: ImageRecord, reason: str, size: int | None, mtime_ns: int 
 
 def _finish(index: SimilarityIndex, target: _Target) -> None:
     """Switch to the target model once every indexed image has a vector from it; drop unused vectors."""
-    with index.write_sessions() as session, session.begin():
+    with index.writing() as session:
         if not target.serving:
             missing = session.scalar(select(func.count()).select_from(ImageRecord).where(
                 ImageRecord.status == STATUS_OK,

@@ -25,6 +25,7 @@ class KnownImage:
     content_hash: str | None
     status: str
     has_target_vector: bool
+    file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class Plan:
     to_hash: list[Work] = field(default_factory=list)
     to_embed: list[Work] = field(default_factory=list)
     gone: list[KnownImage] = field(default_factory=list)
+    new_file_ids: dict[int, str] = field(default_factory=dict)
+    """Unchanged rows whose file now has another device and inode (restored from a backup, say), by row id."""
+
+    def drop(self, paths: set[str]) -> None:
+        """Forget the work on these paths."""
+        self.to_hash = [w for w in self.to_hash if w.file.path not in paths]
+        self.to_embed = [w for w in self.to_embed if w.file.path not in paths]
 
 
 def make_plan(files: list[ScannedFile], known: dict[str, KnownImage], known_sizes: set[int],
@@ -54,6 +62,8 @@ def make_plan(files: list[ScannedFile], known: dict[str, KnownImage], known_size
         seen.add(file.path)
         row = known.get(file.path)
         if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
+            if row.file_id != file.file_id:
+                plan.new_file_ids[row.id] = file.file_id
             if row.status == STATUS_ERROR:
                 plan.still_failing += 1
             elif row.has_target_vector:

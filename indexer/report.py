@@ -40,6 +40,8 @@ class IndexSummary:
     reembedded: int = 0
     failed: int = 0
     still_failing: int = 0
+    aliases: int = 0
+    """Paths to a file indexed under another path (symbolic or hard links), not indexed twice."""
     embedded: int = 0
     embed_seconds: float = 0.0
     """From the first file decoded to the last vector written, loading the model included."""

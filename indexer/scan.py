@@ -2,6 +2,11 @@
 
 Symbolic links to directories are followed, once each: a link back to an ancestor (a loop) is
 reported and not entered. Hidden entries (a leading dot, such as `.simsearch/`) are skipped.
+
+A file is its device and inode, not its path: when several paths reach one file (a folder reached
+through a symbolic link, a linked file, hard links, or overlapping paths such as `DIR DIR/sub`), one
+of them is the file's path and the others are aliases, reported apart and never taken for a second
+image. The path kept is one without a symbolic link in it where there is one, then the shortest.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval.errors import InputPathError
+from retrieval.file_identity import file_id
 from retrieval.images import IMAGE_SUFFIXES
 
 
@@ -23,6 +29,10 @@ class ScannedFile:
     size: int
     mtime_ns: int
     label: str
+    file_id: str
+    """`device:inode`: the identity of the file, whatever path reaches it."""
+    via_link: bool = False
+    """Whether `path` passes through a symbolic link (to the file or to a folder above it)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,16 @@ class ScanProblem:
     path: str
     reason: str
     is_file: bool
+    recordable: bool = True
+    """Whether the database can hold the path (a name that is not valid UTF-8 cannot be stored)."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A second path to a file found under another one."""
+
+    path: str
+    file_path: str
 
 
 @dataclass
@@ -39,6 +59,7 @@ class ScanResult:
     roots: list[str]
     files: list[ScannedFile] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
+    aliases: list[Alias] = field(default_factory=list)
 
 
 def is_image_name(name: str) -> bool:
@@ -47,22 +68,38 @@ def is_image_name(name: str) -> bool:
 
 def scan(paths: Iterable[Path]) -> ScanResult:
     """Every image file under `paths` (files or folders), sorted by path."""
-    roots = [os.path.abspath(p) for p in paths]
+    roots = list(dict.fromkeys(os.path.abspath(p) for p in paths))
     result = ScanResult(roots=roots)
     for root in roots:
         if not os.path.lexists(root):
             raise InputPathError(f"no such file or directory: {root}")
+        via_link = os.path.realpath(root) != root
         if os.path.isdir(root):
-            _walk(root, result, visited=set())
+            _walk(root, result, visited=set(), via_link=via_link)
         elif is_image_name(root):
-            _add_file(root, result)
+            _add_file(root, result, via_link)
         else:
             raise InputPathError(f"not a folder or an image file: {root}")
-    result.files.sort(key=lambda f: f.path)
+    result.files, result.aliases = _one_path_per_file(result.files)
     return result
 
 
-def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]]) -> None:
+def _one_path_per_file(files: list[ScannedFile]) -> tuple[list[ScannedFile], list[Alias]]:
+    """The files, one path each and sorted by path, and the other paths to them."""
+    by_file: dict[str, list[ScannedFile]] = {}
+    for file in files:
+        by_file.setdefault(file.file_id, []).append(file)
+    kept, aliases = [], []
+    for paths in by_file.values():
+        paths.sort(key=lambda f: (f.via_link, len(f.path), f.path))
+        kept.append(paths[0])
+        aliases += [Alias(other.path, paths[0].path) for other in paths[1:] if other.path != paths[0].path]
+    kept.sort(key=lambda f: f.path)
+    aliases.sort(key=lambda a: a.path)
+    return kept, aliases
+
+
+def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]], via_link: bool) -> None:
     try:
         info = os.stat(directory)
     except OSError as exc:
@@ -83,36 +120,38 @@ def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]]) -> 
             continue
         try:
             is_dir = entry.is_dir()
+            is_link = entry.is_symlink()
         except OSError:
-            is_dir = False
+            is_dir = is_link = False
         if is_dir:
-            _walk(entry.path, result, visited)
+            _walk(entry.path, result, visited, via_link or is_link)
         elif is_image_name(entry.name):
-            _add_file(entry.path, result)
+            _add_file(entry.path, result, via_link or is_link)
 
 
-def _add_file(path: str, result: ScanResult) -> None:
+def _add_file(path: str, result: ScanResult, via_link: bool) -> None:
+    if not _storable(path):
+        result.problems.append(ScanProblem(path, "file name is not valid UTF-8 (cannot be indexed)", is_file=True,
+                                           recordable=False))
+        return
     try:
-        file = stat_file(path)
+        file = stat_file(path, via_link)
     except OSError as exc:
         reason = "symbolic link loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         result.problems.append(ScanProblem(path, reason, is_file=True))
         return
-    if file is None:
-        return
-    if not _storable(path):
-        result.problems.append(ScanProblem(path, "file name is not valid UTF-8", is_file=False))
-        return
-    result.files.append(file)
+    if file is not None:
+        result.files.append(file)
 
 
-def stat_file(path: str) -> ScannedFile | None:
+def stat_file(path: str, via_link: bool = False) -> ScannedFile | None:
     """The scan entry of one file (None when it is not a regular file); raises OSError."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         return None
     label = os.path.basename(os.path.dirname(path))
-    return ScannedFile(path=path, size=info.st_size, mtime_ns=info.st_mtime_ns, label=label)
+    return ScannedFile(path=path, size=info.st_size, mtime_ns=info.st_mtime_ns, label=label, file_id=file_id(info),
+                       via_link=via_link)
 
 
 def _storable(path: str) -> bool:

@@ -25,7 +25,7 @@ class StoredCalibration:
 def save_calibration(index: SimilarityIndex, model: EmbeddingModel, criterion: str, threshold: float,
                      metrics: dict[str, object]) -> StoredCalibration:
     """Record a calibration of `model` (registering the model in the index if it is new there)."""
-    with index.write_sessions() as session, session.begin():
+    with index.writing() as session:
         record = index.register_model(session, model)
         row = CalibrationRecord(model_id=record.id, criterion=criterion, threshold=threshold,
                                 metrics=json.dumps(metrics, sort_keys=True))

@@ -2,17 +2,23 @@
 
 Distances are squared L2 between L2-normalised vectors, ``d = 2 - 2 cos``, so ``d <= t`` is an inner-product
 range search with radius ``1 - t / 2``; the all-pairs work is FAISS's (blocked BLAS), never a Python loop.
+
+What a group proposes must be safe to delete: each member is looked at on disk when the group is made, a path
+that no longer reaches a file is left out, and of several paths to one file (links) only one is a member, the
+one without a symbolic link where there is one. So no proposed path is the keeper's file or another kept
+path's, and a symbolic link is never the keeper of a group that holds its target.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 from sqlalchemy import select
 
+from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
 from retrieval.store.queries import images_under
 from retrieval.store.schema import STATUS_OK, ImageRecord
@@ -82,17 +88,22 @@ def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[
     return [members for members in np.split(order, starts[1:]) if len(members) > 1]
 
 
-def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float
-                     ) -> list[DuplicateGroup]:
+def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float,
+                     identify: Callable[[str], FileIdentity | None] = identify_file) -> list[DuplicateGroup]:
     """Groups of near-duplicate images; `owners[i]` are the images whose vector is `vectors[i]` (copies of one
-    file share a vector, and are duplicates of each other at distance 0). Largest groups first."""
+    file share a vector, and are duplicates of each other at distance 0). Largest groups first.
+
+    `identify` tells what each member's path reaches now (one path per file is kept; see the module's doc).
+    """
     first, second, _ = pairs_within(vectors, threshold)
     linked = set(np.concatenate([first, second]).tolist())
     components = connected_groups(len(vectors), first, second)
     components += [np.array([i]) for i, images in enumerate(owners) if len(images) > 1 and i not in linked]
     groups = []
     for members in components:
-        images = [(image, int(row)) for row in members for image in owners[int(row)]]
+        images = _one_path_per_file([(image, int(row)) for row in members for image in owners[int(row)]], identify)
+        if len(images) < 2:
+            continue
         images.sort(key=lambda pair: keeper_order(pair[0]))
         (keeper, keeper_row), rest = images[0], images[1:]
         anchor = vectors[keeper_row]
@@ -101,6 +112,18 @@ def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]],
         groups.append(DuplicateGroup(keeper, [image for image, _ in rest], distances))
     groups.sort(key=lambda group: (-len(group.others), group.keeper.path))
     return groups
+
+
+def _one_path_per_file(images: list[tuple[Candidate, int]], identify: Callable[[str], FileIdentity | None]
+                       ) -> list[tuple[Candidate, int]]:
+    """The members whose path reaches a file now, one path per file: the one without a symbolic link, then the
+    one the keeper rule prefers."""
+    present = [(image, row, identity) for image, row in images if (identity := identify(image.path)) is not None]
+    present.sort(key=lambda member: (member[2].via_link, keeper_order(member[0])))
+    files: dict[str, tuple[Candidate, int]] = {}
+    for image, row, identity in present:
+        files.setdefault(identity.file_id, (image, row))
+    return list(files.values())
 
 
 def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None

@@ -2,14 +2,15 @@
 
 Layout of the directory::
 
-    index.db                 metadata and vectors (SQLite, schema by Alembic)
-    vectors-<generation>.faiss   FAISS index of the served vectors at that database generation
+    index.db (+ -wal, -shm)      metadata and vectors (SQLite, schema by Alembic): the index itself
     models/<hash>.safetensors    every model the index has used
-    lock                     held by the one process writing to the index
+    vectors-<db id>-<generation>.faiss   FAISS index of the served vectors: a cache of the database
+    lock, migrate.lock           held by the one process writing to (or migrating) the index
 
-The database is the source of truth. The FAISS file is named after the database generation it
-was built from; a missing or older one (after a crash, say) is rebuilt from the stored vectors,
-so the two never disagree after a restart.
+The database is the source of truth. The FAISS file is named after the database it was built from (an id made
+with the database) and its generation; a missing, stale (another database's, an older generation's) or
+unreadable one is rebuilt from the stored vectors, and one that does not hold as many vectors as the database
+serves is never used, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import errno
 import fcntl
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,11 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Engine, and_, exists, select
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, select
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
+from retrieval.atomic import atomic_write, remove_orphaned_temporaries
+from retrieval.errors import IndexNotFoundError, IndexUnavailableError, IndexWriteError, ModelError, OutputWriteError
 from retrieval.store.database import create_sqlite_engine, is_at_head, upgrade_to_head
 from retrieval.store.schema import STATUS_OK, ImageRecord, IndexState, ModelRecord, VectorRecord
 from retrieval.store.vector_index import VectorIndex
@@ -61,10 +64,28 @@ class SimilarityIndex:
         self.root = root
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
-        self.write_sessions = sessionmaker(engine.execution_options(sqlite_begin="IMMEDIATE"),
-                                           expire_on_commit=False)
-        """For transactions that write: they take the database's write lock when they begin."""
-        self._vectors: tuple[int, VectorIndex] | None = None
+        self._write_sessions = sessionmaker(engine.execution_options(sqlite_begin="IMMEDIATE"),
+                                            expire_on_commit=False)
+        self._vectors: tuple[str, VectorIndex] | None = None
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """One write transaction, committed at the end of the block (rolled back on an exception).
+
+        It takes the database's write lock when it begins. A failure of the database itself (a full disk, an
+        I/O error) is an `IndexWriteError`: the transaction is lost, what was committed before stays.
+        """
+        try:
+            with self._write_sessions() as session, session.begin():
+                yield session
+        except (OperationalError, DatabaseError) as exc:
+            raise IndexWriteError(f"cannot write to the index database in {self.root}: {exc.orig}; what was "
+                                  "committed before is kept") from exc
+
+    def holds_images(self) -> bool:
+        """Whether any file (indexed or failed) is recorded."""
+        with self.sessions() as session:
+            return session.scalar(select(ImageRecord.id).limit(1)) is not None
 
     # --- model -----------------------------------------------------------------------------
 
@@ -104,9 +125,7 @@ class SimilarityIndex:
         path = self.model_path(content_hash)
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            write(tmp)
-            os.replace(tmp, path)
+            atomic_write(path, write, "model file")
         record = ModelRecord(content_hash=content_hash, name=spec.name, spec=spec.to_json(),
                              embedding_dim=spec.embedding_dim)
         session.add(record)
@@ -130,24 +149,36 @@ class SimilarityIndex:
 
     # --- vectors and search ------------------------------------------------------------------
 
-    def _vector_file(self, generation: int) -> Path:
-        return self.root / f"vectors-{generation}.faiss"
+    def _vector_file(self, state: IndexState) -> Path:
+        return self.root / f"vectors-{state.database_id}-{state.generation}.faiss"
 
     def vector_index(self) -> VectorIndex:
-        """The FAISS index for the current database generation, from its file or rebuilt."""
+        """The FAISS index of the database as it is now: from its file when that matches, else rebuilt (and
+        saved) from the stored vectors."""
         with self.sessions() as session, session.begin():
             state = session.get(IndexState, 1)
             assert state is not None
-            generation = state.generation
-            if self._vectors is not None and self._vectors[0] == generation:
+            path = self._vector_file(state)
+            if self._vectors is not None and self._vectors[0] == path.name:
                 return self._vectors[1]
-            path = self._vector_file(generation)
-            if path.exists():
-                vectors = VectorIndex.load(path)
-            else:
+            vectors = self._matching_file(session, state, path)
+            if vectors is None:
                 vectors = self._rebuild(session, state)
-                self._save_vector_file(vectors, generation)
-        self._vectors = (generation, vectors)
+                self._save_vector_file(vectors, path)
+        self._vectors = (path.name, vectors)
+        return vectors
+
+    def _matching_file(self, session: Session, state: IndexState, path: Path) -> VectorIndex | None:
+        """The FAISS file at `path` if it can be read and holds what the database serves, else None."""
+        if not path.is_file():
+            return None
+        try:
+            vectors = VectorIndex.load(path)
+        except IndexUnavailableError:
+            return None
+        dim = state.model.embedding_dim if state.model is not None else 1
+        if vectors.dim != dim or len(vectors) != self._served_count(session, state):
+            return None
         return vectors
 
     def _rebuild(self, session: Session, state: IndexState) -> VectorIndex:
@@ -157,13 +188,22 @@ class SimilarityIndex:
         return VectorIndex.build(state.model.embedding_dim, ids, data)
 
     @staticmethod
-    def _served_vectors(session: Session, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and rows of the vectors of the served model that some indexed image uses."""
+    def _served(state: IndexState) -> ColumnElement[bool]:
+        """The vectors of the served model that some indexed image uses."""
+        used = exists().where(and_(ImageRecord.vector_id == VectorRecord.id, ImageRecord.status == STATUS_OK))
+        return and_(VectorRecord.model_id == state.model_id, used)
+
+    @classmethod
+    def _served_count(cls, session: Session, state: IndexState) -> int:
+        if state.model is None:
+            return 0
+        return session.scalar(select(func.count()).select_from(VectorRecord).where(cls._served(state))) or 0
+
+    @classmethod
+    def _served_vectors(cls, session: Session, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and rows of the served vectors."""
         assert state.model is not None
-        served = exists().where(and_(ImageRecord.vector_id == VectorRecord.id, ImageRecord.status == STATUS_OK))
-        rows = session.execute(
-            select(VectorRecord.id, VectorRecord.data).where(VectorRecord.model_id == state.model_id, served)
-        ).all()
+        rows = session.execute(select(VectorRecord.id, VectorRecord.data).where(cls._served(state))).all()
         ids = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
         data = np.frombuffer(b"".join(row.data for row in rows), dtype=np.float32)
         return ids, data.reshape(len(rows), state.model.embedding_dim)
@@ -176,24 +216,16 @@ class SimilarityIndex:
                 raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
             return self._served_vectors(session, state)
 
-    def _save_vector_file(self, vectors: VectorIndex, generation: int) -> None:
-        """Write the file for `generation` and drop older ones; a read-only index just skips it."""
+    def _save_vector_file(self, vectors: VectorIndex, path: Path) -> None:
+        """Write the FAISS file and drop the stale ones. It is a cache: a read-only index directory or a full disk
+        just leave it unwritten, and the next reader rebuilds it."""
         try:
-            vectors.save(self._vector_file(generation))
-        except (OSError, RuntimeError):
+            vectors.save(path)
+        except OutputWriteError:
             return
         for stale in self.root.glob("vectors-*.faiss"):
-            if stale.name != self._vector_file(generation).name:
+            if stale.name != path.name:
                 stale.unlink(missing_ok=True)
-
-    def refresh_vector_file(self) -> None:
-        """Bring the FAISS file up to the database (after a write); nothing to do when it is."""
-        with self.sessions() as session:
-            state = session.get(IndexState, 1)
-            assert state is not None
-            if self._vector_file(state.generation).exists():
-                return
-        self.vector_index()
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
         """The `k` nearest indexed images of each query vector, nearest first.
@@ -275,11 +307,13 @@ def _open(root: Path) -> SimilarityIndex:
             upgrade_to_head(engine)
     index = SimilarityIndex(root, engine)
     try:
-        with index.write_sessions() as session, session.begin():
+        with index._write_sessions() as session, session.begin():
             if session.get(IndexState, 1) is None:
-                session.add(IndexState(id=1, generation=0))
+                session.add(IndexState(id=1, generation=0, database_id=uuid.uuid4().hex))
     except IntegrityError:
         pass  # another process (a query beside the first `index`, say) added the row first: it is there
     except (OperationalError, DatabaseError) as exc:
         raise IndexUnavailableError(f"cannot open the index database in {root}: {exc.orig}") from exc
+    remove_orphaned_temporaries(root)
+    remove_orphaned_temporaries(root / MODELS_DIR)
     return index

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.dedup import Candidate, connected_groups, duplicate_groups, keeper_order, pairs_within
+from retrieval.file_identity import FileIdentity
+
+
+def distinct_files(path: str) -> FileIdentity:
+    """Each path its own file, none through a link: the paths of these tests are not on disk."""
+    return FileIdentity(path, via_link=False)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -55,7 +61,7 @@ def test_duplicate_groups_name_keeper_and_others_and_count_shared_vectors() -> N
     owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
     owners[1] = [Candidate("/c/1.jpg", 200, 200, 5)]
     owners[7].append(Candidate("/c/7-copy.jpg", 100, 100, 3))
-    groups = duplicate_groups(vectors, owners, 0.025)
+    groups = duplicate_groups(vectors, owners, 0.025, distinct_files)
     assert [(g.keeper.path, sorted(o.path for o in g.others)) for g in groups] == [
         ("/c/1.jpg", ["/c/0.jpg", "/c/2.jpg"]),
         ("/c/3.jpg", ["/c/4.jpg"]),
@@ -67,4 +73,33 @@ def test_duplicate_groups_name_keeper_and_others_and_count_shared_vectors() -> N
 
 def test_nothing_within_the_threshold_gives_no_groups() -> None:
     vectors = unit(np.eye(5, 16))
-    assert duplicate_groups(vectors, [[Candidate(f"/{i}", 1, 1, 0)] for i in range(5)], 0.5) == []
+    assert duplicate_groups(vectors, [[Candidate(f"/{i}", 1, 1, 0)] for i in range(5)], 0.5, distinct_files) == []
+
+
+def test_paths_to_one_file_are_one_member_and_a_link_never_keeps_its_target() -> None:
+    """/c/link.jpg is a symbolic link to /c/1.jpg and /c/hard.jpg a hard link of /c/2.jpg: neither is a second
+    image, and /c/gone.jpg (deleted since it was indexed) is neither kept nor proposed."""
+    vectors = near_copies()
+    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
+    owners[1] = [Candidate("/c/1.jpg", 100, 100, 5), Candidate("/c/link.jpg", 100, 100, 5)]
+    owners[2].append(Candidate("/c/hard.jpg", 100, 100, 2))
+    owners[4].append(Candidate("/c/gone.jpg", 900, 900, 0))
+    files = {"/c/link.jpg": FileIdentity("/c/1.jpg", via_link=True), "/c/hard.jpg": FileIdentity("/c/2.jpg", False),
+             "/c/gone.jpg": None}
+
+    def identify(path: str) -> FileIdentity | None:
+        return files[path] if path in files else distinct_files(path)
+
+    groups = duplicate_groups(vectors, owners, 0.025, identify)
+    assert [(g.keeper.path, sorted(o.path for o in g.others)) for g in groups] == [
+        ("/c/0.jpg", ["/c/1.jpg", "/c/2.jpg"]),
+        ("/c/3.jpg", ["/c/4.jpg"]),
+    ]
+
+
+def test_a_file_and_its_links_alone_are_no_group() -> None:
+    vectors = unit(np.eye(3, 8))
+    owners = [[Candidate("/a.jpg", 1, 1, 0), Candidate("/l/a.jpg", 9, 9, 0)], [Candidate("/b.jpg", 1, 1, 0)],
+              [Candidate("/c.jpg", 1, 1, 0)]]
+    same = {"/a.jpg": FileIdentity("a", False), "/l/a.jpg": FileIdentity("a", True)}
+    assert duplicate_groups(vectors, owners, 0.5, lambda p: same.get(p) or distinct_files(p)) == []

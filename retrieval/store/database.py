@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import sqlite3
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +43,41 @@ def create_sqlite_engine(path: Path) -> Engine:
         mode = conn.get_execution_options().get("sqlite_begin", "")
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn) -> None:  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get("sqlite_begin") == "IMMEDIATE":
+            _written.add(engine)
+
     return engine
+
+
+_written: weakref.WeakSet[Engine] = weakref.WeakSet()
+"""Engines of this process that committed a write transaction, to checkpoint at exit."""
+
+CHECKPOINT_WAIT_MS = 2000
+
+
+def checkpoint(engine: Engine) -> None:
+    """Move every committed row from `index.db-wal` into `index.db` and empty the WAL.
+
+    SQLite checkpoints when its last connection closes, but the CLI leaves with `os._exit` (no teardown), and
+    a database whose rows all sit in the WAL is lost by whoever copies `index.db` alone. Waits a moment for
+    readers of another process; when they hold on, the rows stay in the WAL (safe, and checkpointed later).
+    """
+    engine.dispose()
+    try:
+        with sqlite3.connect(str(engine.url.database), timeout=CHECKPOINT_WAIT_MS / 1000,
+                             isolation_level=None) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+    except sqlite3.Error:
+        pass
+
+
+@atexit.register
+def _checkpoint_written() -> None:
+    for engine in list(_written):
+        checkpoint(engine)
 
 
 def migrations_config() -> Config:

@@ -57,6 +57,9 @@ class ImageRecord(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
+    file_id: Mapped[str | None] = mapped_column(String(48), index=True)
+    """`device:inode` of the file at `path` when it was scanned: another path with the same file_id is an alias
+    (a symbolic or hard link) of this file, not a second image."""
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -87,8 +90,9 @@ class CalibrationRecord(Base):
 class IndexState(Base):
     """The single row that says which model the index serves and which FAISS file matches it.
 
-    `generation` is bumped in the same transaction as any change to the served vectors, so a
-    FAISS file written for another generation is known to be stale.
+    `database_id` is made once with the database; `generation` is bumped in the same transaction as any change
+    to the served vectors. A FAISS file carries both in its name, so a file written for another database (one
+    deleted and made anew, say) or another generation is known to be stale.
     """
 
     __tablename__ = "index_state"
@@ -97,5 +101,6 @@ class IndexState(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    database_id: Mapped[str] = mapped_column(String(32))
 
     model: Mapped[ModelRecord | None] = relationship()

@@ -6,12 +6,12 @@ reported as squared L2, `2 - 2 cos`, the quantity the triplet loss is trained on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError
 
 
@@ -38,13 +38,19 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
     def save(self, path: Path) -> None:
-        """Write atomically: a reader sees the old file or the new one, never a torn one."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self._index, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        """Write atomically: a reader sees the old file or the new one, never a torn one; `OutputWriteError`."""
+        def write(target: Path) -> None:
+            try:
+                faiss.write_index(self._index, str(target))
+            except RuntimeError as exc:  # faiss reports a failed write (a full disk) as RuntimeError
+                raise OSError(str(exc).splitlines()[0]) from exc
+
+        atomic_write(path, write, "vector file")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Squared L2 distances and vector ids of the `k` nearest, nearest first; id -1 pads."""
