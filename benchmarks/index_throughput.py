@@ -52,6 +52,7 @@ from indexer.plan import Work  # noqa: E402
 from indexer.scan import scan  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.images import decode_image  # noqa: E402
+from retrieval.atomic import atomic_write  # noqa: E402
 from retrieval.model import load_default_model  # noqa: E402
 
 PHOTOS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets")) / "photos"
@@ -80,9 +81,8 @@ def make_one(args: tuple[int, str, str]) -> None:
             im = ImageOps.mirror(im)
         pixels = np.asarray(im.resize(SIZE, Image.Resampling.BICUBIC), dtype=np.int16)
         grain = np.random.default_rng(seed).normal(0.0, GRAIN, pixels.shape).astype(np.int16)
-        partial = f"{target}.partial"
-        Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8)).save(partial, format="JPEG", quality=90)
-        os.replace(partial, target)
+        photo = Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8))
+        atomic_write(Path(target), lambda temporary: photo.save(temporary, format="JPEG", quality=90), "photo")
 
 
 def build_folder(count: int) -> Path:

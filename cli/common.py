@@ -13,6 +13,7 @@ from rich.markup import escape
 from cli.output import terminal_text
 
 if TYPE_CHECKING:
+    from retrieval.index import SimilarityIndex
     from retrieval.model import EmbeddingModel
 
 # No emoji codes: a file named ":cat:.png" is shown as named, not as a cat.
@@ -74,3 +75,16 @@ def shown_path(path: str) -> str:
     return terminal_text(path if relative.startswith("..") else relative)
 
 
+def remove_if_empty(index: SimilarityIndex) -> None:
+    """Remove an index that this run created when the run failed before recording any file in it; in doubt (the
+    database cannot even say), keep it."""
+    import shutil
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        holds_images = index.holds_images()
+    except SQLAlchemyError:
+        return
+    if not holds_images:
+        shutil.rmtree(index.root, ignore_errors=True)

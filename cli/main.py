@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from cli.common import (EXIT_PARTIAL, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
-                        print_error, shown_path)
+                        print_error, remove_if_empty, shown_path)
 from cli.calibrate import calibrate_command
 from cli.decide import classify_command, dedup_command, verify_command
 from cli.output import write_json
 from cli.train import train_command
 from retrieval.errors import SimsearchError
 
-if TYPE_CHECKING:
-    from retrieval.index import SimilarityIndex
 
 EXIT_BROKEN_PIPE = 120
 """As Python exits when it cannot flush its standard streams."""
@@ -69,8 +66,8 @@ def index_command(
         with RichReporter(err) as reporter:
             summary = index_paths(index, paths, model, options, reporter)
     except SimsearchError as exc:
-        if index is not None and is_new and not _holds_images(index):
-            shutil.rmtree(index.root, ignore_errors=True)  # the index this run created, with nothing in it
+        if index is not None and is_new:
+            remove_if_empty(index)
         raise fail(str(exc)) from None
     rate = f", {summary.embedded / summary.embed_seconds:.1f} images/s" if summary.embed_seconds else ""
     copies = f" ({summary.copies} copies, not re-embedded)" if summary.copies else ""
@@ -84,17 +81,6 @@ def index_command(
         err.print(f"{summary.aliases} other paths (symbolic or hard links) to files indexed once under another path")
     if summary.problems:
         raise typer.Exit(EXIT_PARTIAL)
-
-
-def _holds_images(index: SimilarityIndex) -> bool:
-    """Whether the index records any file; a failed first run leaves an index that does not (to remove). In
-    doubt, it does: what cannot be checked is kept."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        return index.holds_images()
-    except SQLAlchemyError:
-        return True
 
 
 @app.command("query")

@@ -52,3 +52,11 @@ class OutputWriteError(SimsearchError):
 
 class CalibrationError(SimsearchError):
     """No usable threshold: no calibration for this model, or data that cannot calibrate one."""
+
+
+class InvalidArgumentError(SimsearchError, ValueError):
+    """An argument of the right type with a value that means nothing (k = 0, a NaN threshold, ...)."""
+
+
+class ArgumentTypeError(SimsearchError, TypeError):
+    """An argument of the wrong type (a str for a list of paths, a float for k, ...)."""

@@ -115,17 +115,21 @@ class SimilarityIndex:
 
     def register_model_file(self, session: Session, path: Path, header: ModelHeader) -> ModelRecord:
         """As `register_model` for the model in a file with this header, copied without loading it."""
-        return self._register(session, header.content_hash, header.spec, lambda target: shutil.copyfile(path, target))
+        def copy(target: Path) -> None:
+            atomic_write(target, lambda temporary: shutil.copyfile(path, temporary), "model file")
+
+        return self._register(session, header.content_hash, header.spec, copy)
 
     def _register(self, session: Session, content_hash: str, spec: ModelSpec,
                   write: Callable[[Path], object]) -> ModelRecord:
+        """The row of the model, added with its file (`write(path)` writes it atomically) when it is new."""
         record = session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))
         if record is not None:
             return record
         path = self.model_path(content_hash)
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
-            atomic_write(path, write, "model file")
+            write(path)
         record = ModelRecord(content_hash=content_hash, name=spec.name, spec=spec.to_json(),
                              embedding_dim=spec.embedding_dim)
         session.add(record)

@@ -14,15 +14,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from retrieval.errors import SimsearchError
-
-
-class InvalidArgumentError(SimsearchError, ValueError):
-    """An argument of the right type with a value that means nothing (k = 0, a NaN threshold, ...)."""
-
-
-class ArgumentTypeError(SimsearchError, TypeError):
-    """An argument of the wrong type (a str for a list of paths, a float for k, ...)."""
+from retrieval.errors import ArgumentTypeError, InvalidArgumentError
 
 
 def path_argument(value: object, name: str = "path") -> str:
