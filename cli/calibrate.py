@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import IndexOption, err, fail, model_from_argument, out, require_writable_folder, shown_path
+from cli.common import (IndexOption, err, fail, model_from_argument, out, remove_if_empty, require_writable_folder,
+                        shown_path)
 from cli.output import write_json
 from retrieval.errors import SimsearchError
 
@@ -43,7 +44,8 @@ def calibrate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Embed DATA, sample same and different pairs, choose the distance threshold, store it in the index for this
-    model (never applied to another), and draw the distance histograms and ROC curve."""
+    model (never applied to another) with the thresholds at precision levels (for `--precision`), and draw the
+    distance histograms and ROC curve."""
     from retrieval.calibration import CRITERIA, calibrate
     from retrieval.calibration_plot import check_plot_path, write_calibration_plot
     from retrieval.calibration_store import save_calibration
@@ -66,22 +68,26 @@ def calibrate_command(
             raise fail(str(exc)) from None
         require_writable_folder(plot)
 
+    created = None
     try:
         index, model = existing_index_and_model(index_dir, model_name)
         same, different = pair_distances(data, model, negatives, seed, workers, device)
         err.print(f"{len(same)} same pairs, {len(different)} different pairs")
         result = calibrate(same, different, criterion, target_fpr, bootstrap=bootstrap, seed=seed)  # type: ignore[arg-type]
-        index = index or create_index(index_dir_for_writing(index_dir))
+        if index is None:
+            index = created = create_index(index_dir_for_writing(index_dir))
         plot = plot or index.root / f"calibration-{model.content_hash[:12]}.png"
         write_calibration_plot(same, different, result, plot)
         save_calibration(index, model, criterion, result.threshold, result.to_dict())
     except SimsearchError as exc:
+        if created is not None:
+            remove_if_empty(created)
         raise fail(str(exc)) from None
     report = result.to_dict()
     if as_json:
         write_json({"model": model.content_hash, "data": str(data), "plot": str(plot), **report})
         return
-    table = Table(title=f"calibration of {escape(model.spec.name)} on {escape(str(data))} ({criterion})",
+    table = Table(title=f"calibration of {escape(model.spec.name)} on {escape(shown_path(str(data)))} ({criterion})",
                   title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -91,6 +97,13 @@ def calibrate_command(
         shown = "" if interval is None else f"{interval.low:.4f} - {interval.high:.4f}"
         table.add_row(name.replace("_", " "), f"{getattr(result, name):.4f}", shown)
     out.print(table)
+    if result.levels:
+        levels = Table(title="thresholds at precision levels (of these pairs)", title_justify="left")
+        for column in ("precision", "threshold", "recall"):
+            levels.add_column(column, justify="right")
+        for level in result.levels:
+            levels.add_row(f"{level.precision:g}", f"{level.threshold:.4f}", f"{level.recall:.4f}")
+        out.print(levels)
     err.print(f"stored for model {model.content_hash[:12]} in {shown_path(str(index.root))}; plot: "
               f"{shown_path(str(plot))}")
 

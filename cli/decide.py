@@ -1,4 +1,5 @@
-"""`simsearch verify` and `simsearch dedup`: same/different decisions at the calibrated threshold."""
+"""`simsearch verify`, `dedup` and `classify`: same/different decisions at the calibrated threshold, saying which
+calibration it came from."""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from cli.output import terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
-    from retrieval.collection import Collection
+    from retrieval.collection import Collection, ThresholdChoice
     from retrieval.dedup import DuplicateGroup
 
 EXIT_DIFFERENT = 1
 
 ThresholdOption = Annotated[Optional[float], typer.Option(
-    min=0.0, max=4.0, help="Squared-L2 distance threshold (default: the model's calibrated one).")]
+    min=0.0, max=4.0, help="Squared-L2 distance threshold (default: the index's calibration of the model, else "
+                           "the calibration the model ships with).")]
+PrecisionOption = Annotated[Optional[float], typer.Option(
+    help="Instead of --threshold: the calibration's threshold at this precision level (one it measured, e.g. "
+         "0.999).")]
 ModelOption = Annotated[Optional[str], typer.Option(
     "--model", help="Model file, `default` or `pretrained` (default: the index's model).")]
 DeviceOption = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")]
@@ -37,10 +42,24 @@ def open_for_decisions(index_dir: Optional[Path], model_name: Optional[str], dev
     return open_collection(index_dir, model, device)
 
 
+def report_choice(choice: ThresholdChoice) -> None:
+    """Say on stderr which calibration the threshold comes from (a given one needs no telling)."""
+    if choice.source != "given":
+        err.print(escape(terminal_text(f"threshold {choice.threshold:.4f}: {choice.description}")), soft_wrap=True)
+
+
+def choice_json(choice: ThresholdChoice | None) -> dict[str, object]:
+    """The threshold, where it came from and its precision level (all None without a threshold)."""
+    return {"threshold": None if choice is None else choice.threshold,
+            "threshold_source": None if choice is None else choice.source,
+            "precision": None if choice is None else choice.precision}
+
+
 def verify_command(
     first: Annotated[Path, typer.Argument(metavar="A", help="An image file.")],
     second: Annotated[Path, typer.Argument(metavar="B", help="Another image file.")],
     threshold: ThresholdOption = None,
+    precision: PrecisionOption = None,
     index_dir: IndexOption = None,
     model_name: ModelOption = None,
     device: DeviceOption = None,
@@ -49,13 +68,14 @@ def verify_command(
     """Same or different? Exit code 0 for same, 1 for different, 2 for an error."""
     try:
         collection = open_for_decisions(index_dir, model_name, device)
-        verdict = collection.verify(first, second, threshold)
+        verdict = collection.verify(first, second, threshold, precision)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
+    report_choice(verdict.choice)
     if as_json:
         write_json({
             "a": str(first), "b": str(second), "same": verdict.same, "distance": round(verdict.distance, 6),
-            "threshold": verdict.threshold, "margin": round(verdict.margin, 6), "probability": verdict.probability,
+            **choice_json(verdict.choice), "margin": round(verdict.margin, 6), "probability": verdict.probability,
             "model": collection.model.content_hash,
         })
     else:
@@ -70,6 +90,7 @@ def dedup_command(
     paths: Annotated[Optional[list[Path]], typer.Argument(
         help="Index these first and look for duplicates among them only (default: the whole index).")] = None,
     threshold: ThresholdOption = None,
+    precision: PrecisionOption = None,
     index_dir: IndexOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print one CSV row per image.")] = False,
@@ -89,20 +110,22 @@ def dedup_command(
         if stdin:
             if paths:
                 raise fail("--stdin reads the paths from stdin; give no PATH arguments")
-            return stream_duplicates(open_for_decisions(index_dir, None, device), threshold)
+            return stream_duplicates(open_for_decisions(index_dir, None, device), threshold, precision)
         unindexed = index_first(paths, index_dir, device) if paths else 0
         collection = open_for_decisions(index_dir, None, device)
-        groups = collection.dedup(threshold, paths or None)
+        choice = collection.threshold_choice(threshold, precision)
+        groups = collection.dedup(choice.threshold, paths or None)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
+    report_choice(choice)
     if print0:
         write_paths0(other.path for group in groups for other in group.others)
     elif as_json:
-        write_json([group_json(group) for group in groups])
+        write_json([{**choice_json(choice), **group_json(group)} for group in groups])
     elif as_csv:
         write_csv(csv_rows(groups))
     else:
-        print_groups(groups, collection.threshold(threshold))
+        print_groups(groups, choice.threshold)
     if unindexed:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -127,12 +150,15 @@ def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[s
     return summary.problems
 
 
-def stream_duplicates(collection: Collection, threshold: Optional[float]) -> None:
+def stream_duplicates(collection: Collection, threshold: Optional[float], precision: Optional[float]) -> None:
     """One JSON line per path read from stdin, as each comes. Lines are read as bytes and decoded as file names
     are (`os.fsdecode`), so that a name that is not UTF-8 is still the path of its file."""
     failed = False
     lines = (os.fsdecode(line.rstrip(b"\n")) for line in sys.stdin.buffer)
-    for match in collection.stream_duplicates((line for line in lines if line.strip()), threshold):
+    choice = collection.threshold_choice(threshold, precision)
+    matches = collection.stream_duplicates((line for line in lines if line.strip()), choice.threshold)
+    report_choice(choice)
+    for match in matches:
         failed = failed or match.error is not None
         record = {"path": match.path, "duplicate_of": match.duplicate_of,
                   "distance": None if match.distance is None else round(match.distance, 6)}
@@ -193,13 +219,14 @@ def classify_command(
     prototype: Annotated[bool, typer.Option("--prototype", help="Compare with each class's mean embedding "
                                                                 "instead of its nearest image.")] = False,
     threshold: ThresholdOption = None,
+    precision: PrecisionOption = None,
     index_dir: IndexOption = None,
     model_name: ModelOption = None,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One-shot (or few-shot) classification: each query gets its nearest support class, or `unknown` beyond
-    the threshold (the given one, else the model's calibrated one; without either, always the nearest)."""
+    the threshold (the given one, else the index's or the model's calibration; without any, always the nearest)."""
     from indexer.labelled import support_from_folder
     from retrieval.errors import IndexNotFoundError
     from retrieval.model import load_default_model
@@ -214,14 +241,18 @@ def classify_command(
             from retrieval.collection import Collection
 
             collection = Collection(None, load_default_model(), device)
-        if threshold is None and collection.calibration() is None:
-            err.print("no calibration for this model and no --threshold: every query gets its nearest class")
-        results = collection.classify(classes, queries, prototype, threshold)
+        choice = collection.classify_threshold(threshold, precision)
+        results = collection.classify(classes, queries, prototype, None if choice is None else choice.threshold)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
+    if choice is None:
+        err.print("no calibration for this model and no --threshold: every query gets its nearest class",
+                  soft_wrap=True)
+    else:
+        report_choice(choice)
     if as_json:
         write_json([{
-            "query": r.query, "label": r.label, "nearest_label": r.nearest_label,
+            "query": r.query, "label": r.label, "nearest_label": r.nearest_label, **choice_json(choice),
             "distance": None if r.distance is None else round(r.distance, 6), "nearest_support": r.nearest_support,
             **({"error": r.error} if r.error else {}),
         } for r in results])

@@ -10,19 +10,30 @@ for the bootstrap a block of resamples at a time as rows of counts over the same
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
-from retrieval.errors import CalibrationError
+from retrieval.errors import ArgumentTypeError, CalibrationError
 from retrieval.metrics import roc_auc
+from retrieval.model_spec import MAX_DISTANCE, PrecisionLevel
 
 Criterion = Literal["accuracy", "eer", "target-fpr"]
 CRITERIA: tuple[str, ...] = get_args(Criterion)
 MARGIN = 1e-6
 """How far beyond the smallest or largest distance a threshold outside all of them is placed."""
 MAX_SAME_PAIRS = 200_000
+PRECISION_LEVELS: tuple[float, ...] = (0.9, 0.95, 0.99, 0.999)
+"""The precision levels a calibration measures thresholds at."""
+DEFAULT_PRECISION = 0.999
+"""The level of a model's shipped calibration that decisions use when no precision is asked for: the strictest,
+because precision falls as a collection grows (its different pairs grow with the square of its size, its
+duplicates do not), and dedup groups chain. On the near-duplicate benchmark's test split, 3 times the size of the
+validation split the levels are measured on, the 0.99 level grouped pairs with precision 0.08; 0.999 is kept."""
 _CELLS = 1 << 20
 """Resamples times distinct distances held at once by the bootstrap (a few arrays of this many int64)."""
 
@@ -50,9 +61,12 @@ class CalibrationResult:
     accuracy_interval: Interval | None = None
     tpr_interval: Interval | None = None
     fpr_interval: Interval | None = None
+    levels: tuple[PrecisionLevel, ...] = ()
+    """The thresholds at the `PRECISION_LEVELS` the pairs reach (`precision_levels`)."""
 
     def to_dict(self) -> dict[str, object]:
-        """Plain floats, ints, strings and None (intervals as ``{"low", "high"}``), ready for JSON."""
+        """Plain floats, ints, strings and None (intervals as ``{"low", "high"}``, levels as a list of
+        ``{"precision", "threshold", "recall"}``), ready for JSON."""
         return asdict(self)
 
     @classmethod
@@ -61,7 +75,13 @@ class CalibrationResult:
         for key in [k for k in values if k.endswith("_interval")]:
             if values[key] is not None:
                 values[key] = Interval(**values[key])  # type: ignore[arg-type]
+        values["levels"] = levels_from_dicts(values.get("levels", ()))  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
+
+
+def levels_from_dicts(levels: Sequence[dict[str, float]]) -> tuple[PrecisionLevel, ...]:
+    """The levels of a `CalibrationResult.to_dict` (stored in the index, so written by this code)."""
+    return tuple(PrecisionLevel(**level) for level in levels)
 
 
 def decide(distance: float | np.ndarray, threshold: float) -> bool | np.ndarray:
@@ -104,7 +124,52 @@ def calibrate(same: np.ndarray, different: np.ndarray, criterion: Criterion = "a
         intervals = {f"{name}_interval": _interval(values) for name, values in draws.items()}
     return CalibrationResult(criterion, float(sweep.thresholds(column)[0]),
                              target_fpr if criterion == "target-fpr" else None, roc_auc(same, different),
-                             accuracy, tpr, fpr, len(same), len(different), **intervals)
+                             accuracy, tpr, fpr, len(same), len(different), **intervals,
+                             levels=_levels(sweep, PRECISION_LEVELS))
+
+
+def precision_levels(same: np.ndarray, different: np.ndarray,
+                     precisions: Sequence[float] = PRECISION_LEVELS) -> tuple[PrecisionLevel, ...]:
+    """For each precision level that some threshold reaches, ascending: the largest threshold at which at least
+    that share of the pairs within it are same pairs, and the recall there (the share of same pairs within it).
+    A level no threshold reaches is left out.
+
+    Precision depends on the mix of pairs: measured with as many different pairs as same ones, it is higher
+    than over a whole collection, where different pairs outnumber the same ones by far.
+    """
+    for precision in precisions:
+        if isinstance(precision, bool) or not isinstance(precision, numbers.Real) or not 0 < precision <= 1:
+            raise CalibrationError(f"a precision level must be a number in (0, 1] (got {precision!r})")
+    return _levels(_Sweep.of(*_unit_counts(*_check(same, different))), precisions)
+
+
+def _levels(sweep: _Sweep, precisions: Sequence[float]) -> tuple[PrecisionLevel, ...]:
+    """The levels of a one-row sweep; column 0, which accepts no pair, has no precision."""
+    true_pos, false_pos = sweep.true_pos[0, 1:], sweep.false_pos[0, 1:]
+    precision = true_pos / (true_pos + false_pos)
+    levels = []
+    for level in sorted(set(precisions)):
+        reached = np.flatnonzero(precision >= level)
+        if len(reached):
+            column = int(reached[-1]) + 1
+            threshold = float(sweep.thresholds(np.array([column]))[0])
+            # Beyond the largest distance, `MARGIN` may pass the largest possible one; both accept every pair.
+            levels.append(PrecisionLevel(float(level), min(threshold, MAX_DISTANCE),
+                                         float(true_pos[column - 1] / sweep.same)))
+    return tuple(levels)
+
+
+def level_at(levels: Sequence[PrecisionLevel], precision: float, where: str) -> PrecisionLevel:
+    """The level of `levels` measured at `precision`; `CalibrationError` listing the measured ones when it is none.
+    `where` names the calibration in the message ("the model's shipped calibration")."""
+    if isinstance(precision, bool) or not isinstance(precision, numbers.Real):
+        raise ArgumentTypeError(f"precision must be a number, got {type(precision).__name__} {precision!r}")
+    for level in levels:
+        if math.isclose(level.precision, precision, rel_tol=1e-9):
+            return level
+    measured = (f"it measured {', '.join(f'{level.precision:g}' for level in levels)}" if levels else
+                "it measured no precision level (calibrate again to measure them, or give a threshold)")
+    raise CalibrationError(f"{where} has no threshold at precision {precision:g}; {measured}")
 
 
 def _check_criterion(criterion: str, target_fpr: float | None) -> None:

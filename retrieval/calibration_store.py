@@ -1,4 +1,5 @@
-"""Calibrations in the index database: one threshold per model, never applied to another model."""
+"""Calibrations in the index database: one threshold per model (and its precision levels), never applied to
+another model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from retrieval.calibration import levels_from_dicts
 from retrieval.index import SimilarityIndex
 from retrieval.model import EmbeddingModel
+from retrieval.model_spec import PrecisionLevel
 from retrieval.store.schema import CalibrationRecord, ModelRecord
 
 
@@ -20,6 +23,11 @@ class StoredCalibration:
     threshold: float
     metrics: dict[str, object]
     created_at: datetime
+
+    @property
+    def levels(self) -> tuple[PrecisionLevel, ...]:
+        """The thresholds at precision levels in its metrics (none in a calibration stored before they were)."""
+        return levels_from_dicts(self.metrics.get("levels", ()))  # type: ignore[arg-type]
 
 
 def save_calibration(index: SimilarityIndex, model: EmbeddingModel, criterion: str, threshold: float,

@@ -14,16 +14,19 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import faiss
 import numpy as np
 import torch
 
+from retrieval.calibration import DEFAULT_PRECISION, level_at
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
 from retrieval.embedding import Embedder, pick_device
-from retrieval.errors import CalibrationError, DecodeError, IndexNotFoundError, ModelMismatchError
+from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InvalidArgumentError,
+                              ModelMismatchError)
 from retrieval.file_identity import identify_file
 from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
@@ -36,6 +39,20 @@ from retrieval.search import QueryResult, query_files
 
 STREAM_CANDIDATES = 8
 """Indexed neighbours a streamed input is compared with: the nearest that is another file than the input wins."""
+ThresholdSource = Literal["given", "index calibration", "model calibration"]
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The distance threshold a decision uses, where it came from, and that in words for a person."""
+
+    threshold: float
+    source: ThresholdSource
+    precision: float | None
+    """The precision level it was measured at (None for a given threshold, or an index calibration's criterion)."""
+    recall: float | None
+    """The recall measured at that precision level."""
+    description: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,7 @@ class Verdict:
     margin: float
     probability: float | None
     """The pairwise head's probability of "same", for a model trained with one."""
+    choice: ThresholdChoice
 
 
 class Collection:
@@ -119,36 +137,84 @@ class Collection:
         """The latest calibration of this collection's model, if any (never one of another model)."""
         return None if self.index is None else latest_calibration(self.index, self.model.content_hash)
 
-    def threshold(self, explicit: float | None = None) -> float:
-        """`explicit` when given (a finite distance of at least 0), else the calibrated threshold of this model."""
-        if explicit is not None:
-            return threshold_argument(explicit)
-        calibration = self.calibration()
-        if calibration is None:
-            raise CalibrationError(f"no calibration for model {self.model.spec.name} ({self.model.content_hash[:12]});"
-                                   " run `simsearch calibrate DATA` or give a threshold")
-        return calibration.threshold
+    def threshold_choice(self, threshold: float | None = None, precision: float | None = None) -> ThresholdChoice:
+        """The threshold of a decision (`_choice`); `CalibrationError` when there is no calibration and no
+        threshold."""
+        choice = self._choice(threshold, precision)
+        if choice is None:
+            raise self._no_calibration()
+        return choice
 
-    def verify(self, first: Path | str, second: Path | str, threshold: float | None = None) -> Verdict:
-        """Whether two image files show the same thing, at the calibrated (or given) threshold."""
-        limit = self.threshold(threshold)
+    def classify_threshold(self, threshold: float | None = None, precision: float | None = None
+                           ) -> ThresholdChoice | None:
+        """The threshold of `classify` (`_choice`): None when neither a threshold nor a precision is asked for and
+        there is no calibration, and then every query gets its nearest class."""
+        return self._choice(threshold, precision)
+
+    def threshold(self, threshold: float | None = None, precision: float | None = None) -> float:
+        """The threshold `threshold_choice` picks."""
+        return self.threshold_choice(threshold, precision).threshold
+
+    def _choice(self, threshold: float | None, precision: float | None) -> ThresholdChoice | None:
+        """The first of: `threshold` (a finite distance of at least 0); the index's latest calibration of this
+        model (its threshold by its criterion, or its level at `precision`); the model's shipped calibration at
+        `precision` (default `DEFAULT_PRECISION`). `precision` must be a level that calibration measured; None
+        when there is nothing to choose from and no precision was asked for."""
+        if threshold is not None:
+            if precision is not None:
+                raise InvalidArgumentError("give a threshold or a precision, not both")
+            return ThresholdChoice(threshold_argument(threshold), "given", None, None, "the given threshold")
+        stored = self.calibration()
+        if stored is not None:
+            when = f"stored {stored.created_at:%Y-%m-%d}"
+            if precision is None:
+                return ThresholdChoice(stored.threshold, "index calibration", None, None,
+                                       f"the index's calibration of this model ({stored.criterion}, {when})")
+            level = level_at(stored.levels, precision, "the index's calibration of this model")
+            return ThresholdChoice(level.threshold, "index calibration", level.precision, level.recall,
+                                   f"the index's calibration at precision {level.precision:g} "
+                                   f"(recall {level.recall:.3f}, {when})")
+        shipped = self.model.calibration
+        if shipped is not None:
+            level = level_at(shipped.levels, DEFAULT_PRECISION if precision is None else precision,
+                             "the model's shipped calibration")
+            return ThresholdChoice(level.threshold, "model calibration", level.precision, level.recall,
+                                   f"the model's shipped calibration at precision {level.precision:g} "
+                                   f"(recall {level.recall:.3f}, measured on {shipped.measured_on})")
+        if precision is not None:
+            raise self._no_calibration()
+        return None
+
+    def _no_calibration(self) -> CalibrationError:
+        return CalibrationError(f"no calibration for model {self.model.spec.name} ({self.model.content_hash[:12]}); "
+                                "run `simsearch calibrate DATA` or give a threshold")
+
+    def verify(self, first: Path | str, second: Path | str, threshold: float | None = None,
+               precision: float | None = None) -> Verdict:
+        """Whether two image files show the same thing, at the threshold `threshold_choice` picks."""
+        choice = self.threshold_choice(threshold, precision)
         vectors = self.embed_files([first, second])
         distance = float(max(0.0, 2.0 - 2.0 * float(vectors[0] @ vectors[1])))
         tensors = torch.from_numpy(vectors).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
+        limit = choice.threshold
         return Verdict(distance <= limit, distance, limit, limit - distance,
-                       None if probability is None else float(probability[0]))
+                       None if probability is None else float(probability[0]), choice)
 
-    def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None) -> list[DuplicateGroup]:
-        """Near-duplicate groups among the indexed images (those under `roots` when given)."""
+    def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
+              precision: float | None = None) -> list[DuplicateGroup]:
+        """Near-duplicate groups among the indexed images (those under `roots` when given), at the threshold
+        `threshold_choice` picks."""
         index = self._require_searchable_index()
-        limit = self.threshold(threshold)
+        limit = self.threshold(threshold, precision)
         under = [] if roots is None else [os.path.abspath(Path(root).expanduser())
                                           for root in path_arguments(roots, "roots")]
         return index_duplicates(index, limit, under or None)
 
-    def stream_duplicates(self, paths: Iterable[str], threshold: float | None = None) -> Iterator[StreamMatch]:
-        """For each path as it comes, the nearest earlier input or indexed image within the threshold.
+    def stream_duplicates(self, paths: Iterable[str], threshold: float | None = None,
+                          precision: float | None = None) -> Iterator[StreamMatch]:
+        """For each path as it comes, the nearest earlier input or indexed image within the threshold
+        (`threshold_choice`).
 
         Reads nothing ahead, so a pipeline gets each answer as soon as its line is in; writes nothing. The
         arguments, the index and the threshold are checked at the call, before the first path is read.
@@ -156,7 +222,7 @@ class Collection:
         refuse_single_path(paths)
         if self.index is not None:
             self._require_searchable_index()
-        return self._stream_duplicates(paths, self.threshold(threshold))
+        return self._stream_duplicates(paths, self.threshold(threshold, precision))
 
     def _stream_duplicates(self, paths: Iterable[str], limit: float) -> Iterator[StreamMatch]:
         seen = faiss.IndexIDMap2(faiss.IndexFlatIP(self.model.embedding_dim))
@@ -199,12 +265,14 @@ class Collection:
         return []
 
     def classify(self, support: Mapping[str, Sequence[Path | str]], queries: Sequence[Path | str],
-                 prototype: bool = False, threshold: float | None = None) -> list[Classification]:
+                 prototype: bool = False, threshold: float | None = None,
+                 precision: float | None = None) -> list[Classification]:
         """The nearest support class of each query file (by nearest support image, or by class mean with
-        `prototype`); "unknown" (label None) beyond the given or calibrated threshold, if there is one."""
+        `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one."""
         members = support_argument(support)
         asked = path_arguments(queries, "queries")
-        limit = self.threshold(threshold) if threshold is not None or self.calibration() is not None else None
+        choice = self.classify_threshold(threshold, precision)
+        limit = None if choice is None else choice.threshold
         classes = list(members)
         files = [path for name in classes for path in members[name]]
         labels = np.array([i for i, name in enumerate(classes) for _ in members[name]])

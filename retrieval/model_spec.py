@@ -1,4 +1,5 @@
-"""What a model file says about its model without loading it: the spec, and the content hash it was saved with.
+"""What a model file says about its model without loading it: the spec, the content hash it was saved with, and the
+calibration it ships with, if any.
 
 Nothing here imports torch, so that the indexer can start decoding files for a model while torch is still
 being imported.
@@ -21,6 +22,10 @@ FORMAT_VERSION = 1
 PRETRAINED_WEIGHTS = "imagenet"
 FILE_WEIGHTS = "file"
 BACKBONES = ("efficientnet-lite0", "small-cnn")
+POOLINGS = ("mean", "gem")
+"""How efficientnet-lite0 pools its 7x7 feature map: the mean, or generalised mean (GeM, Radenovic et al.)."""
+DEFAULT_GEM_P = 3.0
+MAX_GEM_P = 16.0
 HEADS = ("identity", "linear")
 SMALL_CNN_CHANNELS = [64, 64, 64, 64]
 """The small-cnn blocks when the spec names none."""
@@ -93,7 +98,13 @@ class ModelSpec:
             raise ModelError(f"backbone_weights {PRETRAINED_WEIGHTS} needs the efficientnet-lite0 backbone")
 
     def _check_efficientnet(self) -> None:
-        _require_known_options(self.backbone_options, set())
+        options = self.backbone_options
+        _require_known_options(options, {"pooling", "gem_p"})
+        _require_choice("backbone_options.pooling", options.get("pooling", "mean"), POOLINGS)
+        gem_p = options.get("gem_p", DEFAULT_GEM_P)
+        if not (isinstance(gem_p, (int, float)) and not isinstance(gem_p, bool) and 1.0 <= gem_p <= MAX_GEM_P):
+            raise ModelError(f"backbone_options.gem_p must be a number from 1 to {MAX_GEM_P:g} "
+                             f"(got {shown_value(gem_p)})")
         if self.preprocessing.mode != "RGB":
             raise ModelError(f"the efficientnet-lite0 backbone takes RGB input (preprocessing mode "
                              f"{self.preprocessing.mode})")
@@ -149,12 +160,96 @@ def _require_known_options(options: dict[str, object], known: set[str]) -> None:
         raise ModelError(f"backbone_options has unknown fields {', '.join(map(shown_value, unknown))}")
 
 
+MAX_DISTANCE = 4.0
+"""The largest squared L2 distance between two L2-normalised embeddings."""
+MAX_LEVELS = 32
+MAX_MEASURED_ON_LENGTH = 256
+_LEVEL_FIELDS = {"precision", "threshold", "recall"}
+_CALIBRATION_FIELDS = {"levels", "measured_on"}
+
+
+@dataclass(frozen=True)
+class PrecisionLevel:
+    """A threshold measured at a precision level: of the pairs at most `threshold` apart (squared L2), a share
+    `precision` were same pairs, and a share `recall` of the same pairs were that close."""
+
+    precision: float
+    threshold: float
+    recall: float
+
+
+@dataclass(frozen=True)
+class ShippedCalibration:
+    """The thresholds a model file carries for its own decisions, at several precision levels, measured on data
+    that `measured_on` names in a few words.
+
+    It lies in the file's metadata beside the spec, not in it: it is no part of the content hash, as it changes
+    nothing the model computes. Checked whole on construction (`ModelError`), as a model file can say anything.
+    """
+
+    levels: tuple[PrecisionLevel, ...]
+    """Ascending precision; a higher precision never has a larger threshold or recall."""
+    measured_on: str
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.measured_on, str) and 1 <= len(self.measured_on) <= MAX_MEASURED_ON_LENGTH):
+            raise ModelError(f"measured_on must be a string of 1 to {MAX_MEASURED_ON_LENGTH} characters "
+                             f"(got {shown_value(self.measured_on)})")
+        if not (isinstance(self.levels, tuple) and 1 <= len(self.levels) <= MAX_LEVELS
+                and all(isinstance(level, PrecisionLevel) for level in self.levels)):
+            raise ModelError(f"levels must be a tuple of 1 to {MAX_LEVELS} precision levels "
+                             f"(got {shown_value(self.levels)})")
+        for level in self.levels:
+            _require_number("precision", level.precision, 0.0, 1.0, above_low=True)
+            _require_number("threshold", level.threshold, 0.0, MAX_DISTANCE)
+            _require_number("recall", level.recall, 0.0, 1.0)
+        for lower, higher in zip(self.levels, self.levels[1:]):
+            if higher.precision <= lower.precision:
+                raise ModelError(f"the levels must have ascending precisions (got {lower.precision} before "
+                                 f"{higher.precision})")
+            if higher.threshold > lower.threshold or higher.recall > lower.recall:
+                raise ModelError(f"precision {higher.precision} cannot have a larger threshold or recall than "
+                                 f"precision {lower.precision}")
+
+    def to_json(self) -> str:
+        return json.dumps({"levels": [vars(level) for level in self.levels], "measured_on": self.measured_on},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ShippedCalibration:
+        """The calibration saved by `to_json`; `ModelError` naming the field at fault."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ModelError(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.keys() != _CALIBRATION_FIELDS:
+            raise ModelError(f"must be a JSON object of {', '.join(sorted(_CALIBRATION_FIELDS))} "
+                             f"(got {shown_value(data)})")
+        levels = data["levels"]
+        if not isinstance(levels, list):
+            raise ModelError(f"levels must be a list (got {shown_value(levels)})")
+        for level in levels:
+            if not isinstance(level, dict) or level.keys() != _LEVEL_FIELDS:
+                raise ModelError(f"each level must be a JSON object of {', '.join(sorted(_LEVEL_FIELDS))} "
+                                 f"(got {shown_value(level)})")
+        return cls(tuple(PrecisionLevel(**level) for level in levels), data["measured_on"])
+
+
+def _require_number(name: str, value: object, low: float, high: float, above_low: bool = False) -> None:
+    """A real number (not a bool) from `low` (excluded with `above_low`) to `high`; never NaN."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and (low < value if above_low else low <= value) and value <= high):  # type: ignore[operator]
+        bounds = f"{'(' if above_low else '['}{low:g}, {high:g}]"
+        raise ModelError(f"{name} must be a number in {bounds} (got {shown_value(value)})")
+
+
 @dataclass(frozen=True)
 class ModelHeader:
     """The metadata of a model file written by `EmbeddingModel.save`."""
 
     spec: ModelSpec
     content_hash: str
+    calibration: ShippedCalibration | None = None
 
 
 @contextmanager
@@ -173,7 +268,8 @@ def open_model_file(path: Path, framework: str) -> Iterator[Any]:
 
 
 def read_model_header(path: Path) -> ModelHeader:
-    """The spec and content hash a model file was saved with, read without its tensors (or torch)."""
+    """The spec, content hash and shipped calibration a model file was saved with, read without its tensors (or
+    torch)."""
     with open_model_file(path, "numpy") as handle:
         metadata = handle.metadata() or {}
     return header_from_metadata(metadata, path)
@@ -193,7 +289,13 @@ def header_from_metadata(metadata: dict[str, str], path: Path) -> ModelHeader:
     content_hash = metadata["content_hash"]
     if not _CONTENT_HASH.fullmatch(content_hash):
         raise ModelError(f"{path}: content_hash must be 64 hexadecimal digits (got {shown_value(content_hash)})")
-    return ModelHeader(spec, content_hash)
+    calibration = None
+    if "calibration" in metadata:
+        try:
+            calibration = ShippedCalibration.from_json(metadata["calibration"])
+        except ModelError as exc:
+            raise ModelError(f"{path}: bad calibration: {exc}") from exc
+    return ModelHeader(spec, content_hash, calibration)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import photo
-from retrieval.calibration import (CalibrationResult, Interval, _bootstrap, calibrate, choose_threshold, decide,
-                                  sample_calibration_pairs)
+from retrieval.calibration import (MARGIN, PRECISION_LEVELS, CalibrationResult, Interval, _bootstrap, calibrate,
+                                  choose_threshold, decide, precision_levels, sample_calibration_pairs)
 from retrieval.calibration_plot import write_calibration_plot
 from retrieval.errors import CalibrationError
 from retrieval.metrics import roc_auc
+from retrieval.model_spec import PrecisionLevel, ShippedCalibration
 from test_cli import assert_one_line_error, invoke
 
 
@@ -92,7 +93,40 @@ def test_each_bootstrap_resample_gets_the_threshold_and_auc_of_its_own_pairs() -
 
 def test_result_round_trips_through_json() -> None:
     result = calibrate(*gaussian_pairs(300), bootstrap=50)
+    assert result.levels == precision_levels(*gaussian_pairs(300))
     assert CalibrationResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_precision_levels_take_the_largest_threshold_that_keeps_the_precision() -> None:
+    """In distance order: same 0.1, 0.2, 0.3, different 0.4, same 0.5, different 0.6, 0.7."""
+    same, different = np.array([0.1, 0.2, 0.3, 0.5]), np.array([0.4, 0.6, 0.7])
+    levels = precision_levels(same, different, [1.0, 0.8, 0.9, 0.5])
+    assert [level.precision for level in levels] == [0.5, 0.8, 0.9, 1.0]
+    assert [level.threshold for level in levels] == pytest.approx([0.7 + MARGIN, 0.55, 0.35, 0.35])
+    assert [level.recall for level in levels] == [1.0, 1.0, 0.75, 0.75]
+
+
+def test_precision_levels_hold_on_many_pairs_and_leave_out_a_level_never_reached() -> None:
+    same, different = gaussian_pairs(5_000, seed=4)
+    levels = precision_levels(same, different)
+    assert [level.precision for level in levels] == list(PRECISION_LEVELS)
+    for level in levels:
+        within_same, within_different = (same <= level.threshold).sum(), (different <= level.threshold).sum()
+        assert within_same / (within_same + within_different) >= level.precision
+        assert level.recall == within_same / len(same)
+        farther = np.concatenate([same, different])
+        nearest_beyond = farther[farther > level.threshold].min()
+        more_same = (same <= nearest_beyond).sum()
+        assert more_same / (more_same + (different <= nearest_beyond).sum()) < level.precision
+    assert precision_levels(np.array([0.5, 0.6]), np.array([0.1]), [0.6, 0.9]) == (
+        PrecisionLevel(0.6, 0.6 + MARGIN, 1.0),)
+
+
+def test_precision_levels_can_always_be_shipped_with_a_model() -> None:
+    """Accepting every pair, even at the largest possible distance, is a threshold of at most 4."""
+    levels = precision_levels(np.array([3.9, 4.0]), np.array([0.0]), [0.6])
+    assert levels == (PrecisionLevel(0.6, 4.0, 1.0),)
+    assert ShippedCalibration(levels, "two pairs").levels == levels
 
 
 def test_calibration_errors() -> None:
@@ -108,6 +142,8 @@ def test_calibration_errors() -> None:
         choose_threshold(np.array([0.1]), np.array([1.0]), "f1")  # type: ignore[arg-type]
     with pytest.raises(CalibrationError, match="finite"):
         calibrate(np.array([0.1, np.nan]), np.array([1.0]))
+    with pytest.raises(CalibrationError, match=r"precision level must be a number in \(0, 1\]"):
+        precision_levels(np.array([0.1]), np.array([1.0]), [0.9, 0.0])
 
 
 def test_pair_sample_has_every_positive_once_and_distinct_negatives() -> None:
@@ -167,8 +203,18 @@ def test_calibrate_stores_a_threshold_that_verify_then_uses(labelled: Path, tiny
                       cwd=labelled)
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.stdout)["threshold"] == report["threshold"]
-    elsewhere = invoke("verify", "data/red/0.png", "data/red/2.png", cwd=labelled)
-    assert_one_line_error(elsewhere, "no calibration")
+    (strictest, *_), (level, *_) = [[lv for lv in report["levels"] if lv["precision"] == p] for p in (0.999, 0.9)]
+    assert strictest["threshold"] <= level["threshold"]
+    at_level = invoke("verify", "data/red/0.png", "data/red/2.png", "--model", str(tiny_model_file), "--precision",
+                      "0.9", "--json", cwd=labelled)
+    assert at_level.exit_code == 0 and level["recall"] == 1.0, at_level.output
+    answer = json.loads(at_level.stdout)
+    assert (answer["threshold"], answer["threshold_source"], answer["precision"]) == (
+        level["threshold"], "index calibration", 0.9)
+    elsewhere = invoke("verify", "data/red/0.png", "data/red/2.png", "--json", cwd=labelled)  # the default model
+    assert elsewhere.exit_code in (0, 1), elsewhere.output
+    assert json.loads(elsewhere.stdout)["threshold_source"] == "model calibration", \
+        "the tiny model's calibration is never applied to another model"
 
 
 def test_calibrate_from_a_pairs_csv(labelled: Path, tiny_model_file: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import photo
+from conftest import photo, save_tiny_model
 from retrieval import open_collection
 from retrieval.calibration_store import latest_calibration, save_calibration
 from retrieval.errors import CalibrationError, ModelMismatchError
@@ -50,18 +50,24 @@ def test_verify_exit_code_says_same_or_different(collection: Path) -> None:
     assert same.exit_code == 0, same.output
     report = json.loads(same.stdout)
     assert report["same"] is True and report["margin"] > 0 and report["probability"] is None
+    assert (report["threshold_source"], report["precision"]) == ("given", None) and same.stderr == ""
     different = invoke("verify", "photos/a.png", "photos/b.png", "--threshold", threshold, cwd=collection)
     assert different.exit_code == 1 and different.stdout.startswith("different")
 
 
 def test_verify_needs_a_calibration_of_this_model_or_a_threshold(collection: Path, tmp_path: Path) -> None:
+    """Neither the index nor the (tiny) model carries a calibration."""
     assert_one_line_error(invoke("verify", "photos/a.png", "photos/b.png", cwd=collection), "no calibration")
+    assert_one_line_error(invoke("verify", "photos/a.png", "photos/b.png", "--precision", "0.99", cwd=collection),
+                          "no calibration")
     assert_one_line_error(invoke("verify", "photos/a.png", "photos/missing.png", "--threshold", "0.5",
                                  cwd=collection), "no such file")
     photos = open_collection(collection / ".simsearch")
     save_calibration(photos.index, photos.model, "accuracy", 0.42, {"accuracy": 0.9})
     assert photos.threshold() == 0.42
-    other_model = load_model(Path(__file__).parent / ".." / "retrieval" / "weights" / "photo-default.safetensors")
+    with pytest.raises(CalibrationError, match="it measured no precision level"):
+        photos.threshold(precision=0.99)
+    other_model = load_model(save_tiny_model(tmp_path / "other.safetensors", seed=1))
     assert latest_calibration(photos.index, other_model.content_hash) is None
     with pytest.raises(CalibrationError):
         open_collection(collection / ".simsearch", model=other_model).threshold()
@@ -166,11 +172,13 @@ def test_classify_names_the_nearest_support_class_or_unknown(collection: Path) -
     rows = json.loads(result.stdout)
     assert [r["nearest_label"] for r in rows[:2]] == ["alpha", "beta"]
     assert rows[0]["label"] == "alpha" and rows[3]["error"].endswith("no such file")
+    assert rows[0]["threshold"] is None and "every query gets its nearest class" in result.stderr
     e_distance = rows[2]["distance"]
     strict = invoke("classify", "--support", "support", "photos/b.png", "photos/e.png", "--threshold",
                     str(e_distance / 2), "--prototype", "--json", cwd=collection)
     assert strict.exit_code == 0, strict.output
-    assert [r["label"] for r in json.loads(strict.stdout)] == ["beta", None]
+    assert [(r["label"], r["threshold_source"]) for r in json.loads(strict.stdout)] == [("beta", "given"),
+                                                                                         (None, "given")]
     nothing = invoke("classify", "--support", "support", "photos/missing.png", cwd=collection)
     assert nothing.exit_code == 2 and nothing.stderr.endswith("photos/missing.png: no such file\n"), nothing.output
 
