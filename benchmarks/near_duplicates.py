@@ -1,24 +1,35 @@
-"""Finding near-duplicates: the shipped model against the raw backbone and a perceptual hash, in one run.
+"""Finding near-duplicates of real photos, scored only on photos and kinds of edits the model never trained on.
 
-The set (benchmarks/neardup_set.py): real photos and upscaled CIFAR-10 test images as originals, each with
-edited copies (crop, rescale, JPEG 30-90, flip, small rotation, brightness/contrast, text). For every copy:
+The set (benchmarks/neardup_photos.py): photos at photo resolution from ../shared/datasets/photos, split by photo
+(benchmarks/photo_split.py: ImageNet-sample by a hash of the name into train / validation / test, every other
+photo source test-only), each with edited copies in families (benchmarks/edit_families.py):
 
-  recall@1   its nearest image, among all originals and all copies except its own siblings, is its original
-  ROC AUC    same/different: (copy, its original) pairs against (copy, another original) pairs
+  (a) "trained"   the kornia views the photo models train on (crop, flip, colour, blur, rotation, JPEG)
+  (b) the rest    written apart with PIL/numpy, never produced by training: overlays of text and stickers,
+                  borders and letterboxing, perspective warps, colour quantisation, occluding patches, chains of
+                  rescales and re-encodes, collages, and two or three of them stacked
 
-for (a) the shipped default model, (b) the raw pretrained backbone features (mean-pooled EfficientNet-Lite0),
-(c) the `imagehash` pHash (64 bits, Hamming distance).
+Every method is scored side by side in one run on the test split (benchmarks/neardup_scores.py for what each
+figure means): recall@1 and TPR at FPR 1e-3 on (a) and (b) apart, and dedup precision / recall / F1 over the
+whole test set at the threshold the method would decide with: the shipped calibration of a model that carries
+one, else the threshold measured the same way on the validation split (the largest distance at which the pairs
+of the validation set are grouped with precision 0.999, the level decisions use by default). pHash is scored by Hamming distance. With
+`--normalise`, SSCD's score normalisation (against the train split's photos) is measured too.
 
-    python benchmarks/near_duplicates.py
+    python benchmarks/near_duplicates.py                           # the shipped default, the raw backbone, pHash
+    python benchmarks/near_duplicates.py --candidate a.safetensors --old-default
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,20 +41,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import neardup_set  # noqa: E402
+import neardup_photos  # noqa: E402
+from edit_families import TRAINED_FAMILIES  # noqa: E402
+from neardup_scores import copy_scores, dedup_scores, normalised, pair_distances  # noqa: E402
+from photo_split import split_photos  # noqa: E402
 from indexer.loading import default_workers, make_loader  # noqa: E402
 from indexer.plan import Work  # noqa: E402
 from indexer.scan import stat_file  # noqa: E402
+from retrieval.calibration import DEFAULT_PRECISION, precision_levels  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.metrics import roc_auc  # noqa: E402
 from retrieval.model import EmbeddingModel, load_default_model, load_model, load_pretrained_backbone_model  # noqa: E402
 
 DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results" / "near_duplicates.jsonl"
+OLD_DEFAULT_COMMIT = "062abda"
+"""The last commit that shipped photo-default-v2 (the CIFAR-trained head), scored with --old-default."""
+PRECISION = DEFAULT_PRECISION
 
 
 def embed(model: EmbeddingModel, paths: list[Path]) -> np.ndarray:
+    """Embeddings of image files, decoded as `simsearch index` decodes them."""
     embedder = Embedder(model)
     works = [Work(stat_file(str(p)), None) for p in paths]  # type: ignore[arg-type]
     loader = make_loader(works, embedder.model.preprocessing, batch_size=32, workers=default_workers(),
@@ -51,72 +69,139 @@ def embed(model: EmbeddingModel, paths: list[Path]) -> np.ndarray:
     return np.concatenate([embedder.embed(batch.pixels) for batch in loader])
 
 
-def phash_distances(paths: list[Path]) -> np.ndarray:
+def cached_embeddings(model: EmbeddingModel, paths: list[Path], name: str) -> np.ndarray:
+    """`embed`, kept under benchmarks/.cache by model hash and file list, so a re-run embeds only new models."""
+    key = hashlib.sha256((model.content_hash + "\n".join(map(str, paths))).encode()).hexdigest()[:20]
+    path = CACHE / "embeddings" / f"{name}-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = embed(model, paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
+
+
+def phash_bits(paths: list[Path]) -> np.ndarray:
     import imagehash
     from PIL import Image
 
-    bits = np.stack([imagehash.phash(Image.open(p)).hash.flatten() for p in paths])
+    return np.stack([imagehash.phash(Image.open(p).convert("RGB")).hash.flatten() for p in paths])
+
+
+def phash_distances(paths: list[Path]) -> np.ndarray:
+    bits = phash_bits(paths)
     return (bits[:, None, :] != bits[None, :, :]).sum(axis=2).astype(np.float64)
 
 
-def scores(distances: np.ndarray, groups: np.ndarray, originals: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """recall@1 and ROC AUC from a full distance matrix."""
-    copies = np.flatnonzero(~originals)
-    original_of = {int(g): int(i) for i, g in enumerate(groups) if originals[i]}
-    hits = []
-    same, different = [], []
-    original_ids = np.flatnonzero(originals)
-    for q in copies:
-        row = distances[q].copy()
-        siblings = (groups == groups[q]) & ~originals
-        row[siblings] = np.inf
-        hits.append(int(np.argmin(row)) == original_of[int(groups[q])])
-        same.append(distances[q, original_of[int(groups[q])]])
-        others = rng.choice(original_ids[groups[original_ids] != groups[q]], size=5, replace=False)
-        different.extend(distances[q, others])
-    return float(np.mean(hits)), roc_auc(np.array(same), np.array(different))
+def squared_l2(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return np.clip(2.0 - 2.0 * first @ second.T, 0.0, None)
+
+
+def old_default_model() -> EmbeddingModel:
+    """photo-default-v2 as it shipped, taken from git history into the cache."""
+    path = CACHE / "photo-default-v2.safetensors"
+    if not path.exists():
+        data = subprocess.run(["git", "show", f"{OLD_DEFAULT_COMMIT}:retrieval/weights/photo-default.safetensors"],
+                              cwd=REPO, capture_output=True, check=True).stdout
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return load_model(path)
+
+
+def threshold_at_precision(distances: np.ndarray, groups: np.ndarray, model: EmbeddingModel | None) -> tuple[float, str]:
+    """The threshold a method decides with, and where it comes from."""
+    calibration = getattr(model, "calibration", None) if model is not None else None
+    if calibration is not None:
+        for level in calibration.levels:
+            if abs(level.precision - PRECISION) < 1e-9:
+                return level.threshold, "shipped"
+    same, different = pair_distances(distances, groups)
+    [level] = precision_levels(same, different, (PRECISION,))
+    return level.threshold, "validation"
+
+
+def score(name: str, test: dict[str, np.ndarray], distances: np.ndarray, threshold: float, source: str,
+          seconds: float) -> dict[str, object]:
+    trained = np.isin(test["family"], TRAINED_FAMILIES)
+    a = copy_scores(distances, test["group"], test["original"], trained)
+    b = copy_scores(distances, test["group"], test["original"], ~trained)
+    families = {family: copy_scores(distances, test["group"], test["original"], test["family"] == family).recall_at_1
+                for family in sorted(set(test["family"].tolist()) - {""})}
+    dedup = dedup_scores(distances, test["group"], threshold)
+    return {"method": name, "a_recall_at_1": a.recall_at_1, "a_tpr": a.tpr_at_fpr, "b_recall_at_1": b.recall_at_1,
+            "b_tpr": b.tpr_at_fpr, "dedup_precision": dedup.precision, "dedup_recall": dedup.recall,
+            "dedup_f1": dedup.f1, "threshold": threshold, "threshold_from": source,
+            "recall_at_1_by_family": families, "seconds": round(seconds)}
+
+
+def arrays(items: list[neardup_photos.Item]) -> dict[str, np.ndarray]:
+    return {"group": np.array([i.group for i in items]), "original": np.array([i.is_original for i in items]),
+            "family": np.array([i.family for i in items])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=2)
-    parser.add_argument("--cifar", type=int, default=1000, help="CIFAR-10 test images among the originals")
-    parser.add_argument("--model", type=Path, default=None, help="score this model file as (a) instead")
+    parser.add_argument("--candidate", type=Path, action="append", default=[], help="a model file to score too")
+    parser.add_argument("--old-default", action="store_true", help="score photo-default-v2 (the last default) too")
+    parser.add_argument("--normalise", action="store_true", help="measure SSCD's score normalisation too")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     console = Console()
-    items = neardup_set.build(DATASETS, CACHE / f"neardup-{args.cifar}-{args.copies}", args.copies, args.cifar)
-    paths = [item.path for item in items]
-    groups = np.array([item.group for item in items])
-    originals = np.array([item.is_original for item in items])
-    console.print(f"{originals.sum()} originals, {(~originals).sum()} copies")
-
-    rows = {}
-    shipped = load_default_model if args.model is None else lambda: load_model(args.model)
-    for name, loader in [("(a) shipped model" if args.model is None else f"(a) {args.model.name}", shipped),
-                         ("(b) raw backbone features", load_pretrained_backbone_model)]:
-        started = time.perf_counter()
-        vectors = embed(loader(), paths)
-        distances = np.clip(2.0 - 2.0 * vectors @ vectors.T, 0.0, None)
-        rows[name] = (*scores(distances, groups, originals, np.random.default_rng(0)), time.perf_counter() - started)
     started = time.perf_counter()
-    rows["(c) pHash (imagehash)"] = (*scores(phash_distances(paths), groups, originals, np.random.default_rng(0)),
-                                     time.perf_counter() - started)
+    validation_items = neardup_photos.build(DATASETS, neardup_photos.default_folder("validation"), "validation")
+    test_items = neardup_photos.build(DATASETS, neardup_photos.default_folder("test"), "test")
+    validation, test = arrays(validation_items), arrays(test_items)
+    console.print(f"test: {test['original'].sum()} photos, {(~test['original']).sum()} copies; validation: "
+                  f"{validation['original'].sum()} photos, {(~validation['original']).sum()} copies "
+                  f"(built in {time.perf_counter() - started:.0f} s)")
+    models: list[tuple[str, Callable[[], EmbeddingModel]]] = [("shipped default", load_default_model),
+                                                              ("raw backbone (pretrained)", load_pretrained_backbone_model)]
+    if args.old_default:
+        models.append(("photo-default-v2 (previous default)", old_default_model))
+    models += [(f"candidate {path.name}", lambda path=path: load_model(path)) for path in args.candidate]
+    background_paths = split_photos(DATASETS).train if args.normalise else []
 
-    table = Table(title=f"near-duplicates: {originals.sum()} originals, {(~originals).sum()} edited copies")
-    for column in ("method", "recall@1", "ROC AUC", "seconds"):
+    rows = []
+    for name, loader in models:
+        began = time.perf_counter()
+        model = loader()
+        v = cached_embeddings(model, [i.path for i in validation_items], "validation")
+        t = cached_embeddings(model, [i.path for i in test_items], "test")
+        threshold, source = threshold_at_precision(squared_l2(v, v), validation["group"], model)
+        distances = squared_l2(t, t)
+        rows.append(score(f"{name}: {model.spec.name}", test, distances, threshold, source,
+                          time.perf_counter() - began))
+        if args.normalise:
+            background = cached_embeddings(model, background_paths, "background")
+            v_norm = normalised(squared_l2(v, v), squared_l2(v, background), beta=1.0)
+            threshold, _ = threshold_at_precision(v_norm, validation["group"], None)
+            rows.append(score(f"{name}, SSCD-normalised", test,
+                              normalised(distances, squared_l2(t, background), beta=1.0), threshold, "validation",
+                              time.perf_counter() - began))
+    began = time.perf_counter()
+    v_hash = phash_distances([i.path for i in validation_items])
+    threshold, source = threshold_at_precision(v_hash, validation["group"], None)
+    rows.append(score("pHash (imagehash, Hamming)", test, phash_distances([i.path for i in test_items]), threshold,
+                      source, time.perf_counter() - began))
+
+    table = Table(title=f"near-duplicates of {test['original'].sum()} test photos ({(~test['original']).sum()} "
+                        "edited copies); (a) the trained edit family, (b) families never trained on")
+    for column in ("method", "(a) R@1", "(a) TPR@1e-3", "(b) R@1", "(b) TPR@1e-3", "dedup P", "dedup R",
+                   "dedup F1", "threshold"):
         table.add_column(column, justify="left" if column == "method" else "right")
-    for name, (recall, auc, seconds) in rows.items():
-        table.add_row(name, f"{recall:.3f}", f"{auc:.4f}", f"{seconds:.0f}")
+    for row in rows:
+        table.add_row(str(row["method"]), *(f"{row[k]:.3f}" for k in ("a_recall_at_1", "a_tpr", "b_recall_at_1",
+                                                                      "b_tpr", "dedup_precision", "dedup_recall",
+                                                                      "dedup_f1")),
+                      f"{row['threshold']:.4g} ({row['threshold_from']})")
     console.print(table)
     if not args.no_record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as handle:
             handle.write(json.dumps({
-                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "originals": int(originals.sum()), "copies": int((~originals).sum()),
-                "default_model": shipped().spec.name,
-                "results": {name: {"recall_at_1": round(r, 4), "roc_auc": round(a, 4)} for name, (r, a, _) in rows.items()},
+                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "benchmark": "photos-v1",
+                "test_photos": int(test["original"].sum()), "test_copies": int((~test["original"]).sum()),
+                "precision_level": PRECISION, "results": rows,
             }) + "\n")
 
 
