@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from cli.common import err, fail, require_writable_folder
+from cli.common import err, fail, require_writable_folder, shown_path
+from cli.output import write_json
 from retrieval.errors import SimsearchError
 
 EXIT_INTERRUPTED = 130
@@ -41,6 +41,10 @@ def train_command(
     colour: Annotated[bool, typer.Option("--colour", help="small-cnn: RGB input instead of grey.")] = False,
     views: Annotated[int, typer.Option(min=1, help="Frozen efficientnet-lite0: augmented views cached per image.")]
     = 4,
+    pooling: Annotated[str, typer.Option(help="efficientnet-lite0: pooling of the feature map, mean or gem.")]
+    = "mean",
+    head_init: Annotated[str, typer.Option(help="Frozen efficientnet-lite0: the head starts random, or as the PCA "
+                                                "whitening of the training features.")] = "random",
     validation_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Fraction of classes held out to score each epoch and keep the best.")] = 0.2,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Training state file (default: MODEL.checkpoint).")]
@@ -54,13 +58,14 @@ def train_command(
     """Train an embedding model with a metric-learning loss; the epoch with the best validation score is kept."""
     from indexer.labelled import load_labelled_images
     from retrieval.embedding import pick_device
-    from retrieval.training.encoder import BACKBONES, EncoderTraining, new_model, train_encoder
+    from retrieval.training.encoder import BACKBONES, HEAD_INITS, EncoderTraining, new_model, train_encoder
     from retrieval.training.trainer import EpochRecord, format_record
 
     from cli.progress import RichReporter, TrainingProgress
 
     choices = {"backbone": (backbone, BACKBONES), "loss": (loss, ("triplet", "contrastive", "pairwise")),
-               "mining": (mining, ("semihard", "batchhard", "random"))}
+               "mining": (mining, ("semihard", "batchhard", "random")), "pooling": (pooling, ("mean", "gem")),
+               "head-init": (head_init, HEAD_INITS)}
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             raise fail(f"--{option} must be one of {', '.join(allowed)} (got {value!r})")
@@ -78,12 +83,17 @@ def train_command(
         raise fail(f"no checkpoint to resume from at {checkpoint}")
     require_writable_folder(model_out)
     require_writable_folder(checkpoint)
+    try:
+        chosen_device = str(pick_device(device))
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
     config = EncoderTraining(
         backbone=backbone, embedding_dim=embedding_dim, trainable_stages=trainable_stages, views=views,  # type: ignore[arg-type]
+        pooling=pooling, head_init=head_init,  # type: ignore[arg-type]
         input_size=input_size, colour=colour, loss=loss, mining=mining, margin=margin,  # type: ignore[arg-type]
         classes_per_batch=classes_per_batch, images_per_class=images_per_class, epochs=epochs,
         steps_per_epoch=steps_per_epoch, lr=lr, validation_fraction=validation_fraction,
-        self_supervised=self_supervised, seed=seed, device=str(pick_device(device)), name=model_out.stem)
+        self_supervised=self_supervised, seed=seed, device=chosen_device, name=model_out.stem)
     try:
         prep = new_model(config).preprocessing
         with RichReporter(err) as reporter:
@@ -106,9 +116,9 @@ def train_command(
         raise fail(str(exc)) from None
     result = trained.result
     best = "-" if result.best_score is None else f"{result.best_score:.4f}"
-    sys.stdout.write(json.dumps({
+    write_json({
         "model": str(model_out), "content_hash": trained.model.content_hash, "best_epoch": result.best_epoch,
         "validation_recall_at_1": result.best_score, "training_classes": trained.training_classes,
         "validation_classes": trained.validation_classes, "steps": result.steps, "seconds": round(result.seconds, 1),
-    }, indent=2) + "\n")
-    err.print(f"wrote {model_out} (best epoch {result.best_epoch}, validation recall@1 {best})")
+    })
+    err.print(f"wrote {escape(shown_path(str(model_out)))} (best epoch {result.best_epoch}, validation recall@1 {best})")

@@ -23,6 +23,7 @@ from retrieval.errors import ModelError
 
 FEATURE_DIM = 1280
 _BN_EPS = 1e-3
+_GEM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,21 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """Backbone returning globally average-pooled 1280-d features.
+    """Backbone returning globally pooled 1280-d features: the mean of the 7x7 feature map, or its generalised
+    mean (GeM: the p-th root of the mean of the p-th powers, which weighs the strongest activations more; for
+    retrieving instances rather than classes it is the better-tested pooling, Radenovic et al. 2018).
 
     `stages` is exposed so that training can freeze or fine-tune stages separately.
     """
 
     feature_dim = FEATURE_DIM
 
-    def __init__(self) -> None:
+    def __init__(self, pooling: str = "mean", gem_p: float = 3.0) -> None:
         super().__init__()
+        if pooling not in ("mean", "gem"):
+            raise ModelError(f"unknown pooling {pooling!r}")
+        self.pooling = pooling
+        self.gem_p = gem_p
         self.stem = nn.Sequential(*_conv_bn(3, 32, 3, 2), nn.ReLU6(inplace=True))
         self.stages = nn.ModuleList()
         for st in _STAGES:
@@ -124,7 +131,10 @@ class EfficientNetLite0(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
+        features = self.feature_map(x)
+        if self.pooling == "mean":
+            return features.mean(dim=(2, 3))
+        return features.float().clamp(min=_GEM_EPS).pow(self.gem_p).mean(dim=(2, 3)).pow(1.0 / self.gem_p)
 
 
 def imagenet_weights_path() -> Path:

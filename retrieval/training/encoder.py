@@ -38,9 +38,13 @@ from retrieval.training.frozen_backbone import view_features
 from retrieval.training.objectives import LossName, MiningName, build_objective
 from retrieval.training.trainer import EpochCallback, StepCallback, Trainer, TrainerConfig, TrainResult, Validate
 from retrieval.training.views import photo_views, stroke_views
+from retrieval.training.whitening import initialise_as_whitening
 
 Backbone = Literal["small-cnn", "efficientnet-lite0"]
 BACKBONES: tuple[str, ...] = ("small-cnn", "efficientnet-lite0")
+Pooling = Literal["mean", "gem"]
+HeadInit = Literal["random", "whitening"]
+HEAD_INITS: tuple[str, ...] = ("random", "whitening")
 
 
 class TrainingDataError(SimsearchError):
@@ -61,6 +65,11 @@ class EncoderTraining:
     """small-cnn only: the square input side."""
     colour: bool = False
     """small-cnn only: RGB input instead of grey."""
+    pooling: Pooling = "mean"
+    """efficientnet-lite0 only: how the backbone's feature map is pooled (mean, or generalised mean)."""
+    head_init: HeadInit = "random"
+    """Frozen efficientnet-lite0 only: the linear head starts random, or as the PCA whitening of the training
+    features (`retrieval.training.whitening`)."""
     loss: LossName = "triplet"
     mining: MiningName = "semihard"
     margin: float | None = None
@@ -108,8 +117,9 @@ def new_model(config: EncoderTraining) -> EmbeddingModel:
         torch.manual_seed(config.seed)
         return build_model(spec)
     if config.backbone == "efficientnet-lite0":
+        options = {"pooling": config.pooling} if config.pooling != "mean" else {}
         spec = dataclasses.replace(pretrained_backbone_spec(), name=config.name, head="linear",
-                                   embedding_dim=config.embedding_dim)
+                                   embedding_dim=config.embedding_dim, backbone_options=options)
         torch.manual_seed(config.seed)
         model = build_model(spec)
         if config.trainable_stages:
@@ -221,6 +231,11 @@ def train_encoder(
     """
     if config.images_per_class < 2 or config.classes_per_batch < 2:
         raise TrainingDataError("batches need at least 2 classes of at least 2 images each")
+    if config.pooling != "mean" and config.backbone != "efficientnet-lite0":
+        raise TrainingDataError("--pooling applies to the efficientnet-lite0 backbone only")
+    if config.head_init != "random" and not config.frozen_backbone:
+        raise TrainingDataError("--head-init whitening needs the frozen efficientnet-lite0 backbone "
+                                "(--trainable-stages 0)")
     model = new_model(config)
     train_mask, val_mask = split_classes(labels, 0.0 if config.self_supervised and len(labels) < 6
                                          else config.validation_fraction, config.seed)
@@ -293,6 +308,8 @@ def _frozen_backbone_trainer(config: EncoderTraining, model: EmbeddingModel, pix
     torch.manual_seed(config.seed)
     features = view_features(model.to(device), pixels, config.views)
     rows = 1 + config.views
+    if config.head_init == "whitening":
+        initialise_as_whitening(model.head, features[train_mask].flatten(0, 1))  # type: ignore[arg-type]
     flat_labels = labels.repeat_interleave(rows)
     validate = (_features_validator(config, features[val_mask], labels[val_mask], device) if bool(val_mask.any())
                 else None)
