@@ -51,11 +51,12 @@ from indexer.loading import default_workers, make_loader  # noqa: E402
 from indexer.plan import Work  # noqa: E402
 from indexer.scan import scan  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
+from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.images import decode_image  # noqa: E402
 from retrieval.atomic import atomic_write  # noqa: E402
 from retrieval.model import load_default_model  # noqa: E402
 
-PHOTOS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets")) / "photos"
+PHOTOS = datasets_root() / "photos"
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results" / "index_throughput.jsonl"
 SIZE = (4000, 3000)

@@ -40,8 +40,9 @@ for _path in (str(REPO), str(REPO / "benchmarks")):
 
 import edit_families  # noqa: E402
 import photo_split  # noqa: E402
+from retrieval.datasets.locate import datasets_root  # noqa: E402
 
-DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
+DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"
 VERSION = 2  # bump when the families or the builder change what they write
 STACKED_COPIES = 2  # stacked copies per copies_per_family

@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from retrieval.datasets.locate import datasets_root  # noqa: E402
+
+DATASETS = datasets_root()
 
 SPLITS = ("train", "validation", "test")
 TRAIN_BUCKETS = range(0, 60)

@@ -9,14 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from retrieval.datasets.omniglot import (
-    DATASETS_ENV,
-    DatasetNotFoundError,
-    LakeRun,
-    datasets_root,
-    load_characters,
-    load_lake_runs,
-)
+from retrieval.datasets.locate import DATASETS_ENV, datasets_root
+from retrieval.datasets.omniglot import DatasetNotFoundError, LakeRun, load_characters, load_lake_runs
 from retrieval.evaluation import episode_accuracy, lake_oneshot_accuracy, mean_ci, sample_episodes
 from retrieval.evaluation.episodes import EpisodeSamplingError
 from retrieval.training import Trainer, TrainerConfig, build_objective

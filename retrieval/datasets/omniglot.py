@@ -7,7 +7,6 @@ mode ``"L"`` pixels (0 = ink, 255 = paper), resized with PIL when ``size`` is no
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from retrieval.datasets.locate import DATASETS_ENV, datasets_root
 from retrieval.errors import SimsearchError
 
-DATASETS_ENV = "SIMSEARCH_DATASETS"
 NATIVE_SIZE = 105
 LAKE_RUNS = 20
 
@@ -35,14 +34,6 @@ class DatasetNotFoundError(SimsearchError, FileNotFoundError):
 
 class DatasetFormatError(SimsearchError, ValueError):
     """A dataset file does not have the layout this reader expects."""
-
-
-def datasets_root() -> Path:
-    """``$SIMSEARCH_DATASETS`` if set, else ``../shared/datasets`` next to the repository root."""
-    override = os.environ.get(DATASETS_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 
 def omniglot_file(name: str, root: Path | None = None) -> Path:
