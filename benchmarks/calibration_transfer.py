@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,13 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from retrieval.calibration import calibrate, choose_threshold, sample_calibration_pairs  # noqa: E402
+from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.datasets.idx import read_idx  # noqa: E402
 from retrieval.datasets.omniglot import load_characters  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.model import EmbeddingModel, load_model  # noqa: E402
 from retrieval.training.encoder import EncoderTraining, train_encoder  # noqa: E402
+from retrieval.unit_distance import paired_distances  # noqa: E402
 
-DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
+DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results" / "calibration.jsonl"
 OMNIGLOT_MODEL = CACHE / "omniglot-small-cnn-triplet-semihard.safetensors"
@@ -77,7 +78,7 @@ def embed(model: EmbeddingModel, pixels: torch.Tensor) -> np.ndarray:
 
 def pair_distances(vectors: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     first, second, same = sample_calibration_pairs(labels, seed=seed)
-    distances = np.clip(2.0 - 2.0 * np.sum(vectors[first] * vectors[second], axis=1), 0.0, None)
+    distances = paired_distances(vectors[first], vectors[second])
     return distances[same], distances[~same]
 
 

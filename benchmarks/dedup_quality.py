@@ -35,10 +35,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import neardup_set  # noqa: E402
 from near_duplicates import embed, phash_distances  # noqa: E402
 from retrieval.calibration import calibrate  # noqa: E402
+from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.dedup import Candidate, connected_groups, duplicate_groups  # noqa: E402
 from retrieval.model import load_default_model  # noqa: E402
+from retrieval.unit_distance import pairwise_distances  # noqa: E402
 
-DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
+DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results" / "dedup.jsonl"
 
@@ -106,7 +108,7 @@ def main() -> None:
     paths = [item.path for item in items]
 
     vectors = embed(load_default_model(), paths)
-    model_distances = np.clip(2.0 - 2.0 * vectors @ vectors.T, 0.0, None)
+    model_distances = pairwise_distances(vectors, vectors)
     calibration_half = np.ix_(~evaluated, ~evaluated)
     same, different = calibration_pairs(model_distances[calibration_half], groups[~evaluated])
     calibrated = calibrate(same, different, "target-fpr", args.target_fpr, bootstrap=0)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -49,10 +48,12 @@ from indexer.loading import default_workers, make_loader  # noqa: E402
 from indexer.plan import Work  # noqa: E402
 from indexer.scan import stat_file  # noqa: E402
 from retrieval.calibration import DEFAULT_PRECISION, precision_levels  # noqa: E402
+from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.model import EmbeddingModel, load_default_model, load_model, load_pretrained_backbone_model  # noqa: E402
+from retrieval.unit_distance import pairwise_distances  # noqa: E402
 
-DATASETS = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
+DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results" / "near_duplicates.jsonl"
 OLD_DEFAULT_COMMIT = "062abda"
@@ -91,10 +92,6 @@ def phash_bits(paths: list[Path]) -> np.ndarray:
 def phash_distances(paths: list[Path]) -> np.ndarray:
     bits = phash_bits(paths)
     return (bits[:, None, :] != bits[None, :, :]).sum(axis=2).astype(np.float64)
-
-
-def squared_l2(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    return np.clip(2.0 - 2.0 * first @ second.T, 0.0, None)
 
 
 def old_default_model() -> EmbeddingModel:
@@ -167,16 +164,16 @@ def main() -> None:
         model = loader()
         v = cached_embeddings(model, [i.path for i in validation_items], "validation")
         t = cached_embeddings(model, [i.path for i in test_items], "test")
-        threshold, source = threshold_at_precision(squared_l2(v, v), validation["group"], model)
-        distances = squared_l2(t, t)
+        threshold, source = threshold_at_precision(pairwise_distances(v, v), validation["group"], model)
+        distances = pairwise_distances(t, t)
         rows.append(score(f"{name}: {model.spec.name}", test, distances, threshold, source,
                           time.perf_counter() - began))
         if args.normalise:
             background = cached_embeddings(model, background_paths, "background")
-            v_norm = normalised(squared_l2(v, v), squared_l2(v, background), beta=1.0)
+            v_norm = normalised(pairwise_distances(v, v), pairwise_distances(v, background), beta=1.0)
             threshold, _ = threshold_at_precision(v_norm, validation["group"], None)
             rows.append(score(f"{name}, SSCD-normalised", test,
-                              normalised(distances, squared_l2(t, background), beta=1.0), threshold, "validation",
+                              normalised(distances, pairwise_distances(t, background), beta=1.0), threshold, "validation",
                               time.perf_counter() - began))
     began = time.perf_counter()
     v_hash = phash_distances([i.path for i in validation_items])

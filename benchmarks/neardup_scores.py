@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.unit_distance import scores_from_squared_l2, squared_l2_from_scores
+
 FPR = 1e-3
 
 
@@ -85,8 +87,8 @@ def dedup_scores(distances: np.ndarray, groups: np.ndarray, threshold: float) ->
 def normalised(distances: np.ndarray, background: np.ndarray, beta: float, k: int = 3) -> np.ndarray:
     """SSCD's score normalisation on squared-L2 distances of unit vectors: each pair's similarity minus `beta` times
     the mean of its two members' mean similarity to their `k` nearest background images (`background`: the
-    (N, B) distances of the set to a background set of photos outside it)."""
-    similarity = 1.0 - distances / 2.0
-    nearest = np.sort(1.0 - background / 2.0, axis=1)[:, -k:].mean(axis=1)
+    (N, B) distances of the set to a background set of photos outside it), made a distance again."""
+    similarity = scores_from_squared_l2(distances)
+    nearest = np.sort(scores_from_squared_l2(background), axis=1)[:, -k:].mean(axis=1)
     adjusted = similarity - beta * (nearest[:, None] + nearest[None, :]) / 2.0
-    return 2.0 - 2.0 * adjusted
+    return squared_l2_from_scores(adjusted)

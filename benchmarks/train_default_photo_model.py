@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import neardup_photos  # noqa: E402
-from near_duplicates import DATASETS, embed, squared_l2  # noqa: E402
+from near_duplicates import DATASETS, embed  # noqa: E402
 from neardup_scores import pair_distances  # noqa: E402
 from photo_split import split_photos  # noqa: E402
 from retrieval.calibration import precision_levels  # noqa: E402
@@ -49,6 +49,7 @@ from retrieval.model import EmbeddingModel, build_model, pretrained_backbone_spe
 from retrieval.model_spec import ShippedCalibration  # noqa: E402
 from retrieval.training.frozen_backbone import view_features  # noqa: E402
 from retrieval.training.whitening import initialise_as_whitening  # noqa: E402
+from retrieval.unit_distance import pairwise_distances  # noqa: E402
 
 OUT = REPO / "retrieval" / "weights" / "photo-default.safetensors"
 MODEL_NAME = "photo-default-v3"
@@ -68,7 +69,7 @@ def calibration(model: EmbeddingModel) -> tuple[ShippedCalibration, int]:
     """The model's thresholds at each precision level on the validation split, and the number of images there."""
     items = neardup_photos.build(DATASETS, neardup_photos.default_folder("validation"), "validation")
     vectors = embed(model, [item.path for item in items])
-    same, different = pair_distances(squared_l2(vectors, vectors), np.array([item.group for item in items]))
+    same, different = pair_distances(pairwise_distances(vectors, vectors), np.array([item.group for item in items]))
     photos = sum(item.is_original for item in items)
     measured_on = (f"the validation split of benchmarks/near_duplicates.py: {photos} ImageNet photos and "
                    f"{len(items) - photos} edited copies of them, every pair of the {len(items)} images")

@@ -134,6 +134,7 @@ def pair_distances(data: Path, model: EmbeddingModel, negatives: Optional[int], 
     from retrieval.calibration import sample_calibration_pairs
     from retrieval.collection import Collection
     from retrieval.embedding import Embedder, pick_device
+    from retrieval.unit_distance import paired_distances
 
     from cli.progress import RichReporter
 
@@ -149,5 +150,5 @@ def pair_distances(data: Path, model: EmbeddingModel, negatives: Optional[int], 
         first, second, same = sample_calibration_pairs(found.labels, negatives, seed)
     else:
         raise fail(f"no such file or directory: {data}")
-    distances = np.clip(2.0 - 2.0 * np.sum(vectors[first] * vectors[second], axis=1), 0.0, None)
+    distances = paired_distances(vectors[first], vectors[second])
     return distances[same], distances[~same]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.unit_distance import pairwise_distances
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -29,9 +31,9 @@ def nearest_classes(queries: np.ndarray, support: np.ndarray, support_labels: np
         means = np.zeros((classes, support.shape[1]), dtype=np.float64)
         np.add.at(means, support_labels, support)
         means /= np.linalg.norm(means, axis=1, keepdims=True)
-        distances = np.clip(2.0 - 2.0 * queries @ means.T, 0.0, None)
+        distances = pairwise_distances(queries, means)
         best = distances.argmin(axis=1)
         return best, distances[np.arange(len(queries)), best], np.full(len(queries), -1)
-    distances = np.clip(2.0 - 2.0 * queries @ support.T, 0.0, None)
+    distances = pairwise_distances(queries, support)
     nearest = distances.argmin(axis=1)
     return support_labels[nearest], distances[np.arange(len(queries)), nearest], nearest

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import faiss
 import numpy as np
 import torch
 
@@ -27,6 +26,7 @@ from retrieval.dedup import DuplicateGroup, index_duplicates
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InvalidArgumentError,
                               ModelMismatchError)
+from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import identify_file
 from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
@@ -35,6 +35,7 @@ from retrieval.inputs import (path_argument, path_arguments, refuse_single_path,
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.search import QueryResult, query_files
+from retrieval.unit_distance import distance_between, squared_l2_from_scores
 
 
 STREAM_CANDIDATES = 8
@@ -194,7 +195,7 @@ class Collection:
         """Whether two image files show the same thing, at the threshold `threshold_choice` picks."""
         choice = self.threshold_choice(threshold, precision)
         vectors = self.embed_files([first, second])
-        distance = float(max(0.0, 2.0 - 2.0 * float(vectors[0] @ vectors[1])))
+        distance = distance_between(vectors[0], vectors[1])
         tensors = torch.from_numpy(vectors).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
         limit = choice.threshold
@@ -225,7 +226,7 @@ class Collection:
         return self._stream_duplicates(paths, self.threshold(threshold, precision))
 
     def _stream_duplicates(self, paths: Iterable[str], limit: float) -> Iterator[StreamMatch]:
-        seen = faiss.IndexIDMap2(faiss.IndexFlatIP(self.model.embedding_dim))
+        seen = new_faiss_index(self.model.embedding_dim, EXACT)
         seen_files: dict[str, int] = {}
         seen_paths: list[str] = []
         for given in paths:
@@ -240,9 +241,10 @@ class Collection:
             own = identity.file_id if identity is not None else path
             candidates = self._indexed_matches(vector, own)
             if seen.ntotal:
-                scores, found = seen.search(vector, 2)
-                candidates += [(max(0.0, 2.0 - 2.0 * float(score)), seen_paths[int(row)])
-                               for score, row in zip(scores[0], found[0]) if row >= 0 and row != seen_files.get(own)]
+                scores, found = seen.search(vector, min(2, seen.ntotal))
+                candidates += [(float(distance), seen_paths[int(row)])
+                               for distance, row in zip(squared_l2_from_scores(scores[0]), found[0])
+                               if row != seen_files.get(own)]
             best = min(candidates, default=None)
             if best is not None and best[0] <= limit:
                 yield StreamMatch(raw, best[1], best[0], None)
@@ -250,7 +252,7 @@ class Collection:
                 yield StreamMatch(raw, None, None, None)
             if own not in seen_files:
                 seen_files[own] = len(seen_paths)
-                seen.add_with_ids(vector, np.array([len(seen_paths)], dtype=np.int64))
+                seen.add(vector)
                 seen_paths.append(path)
 
     def _indexed_matches(self, vector: np.ndarray, own: str) -> list[tuple[float, str]]:

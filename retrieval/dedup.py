@@ -1,7 +1,8 @@
 """Near-duplicate groups: FAISS range search for every pair within a distance, then connected components.
 
-Distances are squared L2 between L2-normalised vectors, ``d = 2 - 2 cos``, so ``d <= t`` is an inner-product
-range search with radius ``1 - t / 2``; the all-pairs work is FAISS's (blocked BLAS), never a Python loop.
+Distances are squared L2 between L2-normalised vectors (``retrieval.unit_distance``), a function of their inner
+product, so ``d <= t`` is an inner-product range search (radius ``1 - t / 2``); the all-pairs work is FAISS's
+(blocked BLAS), never a Python loop.
 
 What a group proposes must be safe to delete: each member is looked at on disk when the group is made, a path
 that no longer reaches a file is left out, and of several paths to one file (links) only one is a member, the
@@ -14,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 from sqlalchemy import select
 
+from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
 from retrieval.store.queries import images_under
 from retrieval.store.schema import STATUS_OK, ImageRecord
+from retrieval.unit_distance import distance_between, radius_for_threshold, squared_l2_from_scores
 
 QUERY_BLOCK = 4096
 """Queries per range search call, which bounds the memory of the result lists."""
@@ -62,9 +64,9 @@ def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     Returns (first, second, distance) arrays.
     """
     data = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(data.shape[1])
+    index = new_faiss_index(data.shape[1], EXACT)
     index.add(data)
-    radius = 1.0 - threshold / 2.0 - 1e-6
+    radius = radius_for_threshold(threshold)
     firsts, seconds, distances = [], [], []
     for start in range(0, len(data), QUERY_BLOCK):
         limits, scores, found = index.range_search(data[start:start + QUERY_BLOCK], radius)
@@ -72,7 +74,7 @@ def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
         keep = found > rows
         firsts.append(rows[keep])
         seconds.append(found[keep])
-        distances.append(np.clip(2.0 - 2.0 * scores[keep], 0.0, None))
+        distances.append(squared_l2_from_scores(scores[keep]))
     return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(distances)
 
 
@@ -107,8 +109,7 @@ def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]],
         images.sort(key=lambda pair: keeper_order(pair[0]))
         (keeper, keeper_row), rest = images[0], images[1:]
         anchor = vectors[keeper_row]
-        distances = [0.0 if row == keeper_row else float(max(0.0, 2.0 - 2.0 * float(vectors[row] @ anchor)))
-                     for _, row in rest]
+        distances = [0.0 if row == keeper_row else distance_between(vectors[row], anchor) for _, row in rest]
         groups.append(DuplicateGroup(keeper, [image for image, _ in rest], distances))
     groups.sort(key=lambda group: (-len(group.others), group.keeper.path))
     return groups

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
+
+from retrieval.faiss_factory import EXACT, new_faiss_index
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class RetrievalScores:
 
 def _neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k nearest other items of each item, nearest first."""
-    index = faiss.IndexFlatIP(embeddings.shape[1])
+    index = new_faiss_index(embeddings.shape[1], EXACT)
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     _, found = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k + 1)
     rows = []

@@ -1,7 +1,7 @@
 """The FAISS index over stored vectors, and its file.
 
-Vectors are L2-normalised, so an inner-product index gives exact cosine neighbours; distances are
-reported as squared L2, `2 - 2 cos`, the quantity the triplet loss is trained on.
+Vectors are L2-normalised, so an inner-product index gives exact cosine neighbours; their scores are reported
+as the squared L2 distance of `retrieval.unit_distance`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import numpy as np
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError
+from retrieval.faiss_factory import EXACT, new_faiss_index
+from retrieval.unit_distance import squared_l2_from_scores
 
 
 class VectorIndex:
@@ -23,7 +25,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        index = new_faiss_index(dim, EXACT, ids=True)
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
         return cls(index)
@@ -59,4 +61,4 @@ class VectorIndex:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return np.clip(2.0 - 2.0 * scores, 0.0, None), ids
+        return squared_l2_from_scores(scores), ids
