@@ -38,6 +38,7 @@ from retrieval.evaluation import (
 from retrieval.model import build_model
 from retrieval.model_spec import ModelSpec
 from retrieval.training import Trainer, TrainerConfig, build_objective
+from retrieval.training.objectives import LOSSES, MININGS
 from retrieval.training.trainer import Validate
 from retrieval.training.views import stroke_views
 
@@ -79,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--loss", choices=("triplet", "contrastive", "pairwise"), default="triplet")
-    parser.add_argument("--mining", choices=("random", "semihard", "batchhard"), default="semihard")
+    parser.add_argument("--loss", choices=LOSSES, default="triplet")
+    parser.add_argument("--mining", choices=MININGS, default="semihard")
     parser.add_argument("--margin", type=float, default=None, help="default: 0.2 triplet, 1.0 contrastive")
     parser.add_argument("--size", type=int, default=INPUT_SIZE, help="input side S (PIL resize)")
     parser.add_argument("--channels", default="64,64,64,64", help="conv block widths, comma separated")

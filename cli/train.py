@@ -58,14 +58,14 @@ def train_command(
     """Train an embedding model with a metric-learning loss; the epoch with the best validation score is kept."""
     from indexer.labelled import load_labelled_images
     from retrieval.embedding import pick_device
-    from retrieval.training.encoder import BACKBONES, HEAD_INITS, EncoderTraining, new_model, train_encoder
+    from retrieval.training.encoder import BACKBONES, HEAD_INITS, POOLINGS, EncoderTraining, new_model, train_encoder
+    from retrieval.training.objectives import LOSSES, MININGS
     from retrieval.training.trainer import EpochRecord, format_record
 
     from cli.progress import RichReporter, TrainingProgress
 
-    choices = {"backbone": (backbone, BACKBONES), "loss": (loss, ("triplet", "contrastive", "pairwise")),
-               "mining": (mining, ("semihard", "batchhard", "random")), "pooling": (pooling, ("mean", "gem")),
-               "head-init": (head_init, HEAD_INITS)}
+    choices = {"backbone": (backbone, BACKBONES), "loss": (loss, LOSSES), "mining": (mining, MININGS),
+               "pooling": (pooling, POOLINGS), "head-init": (head_init, HEAD_INITS)}
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             raise fail(f"--{option} must be one of {', '.join(allowed)} (got {value!r})")

@@ -1,22 +1,30 @@
-"""Shared fixtures: a tiny seeded model (fast to run) and synthetic photo folders."""
+"""What the tests share: a tiny seeded model (fast to run), synthetic photo and character folders, the command line
+as a user meets it, and a fast indexing run. Tests import these from here, never from each other."""
 
 from __future__ import annotations
 
-import os
+import random
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
 
+from cli.main import app
+from indexer.pipeline import IndexOptions, index_paths
+from retrieval.datasets.locate import datasets_root
+from retrieval.index import SimilarityIndex
 from retrieval.images import Preprocessing
 from retrieval.model import EmbeddingModel, build_model, load_model
 from retrieval.model_spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SIMSEARCH_DATASETS", REPO.parent / "shared" / "datasets"))
+SHARED = datasets_root()
 
 
 def tiny_spec(name: str = "tiny", side: int = 32) -> ModelSpec:
@@ -68,3 +76,77 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/datasets not found ({path} is missing): the test needs the shared datasets")
     return path
+
+
+# --- the command line, as tests meet it ---------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None):  # type: ignore[no-untyped-def]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.delenv("SIMSEARCH_INDEX", raising=False)
+        return runner.invoke(app, list(args), env=env, input=input)
+
+
+def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+# --- labelled folders and tensors for training -----------------------------------------------------------
+
+TINY = ["--embedding-dim", "16", "-P", "4", "-K", "3", "--steps-per-epoch", "6", "--workers", "0"]
+
+
+def make_characters(root: Path, classes: int = 8, per_class: int = 5, flat: bool = False) -> Path:
+    """Each class a random stroke; its images the same stroke shifted by a pixel or two."""
+    for c in range(classes):
+        rng = random.Random(c)
+        points = [(rng.randint(8, 52), rng.randint(8, 52)) for _ in range(4)]
+        folder = root if flat else root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = Image.new("L", (60, 60), 255)
+            ImageDraw.Draw(image).line([(x + i % 3, y + i // 3) for x, y in points], fill=0, width=4)
+            image.save(folder / f"c{c}-{i}.png")
+    return root
+
+
+def synthetic(classes: int = 12, per_class: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    base = torch.rand(classes, 42, 42, 1, generator=generator)
+    noise = torch.rand(len(labels), 42, 42, 1, generator=generator)
+    return ((0.7 * base[labels] + 0.3 * noise) * 255).to(torch.uint8), labels
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Path:
+    """Three classes, each a photo and two resized copies of it."""
+    for label, seed in (("red", 0), ("green", 1), ("blue", 2)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i, size in enumerate([(96, 72), (80, 60), (64, 48)]):
+            photo(seed, size).save(tmp_path / "data" / label / f"{i}.png")
+    return tmp_path
+
+
+# --- indexing -------------------------------------------------------------------------------------------------
+
+INDEX_FAST = IndexOptions(batch_size=4, workers=0, max_pixels=10_000_000)
+
+
+def run(index: SimilarityIndex, paths: list[Path], model: EmbeddingModel, **options: object):  # type: ignore[no-untyped-def]
+    opts = IndexOptions(**{**INDEX_FAST.__dict__, **options})  # type: ignore[arg-type]
+    return index_paths(index, paths, model, opts)
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

@@ -15,10 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import photo
+from conftest import invoke, photo
 from retrieval import Collection, open_collection
 from retrieval.errors import SimsearchError
-from test_cli import invoke
 
 T = TypeVar("T")
 

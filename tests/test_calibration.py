@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import photo
+from conftest import assert_one_line_error, invoke, photo
 from retrieval.calibration import (MARGIN, PRECISION_LEVELS, CalibrationResult, Interval, _bootstrap, calibrate,
                                   choose_threshold, decide, precision_levels, sample_calibration_pairs)
 from retrieval.calibration_plot import write_calibration_plot
 from retrieval.errors import CalibrationError
 from retrieval.metrics import roc_auc
 from retrieval.model_spec import PrecisionLevel, ShippedCalibration
-from test_cli import assert_one_line_error, invoke
 
 
 def gaussian_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -179,16 +178,6 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     same, different = gaussian_pairs(500)
     write_calibration_plot(same, different, calibrate(same, different, bootstrap=0), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def labelled(tmp_path: Path) -> Path:
-    """Three classes, each a photo and two resized copies of it."""
-    for label, seed in (("red", 0), ("green", 1), ("blue", 2)):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i, size in enumerate([(96, 72), (80, 60), (64, 48)]):
-            photo(seed, size).save(tmp_path / "data" / label / f"{i}.png")
-    return tmp_path
 
 
 def test_calibrate_stores_a_threshold_that_verify_then_uses(labelled: Path, tiny_model_file: Path) -> None:

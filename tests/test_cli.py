@@ -6,28 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
-from conftest import REPO
-
-runner = CliRunner()
-
-
-def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None):  # type: ignore[no-untyped-def]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(cwd)
-        patch.delenv("SIMSEARCH_INDEX", raising=False)
-        return runner.invoke(app, list(args), env=env, input=input)
-
-
-def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.output
-    assert "Traceback" not in result.output
-
+from conftest import REPO, assert_one_line_error, invoke
 
 def test_missing_path_empty_folder_and_no_index(tmp_path: Path) -> None:
     assert_one_line_error(invoke("index", "nowhere", cwd=tmp_path), "no such file or directory")

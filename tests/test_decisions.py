@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import photo, save_tiny_model
+from conftest import assert_one_line_error, invoke, photo, save_tiny_model
 from retrieval import open_collection
 from retrieval.calibration_store import latest_calibration, save_calibration
 from retrieval.errors import CalibrationError, ModelMismatchError
 from retrieval.model import load_model
-from test_cli import assert_one_line_error, invoke
 
 COPY_THRESHOLD = 1e-6
 """Below the distance of any two different test photos; identical files (one shared vector) are at 0."""

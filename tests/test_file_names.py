@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli.output import terminal_text, valid_text, write_paths0
-from conftest import photo
-from test_cli import invoke
+from conftest import invoke, photo
 
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 """Control characters (C0, DEL, C1), line and paragraph separators, and the surrogates of undecodable bytes."""

@@ -19,8 +19,7 @@ from indexer.scan import scan
 from retrieval.embedding import Embedder, pins_memory
 from retrieval.images import decode_image
 from retrieval.model import load_default_model, load_model
-from test_cli import invoke
-from test_train import TINY, make_characters
+from conftest import TINY, invoke, make_characters
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import png_header_bomb
 from retrieval.errors import DecodeError
 from retrieval.images import Preprocessing, decode_image
 
 RGB = Preprocessing(size=(16, 16), mode="RGB")
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims `width` x `height` pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def halves(left: tuple[int, int, int], right: tuple[int, int, int], size: tuple[int, int] = (40, 20)) -> Image.Image:

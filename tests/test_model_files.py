@@ -19,12 +19,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import REPO, save_tiny_model, tiny_spec
+from conftest import REPO, assert_one_line_error, invoke, save_tiny_model, tiny_spec
 from retrieval.embedding import Embedder
 from retrieval.errors import ModelError
 from retrieval.model import build_model, load_model, load_pretrained_backbone_model
 from retrieval.model_spec import read_model_header
-from test_cli import assert_one_line_error, invoke
 
 Spec = dict[str, Any]
 Parts = tuple[dict[str, torch.Tensor], Spec, str]

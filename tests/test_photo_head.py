@@ -9,8 +9,7 @@ import torch
 from retrieval.encoders.efficientnet_lite import EfficientNetLite0
 from retrieval.model import load_model
 from retrieval.training.whitening import pca_whitening
-from test_cli import invoke
-from test_train import TINY, make_characters
+from conftest import TINY, invoke, make_characters
 
 
 def test_gem_pooling_lies_between_the_mean_and_the_max() -> None:

@@ -10,23 +10,13 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from conftest import photo, save_tiny_model
-from indexer.pipeline import IndexOptions, index_paths
+from conftest import photo, png_header_bomb, run, save_tiny_model
 from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError, ModelMismatchError
 from retrieval.index import SimilarityIndex, create_index, open_index
 from retrieval.model import EmbeddingModel, load_model
 from retrieval.search import query_files
 from retrieval.store.schema import STATUS_ERROR, ImageRecord
-from test_images import png_header_bomb
-
-FAST = IndexOptions(batch_size=4, workers=0, max_pixels=10_000_000)
-
-
-def run(index: SimilarityIndex, paths: list[Path], model: EmbeddingModel, **options: object):  # type: ignore[no-untyped-def]
-    opts = IndexOptions(**{**FAST.__dict__, **options})  # type: ignore[arg-type]
-    return index_paths(index, paths, model, opts)
-
 
 def nearest(index: SimilarityIndex, model: EmbeddingModel, query: Path, k: int = 1) -> list[str]:
     [result] = query_files(index, Embedder(model), [query], k)

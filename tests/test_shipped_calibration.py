@@ -15,13 +15,12 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import photo
+from conftest import assert_one_line_error, invoke, photo
 from retrieval import Collection, open_collection
 from retrieval.calibration_store import save_calibration
 from retrieval.errors import CalibrationError, InvalidArgumentError, ModelError
 from retrieval.model import load_model
 from retrieval.model_spec import PrecisionLevel, ShippedCalibration, read_model_header
-from test_cli import assert_one_line_error, invoke
 
 MEASURED_ON = "synthetic test pairs"
 

@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from retrieval.model import load_model
 from retrieval.training import Trainer, TrainerConfig, build_objective
 from retrieval.training.encoder import EncoderTraining, train_encoder
 from retrieval.training.trainer import CheckpointError
-from test_cli import assert_one_line_error, invoke
-
-TINY = ["--embedding-dim", "16", "-P", "4", "-K", "3", "--steps-per-epoch", "6", "--workers", "0"]
-
-
-def make_characters(root: Path, classes: int = 8, per_class: int = 5, flat: bool = False) -> Path:
-    """Each class a random stroke; its images the same stroke shifted by a pixel or two."""
-    for c in range(classes):
-        rng = random.Random(c)
-        points = [(rng.randint(8, 52), rng.randint(8, 52)) for _ in range(4)]
-        folder = root if flat else root / f"class{c}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image = Image.new("L", (60, 60), 255)
-            ImageDraw.Draw(image).line([(x + i % 3, y + i // 3) for x, y in points], fill=0, width=4)
-            image.save(folder / f"c{c}-{i}.png")
-    return root
-
-
-def synthetic(classes: int = 12, per_class: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(classes).repeat_interleave(per_class)
-    base = torch.rand(classes, 42, 42, 1, generator=generator)
-    noise = torch.rand(len(labels), 42, 42, 1, generator=generator)
-    return ((0.7 * base[labels] + 0.3 * noise) * 255).to(torch.uint8), labels
-
+from conftest import TINY, assert_one_line_error, invoke, make_characters, synthetic
 
 def test_train_writes_a_model_that_eval_and_index_can_use(tmp_path: Path) -> None:
     make_characters(tmp_path / "data")

@@ -18,9 +18,7 @@ from hypothesis import strategies as st
 from retrieval.atomic import temporary_path
 from retrieval.training import Trainer, TrainerConfig, build_objective
 from retrieval.training.trainer import CheckpointError
-from test_calibration import labelled  # noqa: F401  (a fixture)
-from test_cli import assert_one_line_error, invoke
-from test_train import make_characters, synthetic
+from conftest import assert_one_line_error, invoke, make_characters, synthetic
 
 TRAIN = ["--epochs", "1", "--steps-per-epoch", "1", "--embedding-dim", "16", "-P", "2", "-K", "2", "--input-size", "16",
          "--validation-fraction", "0", "--workers", "0"]

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -43,8 +43,9 @@ from retrieval.training.whitening import initialise_as_whitening
 Backbone = Literal["small-cnn", "efficientnet-lite0"]
 BACKBONES: tuple[str, ...] = ("small-cnn", "efficientnet-lite0")
 Pooling = Literal["mean", "gem"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 HeadInit = Literal["random", "whitening"]
-HEAD_INITS: tuple[str, ...] = ("random", "whitening")
+HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
 
 
 class TrainingDataError(SimsearchError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -16,6 +16,8 @@ from retrieval.miners import BalancedPairMiner, BatchHardMiner, RandomTripletMin
 
 LossName = Literal["triplet", "contrastive", "pairwise"]
 MiningName = Literal["random", "semihard", "batchhard"]
+LOSSES: tuple[str, ...] = get_args(LossName)
+MININGS: tuple[str, ...] = get_args(MiningName)
 
 
 class TripletObjective(nn.Module):

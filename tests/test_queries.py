@@ -1,0 +1,37 @@
+"""`images_under`: the images at or below some paths, by a plain prefix (no wildcards, no partial names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from retrieval.index import create_index
+from retrieval.store.queries import images_under
+from retrieval.store.schema import STATUS_OK, ImageRecord
+
+PATHS = ["/a/b", "/a/b/x.png", "/a/b/deep/y.png", "/a/bc/z.png", "/a/b_c/u.png", "/a/bxc/v.png", "/a/b%/w.png",
+         "/a/b%d/t.png"]
+
+
+def under(tmp_path: Path, *roots: str) -> list[str]:
+    index = create_index(tmp_path / "idx")
+    with index.writing() as session:
+        if session.scalar(select(ImageRecord.id).limit(1)) is None:
+            session.add_all(ImageRecord(path=path, status=STATUS_OK) for path in PATHS)
+    with index.sessions() as session:
+        return sorted(session.scalars(select(ImageRecord.path).where(images_under(roots))))
+
+
+def test_a_root_takes_itself_and_what_lies_below_it_not_a_longer_name(tmp_path: Path) -> None:
+    assert under(tmp_path, "/a/b") == ["/a/b", "/a/b/deep/y.png", "/a/b/x.png"]
+    assert under(tmp_path, "/a/b/") == ["/a/b/deep/y.png", "/a/b/x.png"]
+
+
+def test_underscore_and_percent_are_no_wildcards(tmp_path: Path) -> None:
+    assert under(tmp_path, "/a/b_c") == ["/a/b_c/u.png"]
+    assert under(tmp_path, "/a/b%") == ["/a/b%/w.png"]
+
+
+def test_several_roots_add_up(tmp_path: Path) -> None:
+    assert under(tmp_path, "/a/bc", "/a/b%d") == ["/a/b%d/t.png", "/a/bc/z.png"]
