@@ -15,6 +15,7 @@ from indexer.loading import LoadedBatch, default_workers, make_loader
 from indexer.plan import Work
 from indexer.report import Reporter, SilentReporter
 from indexer.scan import scan
+from retrieval.classes import class_of
 from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError
 from retrieval.images import Preprocessing
@@ -39,13 +40,6 @@ class LabelledImages:
     paths: list[str]
 
 
-def class_name(root: Path, path: str) -> str | None:
-    """The class of a file: its folder's path under `root` ("cat", or "Latin/character01" in a nested tree, so
-    that equal leaf names in different branches stay different classes); None for a file directly in `root`."""
-    folder = os.path.relpath(os.path.dirname(path), root)
-    return None if folder == os.curdir else Path(folder).as_posix()
-
-
 def _labelled_loader(root: Path, prep: Preprocessing, *, batch_size: int, workers: int, pin_memory: bool,
                      reporter: Reporter, need_classes: bool) -> tuple[DataLoader, dict[str, str]]:
     """A loader of the image files under `root` and the class of each (`class_name`, "" outside any class
@@ -55,7 +49,7 @@ def _labelled_loader(root: Path, prep: Preprocessing, *, batch_size: int, worker
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
     files = scanned.files
-    names = {f.path: class_name(root, f.path) or "" for f in files}
+    names = {f.path: f.label or "" for f in files}
     if need_classes:
         for f in files:
             if not names[f.path]:
@@ -128,15 +122,28 @@ def _require_classes(root: Path, classes: set[str]) -> None:
 
 
 def support_from_folder(root: Path) -> dict[str, list[Path]]:
-    """The image files of each class subfolder of `root` (a few-shot support set). Raises `InputPathError`
-    for a missing folder, fewer than two classes, or a class folder without images."""
+    """The image files of each class under `root` (a few-shot support set; a class as `retrieval.classes` says,
+    so a nested tree gives one class per leaf folder). Raises `InputPathError` for a missing folder or fewer than
+    two classes."""
     if not root.is_dir():
         raise InputPathError(f"not a folder: {root}")
-    support = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [Path(f.path) for f in scan([folder]).files]
-        if not files:
-            raise InputPathError(f"support class {folder.name!r} has no images ({folder})")
-        support[folder.name] = files
+    support: dict[str, list[Path]] = {}
+    for file in scan([root]).files:
+        if file.label is not None:
+            support.setdefault(file.label, []).append(Path(file.path))
+    for folder in _leaf_folders(root):
+        name = class_of(root, folder / "image")  # the class a file in that folder would have
+        if name not in support:
+            raise InputPathError(f"support class {name!r} has no images ({folder})")
     _require_classes(root, set(support))
-    return support
+    return dict(sorted(support.items()))
+
+
+def _leaf_folders(root: Path) -> list[Path]:
+    """The folders under `root` with no folder in them (hidden ones aside): each must be a class with images."""
+    leaves = []
+    for folder, subfolders, _ in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        if not subfolders and Path(folder) != root:
+            leaves.append(Path(folder))
+    return leaves

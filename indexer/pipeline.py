@@ -142,12 +142,13 @@ def _load_default_model() -> EmbeddingModel:
 def _known_images(session: Session, roots: list[str], target_id: int, everything: bool) -> dict[str, KnownImage]:
     vector = aliased(VectorRecord)
     query = select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
-                   ImageRecord.content_hash, ImageRecord.status, ImageRecord.file_id, vector.model_id).outerjoin(
+                   ImageRecord.content_hash, ImageRecord.status, ImageRecord.file_id, ImageRecord.label,
+                   vector.model_id).outerjoin(
         vector, vector.id == ImageRecord.vector_id)
     if not everything:
         query = query.where(images_under(roots))
     return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
-                                 row.model_id == target_id, row.file_id) for row in session.execute(query)}
+                                 row.model_id == target_id, row.file_id, row.label) for row in session.execute(query)}
 
 
 def _drop_aliases_of_indexed(index: SimilarityIndex, plan: Plan, known: dict[str, KnownImage],
@@ -180,7 +181,7 @@ def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[Sc
         if path in inside or row.status != STATUS_OK:
             continue
         try:
-            file = stat_file(path)
+            file = stat_file(path, label=row.label)  # not under a scanned folder: it keeps its class
         except OSError:
             continue
         if file is not None:

@@ -26,6 +26,7 @@ class KnownImage:
     status: str
     has_target_vector: bool
     file_id: str | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval.classes import class_of
 from retrieval.errors import InputPathError
 from retrieval.file_identity import file_id
 from retrieval.images import IMAGE_SUFFIXES
@@ -28,7 +29,9 @@ class ScannedFile:
     path: str
     size: int
     mtime_ns: int
-    label: str
+    label: str | None
+    """Its class (`retrieval.classes.class_of`) under the folder given to the scan; None for a file given itself or
+    directly in that folder."""
     file_id: str
     """`device:inode`: the identity of the file, whatever path reaches it."""
     via_link: bool = False
@@ -75,9 +78,9 @@ def scan(paths: Iterable[Path]) -> ScanResult:
             raise InputPathError(f"no such file or directory: {root}")
         via_link = os.path.realpath(root) != root
         if os.path.isdir(root):
-            _walk(root, result, visited=set(), via_link=via_link)
+            _walk(root, result, visited=set(), via_link=via_link, root=root)
         elif is_image_name(root):
-            _add_file(root, result, via_link)
+            _add_file(root, result, via_link, label=None)
         else:
             raise InputPathError(f"not a folder or an image file: {root}")
     result.files, result.aliases = _one_path_per_file(result.files)
@@ -99,7 +102,7 @@ def _one_path_per_file(files: list[ScannedFile]) -> tuple[list[ScannedFile], lis
     return kept, aliases
 
 
-def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]], via_link: bool) -> None:
+def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]], via_link: bool, root: str) -> None:
     try:
         info = os.stat(directory)
     except OSError as exc:
@@ -124,18 +127,18 @@ def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]], via
         except OSError:
             is_dir = is_link = False
         if is_dir:
-            _walk(entry.path, result, visited, via_link or is_link)
+            _walk(entry.path, result, visited, via_link or is_link, root)
         elif is_image_name(entry.name):
-            _add_file(entry.path, result, via_link or is_link)
+            _add_file(entry.path, result, via_link or is_link, label=class_of(root, entry.path))
 
 
-def _add_file(path: str, result: ScanResult, via_link: bool) -> None:
+def _add_file(path: str, result: ScanResult, via_link: bool, label: str | None) -> None:
     if not _storable(path):
         result.problems.append(ScanProblem(path, "file name is not valid UTF-8 (cannot be indexed)", is_file=True,
                                            recordable=False))
         return
     try:
-        file = stat_file(path, via_link)
+        file = stat_file(path, via_link, label)
     except OSError as exc:
         reason = "symbolic link loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         result.problems.append(ScanProblem(path, reason, is_file=True))
@@ -144,12 +147,11 @@ def _add_file(path: str, result: ScanResult, via_link: bool) -> None:
         result.files.append(file)
 
 
-def stat_file(path: str, via_link: bool = False) -> ScannedFile | None:
+def stat_file(path: str, via_link: bool = False, label: str | None = None) -> ScannedFile | None:
     """The scan entry of one file (None when it is not a regular file); raises OSError."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         return None
-    label = os.path.basename(os.path.dirname(path))
     return ScannedFile(path=path, size=info.st_size, mtime_ns=info.st_mtime_ns, label=label, file_id=file_id(info),
                        via_link=via_link)
 
