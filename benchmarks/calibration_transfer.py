@@ -31,10 +31,11 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from idx_files import read_idx  # noqa: E402
 from retrieval.calibration import calibrate, choose_threshold, sample_calibration_pairs  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.datasets.idx import read_idx  # noqa: E402
 from retrieval.datasets.omniglot import load_characters  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.model import EmbeddingModel, load_model  # noqa: E402

@@ -85,7 +85,8 @@ def levels_from_dicts(levels: Sequence[dict[str, float]]) -> tuple[PrecisionLeve
 
 
 def decide(distance: float | np.ndarray, threshold: float) -> bool | np.ndarray:
-    """Same (True) when the distance is at most the threshold."""
+    """Same (True) when the distance is at most the threshold: the one same/different rule, which `verify`,
+    `classify`, streaming dedup and the dedup range search (`retrieval.unit_distance.radius_for_threshold`) keep."""
     return distance <= threshold if isinstance(distance, np.ndarray) else bool(distance <= threshold)
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from retrieval.calibration import DEFAULT_PRECISION, level_at
+from retrieval.calibration import DEFAULT_PRECISION, decide, level_at
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
@@ -199,7 +199,7 @@ class Collection:
         tensors = torch.from_numpy(vectors).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
         limit = choice.threshold
-        return Verdict(distance <= limit, distance, limit, limit - distance,
+        return Verdict(decide(distance, limit), distance, limit, limit - distance,
                        None if probability is None else float(probability[0]), choice)
 
     def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
@@ -246,7 +246,7 @@ class Collection:
                                for distance, row in zip(squared_l2_from_scores(scores[0]), found[0])
                                if row != seen_files.get(own)]
             best = min(candidates, default=None)
-            if best is not None and best[0] <= limit:
+            if best is not None and decide(best[0], limit):
                 yield StreamMatch(raw, best[1], best[0], None)
             else:
                 yield StreamMatch(raw, None, None, None)
@@ -285,7 +285,7 @@ class Collection:
         found = {}
         for row, i in enumerate(kept):
             name = classes[int(best[row])]
-            within = limit is None or distances[row] <= limit
+            within = limit is None or decide(float(distances[row]), limit)
             found[i] = Classification(asked[i], name if within else None, name, float(distances[row]),
                                       None if deciding[row] < 0 else files[int(deciding[row])])
         return [found.get(i) or Classification(query, None, None, None, None, failed[i])

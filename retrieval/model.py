@@ -36,7 +36,7 @@ from retrieval.model_spec import (
     header_from_metadata,
     open_model_file,
 )
-from retrieval.losses.pairwise import PairwiseHead
+from retrieval.pair_head import PairwiseHead
 
 PRETRAINED_MODEL_NAME = "efficientnet-lite0-imagenet-pooled"
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from retrieval.distances import pairwise_squared_l2
 from retrieval.losses.contrastive import ContrastiveLoss
-from retrieval.losses.pairwise import PairwiseBCELoss, PairwiseHead
+from retrieval.losses.pairwise import PairwiseBCELoss
+from retrieval.pair_head import PairwiseHead
 from retrieval.losses.triplet import TripletMarginLoss
 from retrieval.miners import Pairs, Triplets
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from retrieval.errors import SimsearchError
 from retrieval.images import Preprocessing
-from retrieval.losses.pairwise import PairwiseHead
+from retrieval.pair_head import PairwiseHead
 from retrieval.metrics import retrieval_scores
 from retrieval.model import EmbeddingModel, build_model, pretrained_backbone_spec
 from retrieval.model_spec import FILE_WEIGHTS, ModelSpec
