@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -50,9 +49,8 @@ def report_choice(choice: ThresholdChoice) -> None:
 
 def choice_json(choice: ThresholdChoice | None) -> dict[str, object]:
     """The threshold, where it came from and its precision level (all None without a threshold)."""
-    return {"threshold": None if choice is None else choice.threshold,
-            "threshold_source": None if choice is None else choice.source,
-            "precision": None if choice is None else choice.precision}
+    return choice.to_dict() if choice is not None else {"threshold": None, "threshold_source": None,
+                                                        "precision": None}
 
 
 def verify_command(
@@ -73,11 +71,7 @@ def verify_command(
         raise fail(str(exc)) from None
     report_choice(verdict.choice)
     if as_json:
-        write_json({
-            "a": str(first), "b": str(second), "same": verdict.same, "distance": round(verdict.distance, 6),
-            **choice_json(verdict.choice), "margin": round(verdict.margin, 6), "probability": verdict.probability,
-            "model": collection.model.content_hash,
-        })
+        write_json({"a": str(first), "b": str(second), **verdict.to_dict(), "model": collection.model.content_hash})
     else:
         probability = "" if verdict.probability is None else f", pairwise-head probability {verdict.probability:.3f}"
         out.print(f"{'same' if verdict.same else 'different'}: distance {verdict.distance:.4f}, threshold "
@@ -121,8 +115,10 @@ def dedup_command(
     if print0:
         write_paths0(other.path for group in groups for other in group.others)
     elif as_json:
-        write_json([{**choice_json(choice), **group_json(group)} for group in groups])
+        write_json([{**choice.to_dict(), **group.to_dict()} for group in groups])
     elif as_csv:
+        from retrieval.dedup import csv_rows
+
         write_csv(csv_rows(groups))
     else:
         print_groups(groups, choice.threshold)
@@ -160,30 +156,9 @@ def stream_duplicates(collection: Collection, threshold: Optional[float], precis
     report_choice(choice)
     for match in matches:
         failed = failed or match.error is not None
-        record = {"path": match.path, "duplicate_of": match.duplicate_of,
-                  "distance": None if match.distance is None else round(match.distance, 6)}
-        if match.error is not None:
-            record["error"] = match.error
-        write_json(record, one_line=True)
+        write_json(match.to_dict(), one_line=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL)
-
-
-def group_json(group: DuplicateGroup) -> dict[str, object]:
-    return {
-        "keeper": {"path": group.keeper.path, "width": group.keeper.width, "height": group.keeper.height},
-        "duplicates": [{"path": other.path, "distance": round(distance, 6), "width": other.width,
-                        "height": other.height} for other, distance in zip(group.others, group.distances)],
-    }
-
-
-def csv_rows(groups: list[DuplicateGroup]) -> Iterator[list[object]]:
-    """A header, then one row per image of each group: its keeper, then its duplicates."""
-    yield ["group", "role", "path", "distance", "width", "height"]
-    for number, group in enumerate(groups, 1):
-        yield [number, "keeper", group.keeper.path, 0.0, group.keeper.width, group.keeper.height]
-        for other, distance in zip(group.others, group.distances):
-            yield [number, "duplicate", other.path, round(distance, 6), other.width, other.height]
 
 
 def print_groups(groups: list[DuplicateGroup], threshold: float) -> None:
@@ -251,11 +226,7 @@ def classify_command(
     else:
         report_choice(choice)
     if as_json:
-        write_json([{
-            "query": r.query, "label": r.label, "nearest_label": r.nearest_label, **choice_json(choice),
-            "distance": None if r.distance is None else round(r.distance, 6), "nearest_support": r.nearest_support,
-            **({"error": r.error} if r.error else {}),
-        } for r in results])
+        write_json([{**r.to_dict(), **choice_json(choice)} for r in results])
     else:
         table = Table()
         for column in ("query", "class", "distance", "decided by"):

@@ -108,9 +108,7 @@ def query_command(
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     if as_json:
-        write_json([{"query": r.query, "error": r.error,
-                     "neighbours": [{"rank": n.rank, "distance": round(n.distance, 6), "path": n.path,
-                                     "label": n.label} for n in r.neighbours]} for r in results])
+        write_json([result.to_dict() for result in results])
     for result in results:
         if result.error is not None:
             print_error(f"{result.query}: {result.error}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.unit_distance import pairwise_distances
+from retrieval.unit_distance import DISTANCE_DIGITS, pairwise_distances
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,11 @@ class Classification:
     nearest_support: str | None
     """The support image that decided (None with class means)."""
     error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"query": self.query, "label": self.label, "nearest_label": self.nearest_label,
+                "distance": None if self.distance is None else round(self.distance, DISTANCE_DIGITS),
+                "nearest_support": self.nearest_support, **({"error": self.error} if self.error else {})}
 
 
 def nearest_classes(queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, prototype: bool

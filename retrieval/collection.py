@@ -35,7 +35,7 @@ from retrieval.inputs import (path_argument, path_arguments, refuse_single_path,
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.search import QueryResult, query_files
-from retrieval.unit_distance import distance_between, squared_l2_from_scores
+from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, squared_l2_from_scores
 
 
 STREAM_CANDIDATES = 8
@@ -55,6 +55,9 @@ class ThresholdChoice:
     """The recall measured at that precision level."""
     description: str
 
+    def to_dict(self) -> dict[str, object]:
+        return {"threshold": self.threshold, "threshold_source": self.source, "precision": self.precision}
+
 
 @dataclass(frozen=True)
 class StreamMatch:
@@ -64,6 +67,11 @@ class StreamMatch:
     duplicate_of: str | None
     distance: float | None
     error: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "duplicate_of": self.duplicate_of,
+                "distance": None if self.distance is None else round(self.distance, DISTANCE_DIGITS),
+                **({"error": self.error} if self.error is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,10 @@ class Verdict:
     probability: float | None
     """The pairwise head's probability of "same", for a model trained with one."""
     choice: ThresholdChoice
+
+    def to_dict(self) -> dict[str, object]:
+        return {"same": self.same, "distance": round(self.distance, DISTANCE_DIGITS), **self.choice.to_dict(),
+                "margin": round(self.margin, DISTANCE_DIGITS), "probability": self.probability}
 
 
 class Collection:

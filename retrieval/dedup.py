@@ -12,7 +12,7 @@ path's, and a symbolic link is never the keeper of a group that holds its target
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
 from retrieval.store.queries import images_under
 from retrieval.store.schema import STATUS_OK, ImageRecord
-from retrieval.unit_distance import distance_between, radius_for_threshold, squared_l2_from_scores
+from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, radius_for_threshold, squared_l2_from_scores
 
 QUERY_BLOCK = 4096
 """Queries per range search call, which bounds the memory of the result lists."""
@@ -37,10 +37,15 @@ class Candidate:
     width: int | None
     height: int | None
     mtime_ns: int | None
+    image_id: int | None = None
+    """The indexed image (None for one that is not in an index)."""
 
     @property
     def pixels(self) -> int:
         return (self.width or 0) * (self.height or 0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "width": self.width, "height": self.height, "image_id": self.image_id}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,25 @@ class DuplicateGroup:
     keeper: Candidate
     others: list[Candidate]
     distances: list[float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"keeper": self.keeper.to_dict(),
+                "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS)}
+                               for other, distance in zip(self.others, self.distances)]}
+
+
+CSV_HEADER = ["group", "role", "path", "distance", "width", "height", "image_id"]
+
+
+def csv_rows(groups: Sequence[DuplicateGroup]) -> Iterator[list[object]]:
+    """`CSV_HEADER`, then one row per image of each group: its keeper, then its duplicates."""
+    yield CSV_HEADER
+    for number, group in enumerate(groups, 1):
+        keeper = group.keeper
+        yield [number, "keeper", keeper.path, 0.0, keeper.width, keeper.height, keeper.image_id]
+        for other, distance in zip(group.others, group.distances):
+            yield [number, "duplicate", other.path, round(distance, DISTANCE_DIGITS), other.width, other.height,
+                   other.image_id]
 
 
 def keeper_order(candidate: Candidate) -> tuple[int, int, int, str]:
@@ -135,13 +159,13 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
     with index.sessions() as session:
         query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
-                       ImageRecord.vector_id).where(ImageRecord.status == STATUS_OK)
+                       ImageRecord.vector_id, ImageRecord.id).where(ImageRecord.status == STATUS_OK)
         if roots:
             query = query.where(images_under(roots))
-        for path, width, height, mtime_ns, vector_id in session.execute(query):
+        for path, width, height, mtime_ns, vector_id, image_id in session.execute(query):
             row = row_of.get(int(vector_id))
             if row is not None:
-                owners[row].append(Candidate(path, width, height, mtime_ns))
+                owners[row].append(Candidate(path, width, height, mtime_ns, image_id))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return []

@@ -36,6 +36,7 @@ from retrieval.errors import IndexNotFoundError, IndexUnavailableError, IndexWri
 from retrieval.store.database import create_sqlite_engine, is_at_head, upgrade_to_head
 from retrieval.store.schema import STATUS_OK, ImageRecord, IndexState, ModelRecord, VectorRecord
 from retrieval.store.vector_index import VectorIndex
+from retrieval.unit_distance import DISTANCE_DIGITS
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
@@ -49,12 +50,17 @@ MIGRATE_LOCK_NAME = "migrate.lock"
 
 @dataclass(frozen=True)
 class Neighbour:
-    """One search result."""
+    """One search result; `image_id` names the indexed image (for a page or an API to refer to it)."""
 
     rank: int
     distance: float
     path: str
     label: str | None
+    image_id: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rank": self.rank, "distance": round(self.distance, DISTANCE_DIGITS), "path": self.path,
+                "label": self.label, "image_id": self.image_id}
 
 
 class SimilarityIndex:
@@ -252,7 +258,7 @@ class SimilarityIndex:
             for distance, vector_id in zip(row_d, row_i):
                 for image in sorted(by_vector.get(int(vector_id), []), key=lambda im: im.path):
                     if len(hits) < k:
-                        hits.append(Neighbour(len(hits) + 1, float(distance), image.path, image.label))
+                        hits.append(Neighbour(len(hits) + 1, float(distance), image.path, image.label, image.id))
             results.append(hits)
         return results
 

@@ -24,6 +24,9 @@ class QueryResult:
     neighbours: list[Neighbour]
     error: str | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        return {"query": self.query, "error": self.error, "neighbours": [n.to_dict() for n in self.neighbours]}
+
 
 def query_files(index: SimilarityIndex, embedder: Embedder, paths: Sequence[Path | str], k: int,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> list[QueryResult]:

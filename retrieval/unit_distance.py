@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+DISTANCE_DIGITS = 6
+"""Decimals of a distance in the results' `to_dict()` (what `--json` and an HTTP API show)."""
 RANGE_SEARCH_SLACK = 1e-6
 """How far below the exact inner product a range-search radius is put: FAISS keeps only scores strictly above
 the radius, and a float32 inner product is off by about 1e-7, so a pair exactly at the threshold (two copies at

@@ -100,6 +100,9 @@ def test_dedup_groups_copies_with_the_largest_as_keeper(collection: Path) -> Non
     assert listed.endswith("\0") and len(listed.split("\0")) == 3
     rows = list(csv.DictReader(io.StringIO(invoke("dedup", "--threshold", threshold, "--csv", cwd=collection).stdout)))
     assert [row["role"] for row in rows] == ["keeper", "duplicate", "duplicate"]
+    ids = [groups[0]["keeper"]["image_id"], *(d["image_id"] for d in groups[0]["duplicates"])]
+    assert len(set(ids)) == 3 and all(isinstance(i, int) for i in ids), "each image is named by its id"
+    assert sorted(int(row["image_id"]) for row in rows) == sorted(ids), "CSV and JSON name the same images"
     assert all((collection / "photos" / name).exists() for name in ("a.png", "a-copy.png", "a-small.png"))
 
 
