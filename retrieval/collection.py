@@ -23,15 +23,14 @@ from retrieval.calibration import DEFAULT_PRECISION, decide, level_at
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
+from retrieval.embed_sources import embed_sources
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InvalidArgumentError,
                               ModelMismatchError)
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import identify_file
-from retrieval.images import decode_image
 from retrieval.index import SimilarityIndex, open_index
-from retrieval.inputs import (path_argument, path_arguments, refuse_single_path, support_argument, threshold_argument,
-                              unreadable_reason)
+from retrieval.inputs import (path_argument, path_arguments, refuse_single_path, support_argument, threshold_argument)
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.search import QueryResult, query_files
@@ -128,19 +127,12 @@ class Collection:
 
     def _embed_each(self, paths: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Embeddings of the files that decode (in one batch, in order), and the error of each that does not."""
-        decoded, failed = [], {}
-        for i, path in enumerate(paths):
-            reason = unreadable_reason(Path(path))
-            if reason is not None:
-                failed[i] = f"{path}: {reason}"
-                continue
-            try:
-                decoded.append(decode_image(Path(path), self.model.preprocessing).pixels)
-            except DecodeError as exc:
-                failed[i] = f"{path}: {exc}"
-        if not decoded:
+        embedded = embed_sources(self.embedder, [Path(path) for path in paths])
+        failed = {i: f"{path}: {item.error}" for i, (path, item) in enumerate(zip(paths, embedded)) if item.error}
+        vectors = [item.vector for item in embedded if item.vector is not None]
+        if not vectors:
             return np.empty((0, self.model.embedding_dim), np.float32), failed
-        return self.embedder.embed(torch.from_numpy(np.stack(decoded))), failed
+        return np.stack(vectors), failed
 
     def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
         """The k nearest indexed images of each file (a file that fails carries its error)."""

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from retrieval.embed_sources import embed_sources
 from retrieval.embedding import Embedder
-from retrieval.errors import DecodeError
-from retrieval.images import DEFAULT_MAX_PIXELS, decode_image
+from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import Neighbour, SimilarityIndex
-from retrieval.inputs import k_argument, path_arguments, unreadable_reason
+from retrieval.inputs import k_argument, path_arguments
 
 
 @dataclass(frozen=True)
@@ -33,20 +32,10 @@ def query_files(index: SimilarityIndex, embedder: Embedder, paths: Sequence[Path
     """Decode, embed (in one batch) and search each file; a file that fails carries its error."""
     files = [Path(path) for path in path_arguments(paths)]
     k = k_argument(k)
-    decoded: dict[int, np.ndarray] = {}
-    errors: dict[int, str] = {}
-    for i, path in enumerate(files):
-        reason = unreadable_reason(path)
-        if reason is not None:
-            errors[i] = reason
-            continue
-        try:
-            decoded[i] = decode_image(path, embedder.model.preprocessing, max_pixels).pixels
-        except DecodeError as exc:
-            errors[i] = str(exc)
+    embedded = embed_sources(embedder, files, max_pixels)
+    decoded = [i for i, item in enumerate(embedded) if item.vector is not None]
     found: dict[int, list[Neighbour]] = {}
     if decoded:
-        order = sorted(decoded)
-        vectors = embedder.embed(torch.from_numpy(np.stack([decoded[i] for i in order])))
-        found = dict(zip(order, index.search(vectors, k)))
-    return [QueryResult(str(path), found.get(i, []), errors.get(i)) for i, path in enumerate(files)]
+        vectors = np.stack([embedded[i].vector for i in decoded])  # type: ignore[misc]
+        found = dict(zip(decoded, index.search(vectors, k)))
+    return [QueryResult(str(path), found.get(i, []), embedded[i].error) for i, path in enumerate(files)]
