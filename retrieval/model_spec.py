@@ -123,10 +123,7 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         """The spec saved by `to_json`; `ModelError` naming the field at fault."""
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ModelError(f"the spec is not JSON: {exc}") from exc
+        data = _parse_json(text, "the spec is")
         if not isinstance(data, dict):
             raise ModelError(f"the spec must be a JSON object (got {shown_value(data)})")
         fmt = data.get("format")
@@ -147,6 +144,14 @@ class ModelSpec:
 def _require_int(name: str, value: object, top: int) -> None:
     if not (is_integer(value) and 1 <= value <= top):  # type: ignore[operator]
         raise ModelError(f"{name} must be an integer from 1 to {top} (got {shown_value(value)})")
+
+
+def _parse_json(text: str, subject: str) -> object:
+    """`text` parsed as JSON; `ModelError` ("{subject} not JSON: ...") for anything else."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ModelError(f"{subject} not JSON: {exc}") from exc
 
 
 def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -218,10 +223,7 @@ class ShippedCalibration:
     @classmethod
     def from_json(cls, text: str) -> ShippedCalibration:
         """The calibration saved by `to_json`; `ModelError` naming the field at fault."""
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ModelError(f"not JSON: {exc}") from exc
+        data = _parse_json(text, "it is")
         if not isinstance(data, dict) or data.keys() != _CALIBRATION_FIELDS:
             raise ModelError(f"must be a JSON object of {', '.join(sorted(_CALIBRATION_FIELDS))} "
                              f"(got {shown_value(data)})")

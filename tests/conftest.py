@@ -4,6 +4,7 @@ as a user meets it, and a fast indexing run. Tests import these from here, never
 from __future__ import annotations
 
 import random
+import shutil
 import struct
 import zlib
 from collections.abc import Callable
@@ -69,6 +70,16 @@ def make_photos() -> Callable[..., list[Path]]:
         return paths
 
     return make
+
+
+def decision_photos(folder: Path) -> Path:
+    """Five distinct photos a-e; `a` has a byte-identical copy and a half-size copy (more pixels win the keeper)."""
+    folder.mkdir(parents=True)
+    for i, name in enumerate("abcde"):
+        photo(i, (128, 96)).save(folder / f"{name}.png")
+    shutil.copy(folder / "a.png", folder / "a-copy.png")
+    photo(0, (64, 48)).save(folder / "a-small.png")
+    return folder
 
 
 def require_shared(*parts: str) -> Path:

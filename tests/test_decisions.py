@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, invoke, photo, save_tiny_model
+from conftest import assert_one_line_error, decision_photos, invoke, photo, save_tiny_model
 from retrieval import open_collection
 from retrieval.calibration_store import latest_calibration, save_calibration
 from retrieval.errors import CalibrationError, ModelMismatchError
@@ -24,12 +24,7 @@ COPY_THRESHOLD = 1e-6
 @pytest.fixture
 def collection(tmp_path: Path, tiny_model_file: Path) -> Path:
     """Five distinct photos; `a` has a byte-identical copy and a half-size copy (more pixels win the keeper)."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, name in enumerate("abcde"):
-        photo(i, (128, 96)).save(photos / f"{name}.png")
-    shutil.copy(photos / "a.png", photos / "a-copy.png")
-    photo(0, (64, 48)).save(photos / "a-small.png")
+    photos = decision_photos(tmp_path / "photos")
     result = invoke("index", "photos", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     return tmp_path

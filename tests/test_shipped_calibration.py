@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import assert_one_line_error, invoke, photo
+from conftest import assert_one_line_error, decision_photos, invoke
 from retrieval import Collection, open_collection
 from retrieval.calibration_store import save_calibration
 from retrieval.errors import CalibrationError, InvalidArgumentError, ModelError
@@ -45,12 +44,7 @@ def with_calibration(source: Path, target: Path, calibration: ShippedCalibration
 
 @pytest.fixture
 def calibrated(tmp_path: Path, tiny_model_file: Path) -> Calibrated:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, name in enumerate("abcde"):
-        photo(i, (128, 96)).save(photos / f"{name}.png")
-    shutil.copy(photos / "a.png", photos / "a-copy.png")
-    photo(0, (64, 48)).save(photos / "a-small.png")
+    photos = decision_photos(tmp_path / "photos")
     plain = Collection(None, load_model(tiny_model_file))
     resized = plain.verify(photos / "a.png", photos / "a-small.png", threshold=4.0).distance
     levels = (PrecisionLevel(0.9, resized + 1e-4, 0.95), PrecisionLevel(0.999, 1e-6, 0.5))
