@@ -15,7 +15,7 @@ from pathlib import Path
 
 from retrieval.errors import OutputWriteError
 
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 
 
 def temporary_path(path: Path) -> Path:
@@ -41,10 +41,12 @@ def atomic_write(path: Path, write: Callable[[Path], object], what: str) -> None
         temporary.unlink(missing_ok=True)
 
 
-def remove_orphaned_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporaries in `folder` left by `atomic_write` in processes that no longer run; returns them.
+def remove_orphaned_temporaries(folder: Path, targets: re.Pattern[str]) -> list[Path]:
+    """Remove the temporaries in `folder` that `atomic_write` left for a file named as `targets` matches (whole),
+    in processes that no longer run; returns them.
 
-    A temporary of a live process (a writer at work beside us) is left alone.
+    A temporary of a live process (a writer at work beside us) is left alone, and so is any file of a name we
+    do not write: an index directory given by `--index` may be a folder other programs use too.
     """
     removed = []
     try:
@@ -53,7 +55,7 @@ def remove_orphaned_temporaries(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if match is None or _is_running(int(match.group(1))):
+        if match is None or not targets.fullmatch(match["target"]) or _is_running(int(match["pid"])):
             continue
         try:
             entry.unlink()

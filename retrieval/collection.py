@@ -230,9 +230,14 @@ class Collection:
         return self._stream_duplicates(paths, self.threshold(threshold, precision))
 
     def _stream_duplicates(self, paths: Iterable[str], limit: float) -> Iterator[StreamMatch]:
+        """Each input against the indexed images and the earlier inputs kept so far. An input reported as a
+        duplicate is proposed for deletion, so it is never the original of a later one (two copies given one
+        after the other are not each other's duplicates), and neither is the input's own file nor an indexed
+        path that no longer holds the file indexed there."""
         seen = new_faiss_index(self.model.embedding_dim, EXACT)
         seen_files: dict[str, int] = {}
         seen_paths: list[str] = []
+        proposed: set[str] = set()
         for given in paths:
             raw = path_argument(given, "each of paths")
             path = os.path.abspath(Path(raw).expanduser())
@@ -243,7 +248,7 @@ class Collection:
                 continue
             identity = identify_file(path)
             own = identity.file_id if identity is not None else path
-            candidates = self._indexed_matches(vector, own)
+            candidates = self._indexed_matches(vector, {own} | proposed)
             if seen.ntotal:
                 scores, found = seen.search(vector, min(2, seen.ntotal))
                 candidates += [(float(distance), seen_paths[int(row)])
@@ -251,22 +256,24 @@ class Collection:
                                if row != seen_files.get(own)]
             best = min(candidates, default=None)
             if best is not None and decide(best[0], limit):
+                proposed.add(own)
                 yield StreamMatch(raw, best[1], best[0], None)
-            else:
-                yield StreamMatch(raw, None, None, None)
+                continue
+            yield StreamMatch(raw, None, None, None)
             if own not in seen_files:
                 seen_files[own] = len(seen_paths)
                 seen.add(vector)
                 seen_paths.append(path)
 
-    def _indexed_matches(self, vector: np.ndarray, own: str) -> list[tuple[float, str]]:
-        """The nearest indexed image that is another file than `own` (a file id) and is still there, as
-        (distance, path): a link to the input, or the input itself, is no duplicate of it."""
+    def _indexed_matches(self, vector: np.ndarray, excluded: set[str]) -> list[tuple[float, str]]:
+        """The nearest indexed image, as (distance, path), whose path still holds the file indexed there and
+        whose file is none of `excluded` (file ids: the input's own, the inputs proposed for deletion)."""
         if self.index is None:
             return []
         for hit in self.index.search(vector, STREAM_CANDIDATES)[0]:
             identity = identify_file(hit.path)
-            if identity is not None and identity.file_id != own:
+            if (identity is not None and identity.file_id not in excluded
+                    and identity.is_as_indexed(hit.file_id, hit.size, hit.mtime_ns)):
                 return [(hit.distance, hit.path)]
         return []
 

@@ -39,6 +39,9 @@ class Candidate:
     mtime_ns: int | None
     image_id: int | None = None
     """The indexed image (None for one that is not in an index)."""
+    file_id: str | None = None
+    size: int | None = None
+    """With `mtime_ns`: the file as it was indexed, to tell whether its path still holds it."""
 
     @property
     def pixels(self) -> int:
@@ -141,9 +144,10 @@ def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]],
 
 def _one_path_per_file(images: list[tuple[Candidate, int]], identify: Callable[[str], FileIdentity | None]
                        ) -> list[tuple[Candidate, int]]:
-    """The members whose path reaches a file now, one path per file: the one without a symbolic link, then the
-    one the keeper rule prefers."""
-    present = [(image, row, identity) for image, row in images if (identity := identify(image.path)) is not None]
+    """The members whose path still holds the file indexed there (not deleted, replaced or rewritten since), one
+    path per file: the one without a symbolic link, then the one the keeper rule prefers."""
+    present = [(image, row, identity) for image, row in images if (identity := identify(image.path)) is not None
+               and identity.is_as_indexed(image.file_id, image.size, image.mtime_ns)]
     present.sort(key=lambda member: (member[2].via_link, keeper_order(member[0])))
     files: dict[str, tuple[Candidate, int]] = {}
     for image, row, identity in present:
@@ -159,13 +163,14 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
     with index.sessions() as session:
         query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
-                       ImageRecord.vector_id, ImageRecord.id).where(ImageRecord.status == STATUS_OK)
+                       ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size).where(
+            ImageRecord.status == STATUS_OK)
         if roots:
             query = query.where(images_under(roots))
-        for path, width, height, mtime_ns, vector_id, image_id in session.execute(query):
+        for path, width, height, mtime_ns, vector_id, image_id, file_id, size in session.execute(query):
             row = row_of.get(int(vector_id))
             if row is not None:
-                owners[row].append(Candidate(path, width, height, mtime_ns, image_id))
+                owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return []

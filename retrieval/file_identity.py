@@ -24,6 +24,15 @@ class FileIdentity:
     file_id: str
     via_link: bool
     """Whether the path passes through a symbolic link (to the file, or to a folder above it)."""
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    def is_as_indexed(self, file_id: str | None, size: int | None, mtime_ns: int | None) -> bool:
+        """Whether this is still the file that was indexed at its path: the same device and inode, size and
+        modification time, wherever both sides know them. A file replaced or rewritten since has other content
+        than its stored vector says, so nothing may be decided about it (least of all that it is a duplicate)."""
+        pairs = ((file_id, self.file_id), (size, self.size), (mtime_ns, self.mtime_ns))
+        return all(then is None or now is None or then == now for then, now in pairs)
 
 
 def identify_file(path: str) -> FileIdentity | None:
@@ -35,4 +44,4 @@ def identify_file(path: str) -> FileIdentity | None:
     if not stat.S_ISREG(info.st_mode):
         return None
     absolute = os.path.abspath(path)
-    return FileIdentity(file_id(info), os.path.realpath(absolute) != absolute)
+    return FileIdentity(file_id(info), os.path.realpath(absolute) != absolute, info.st_size, info.st_mtime_ns)

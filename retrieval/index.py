@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,8 @@ DB_NAME = "index.db"
 MODELS_DIR = "models"
 LOCK_NAME = "lock"
 MIGRATE_LOCK_NAME = "migrate.lock"
+VECTOR_FILES = re.compile(r"vectors-[0-9a-f]+-\d+\.faiss")
+MODEL_FILES = re.compile(r"[0-9a-f]{64}\.safetensors")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class Neighbour:
     path: str
     label: str | None
     image_id: int
+    file_id: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    """The file as it was indexed (device:inode, size, mtime), to tell whether its path still holds it."""
 
     def to_dict(self) -> dict[str, object]:
         return {"rank": self.rank, "distance": round(self.distance, DISTANCE_DIGITS), "path": self.path,
@@ -258,7 +265,8 @@ class SimilarityIndex:
             for distance, vector_id in zip(row_d, row_i):
                 for image in sorted(by_vector.get(int(vector_id), []), key=lambda im: im.path):
                     if len(hits) < k:
-                        hits.append(Neighbour(len(hits) + 1, float(distance), image.path, image.label, image.id))
+                        hits.append(Neighbour(len(hits) + 1, float(distance), image.path, image.label, image.id,
+                                              image.file_id, image.size, image.mtime_ns))
             results.append(hits)
         return results
 
@@ -324,6 +332,6 @@ def _open(root: Path) -> SimilarityIndex:
         pass  # another process (a query beside the first `index`, say) added the row first: it is there
     except (OperationalError, DatabaseError) as exc:
         raise IndexUnavailableError(f"cannot open the index database in {root}: {exc.orig}") from exc
-    remove_orphaned_temporaries(root)
-    remove_orphaned_temporaries(root / MODELS_DIR)
+    remove_orphaned_temporaries(root, VECTOR_FILES)
+    remove_orphaned_temporaries(root / MODELS_DIR, MODEL_FILES)
     return index

@@ -173,13 +173,15 @@ def test_orphaned_temporaries_are_cleaned_when_the_index_opens(tmp_path: Path, t
     root = tmp_path / "idx"
     index_paths(create_index(root), [tmp_path / "p"], tiny, FAST)
     dead_pid = 2 ** 22 + 12345  # above Linux's pid_max default: no such process
-    orphans = [root / f".vectors-x-3.faiss.{dead_pid}.tmp", root / "models" / f".abc.safetensors.{dead_pid}.tmp"]
-    live = root / f".vectors-x-4.faiss.{os.getpid()}.tmp"  # a writer at work beside us
-    for path in (*orphans, live):
+    orphans = [root / f".vectors-{'ab' * 16}-3.faiss.{dead_pid}.tmp",
+               root / "models" / f".{'c' * 64}.safetensors.{dead_pid}.tmp"]
+    live = root / f".vectors-{'ab' * 16}-4.faiss.{os.getpid()}.tmp"  # a writer at work beside us
+    foreign = root / f".notes.txt.{dead_pid}.tmp"  # not a name simsearch writes: another program's
+    for path in (*orphans, live, foreign):
         path.write_bytes(b"partial")
     open_index(root)
     assert [p.exists() for p in orphans] == [False, False]
-    assert live.exists()
+    assert live.exists() and foreign.exists()
 
 
 def test_streamed_inputs_are_never_duplicates_of_their_own_file(tmp_path: Path, tiny: EmbeddingModel,
@@ -197,3 +199,49 @@ def test_streamed_inputs_are_never_duplicates_of_their_own_file(tmp_path: Path, 
     inputs = [str(a), str(tmp_path / "d" / "latest" / a.name), str(a), str(copy)]
     matches = list(Collection(index, tiny).stream_duplicates(inputs, threshold=0.01))
     assert [m.duplicate_of for m in matches] == [None, None, None, str(tmp_path / "d" / "latest" / b.name)]
+
+
+def test_a_file_replaced_or_rewritten_since_indexing_is_neither_kept_nor_proposed(
+        tmp_path: Path, tiny: EmbeddingModel, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """The keeper replaced by another photo must not leave its copy proposed as the duplicate of that photo: the
+    copy would be the last of its content. The same for a copy rewritten in place."""
+    [a, other] = make_photos(tmp_path / "src", 2)
+    root = tmp_path / "d"
+    root.mkdir()
+    shutil.copy(a, root / "a.png")
+    shutil.copy(a, root / "b.png")
+    index = create_index(tmp_path / "idx")
+    index_paths(index, [root], tiny, FAST)
+    assert len(proposed(index)) == 1
+    replacement = tmp_path / "replacement.png"
+    shutil.copy(other, replacement)
+    os.replace(replacement, root / "a.png")  # another photo under the keeper's name (a new inode)
+    assert proposed(index) == [], "a.png is not the file indexed there any more: b.png is the last copy"
+    shutil.copy(a, root / "a.png")
+    index_paths(index, [root], tiny, FAST)
+    assert len(proposed(index)) == 1
+    with open(root / "b.png", "r+b") as handle:  # rewritten in place: the same inode, another size
+        handle.write(other.read_bytes())
+    assert proposed(index) == []
+
+
+def test_two_copies_streamed_one_after_the_other_are_not_each_others_duplicates(
+        tmp_path: Path, tiny: EmbeddingModel, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """`... | simsearch dedup --stdin | jq 'select(.duplicate_of).path' | xargs rm` must keep one of them."""
+    from retrieval.collection import Collection
+
+    [a] = make_photos(tmp_path / "d", 1)
+    b = tmp_path / "d" / "b.png"
+    shutil.copy(a, b)
+    index = create_index(tmp_path / "idx")
+    index_paths(index, [tmp_path / "d"], tiny, FAST)
+    matches = list(Collection(index, tiny).stream_duplicates([str(a), str(b)], threshold=0.01))
+    assert [m.duplicate_of for m in matches] == [str(b), None]
+    c, d = tmp_path / "c.png", tmp_path / "e.png"  # neither indexed
+    shutil.copy(a, c)
+    shutil.copy(a, d)
+    fresh = create_index(tmp_path / "b-only-idx")
+    index_paths(fresh, [b], tiny, FAST)
+    matches = list(Collection(fresh, tiny).stream_duplicates([str(c), str(b), str(d)], threshold=0.01))
+    assert [m.duplicate_of for m in matches] == [str(b), None, str(b)], \
+        "a duplicate is never the original of a later input, and the indexed copy stays the original"
