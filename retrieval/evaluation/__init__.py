@@ -1,18 +1,17 @@
 """Few-shot evaluation of embeddings: seeded episodes, Lake's one-shot runs, confidence intervals."""
 
-from retrieval.evaluation.embed import Embedder, make_embedder
 from retrieval.evaluation.episodes import Episode, EpisodeSamplingError, episode_accuracy, sample_episodes
 from retrieval.evaluation.lake import lake_oneshot_accuracy
 from retrieval.evaluation.stats import Estimate, mean_ci
+from retrieval.evaluation.types import EmbedFunction
 
 __all__ = [
-    "Embedder",
+    "EmbedFunction",
     "Episode",
     "EpisodeSamplingError",
     "Estimate",
     "episode_accuracy",
     "lake_oneshot_accuracy",
-    "make_embedder",
     "mean_ci",
     "sample_episodes",
 ]

@@ -6,11 +6,11 @@ import torch
 
 from retrieval.datasets.omniglot import LakeRun
 from retrieval.distances import pairwise_squared_l2
-from retrieval.evaluation.embed import Embedder
+from retrieval.evaluation.types import EmbedFunction
 from retrieval.evaluation.stats import Estimate, mean_ci
 
 
-def lake_oneshot_accuracy(embed: Embedder, runs: tuple[LakeRun, ...] | list[LakeRun]) -> Estimate:
+def lake_oneshot_accuracy(embed: EmbedFunction, runs: tuple[LakeRun, ...] | list[LakeRun]) -> Estimate:
     """Fraction of queries whose nearest support image (squared L2) is the right one.
 
     Only the query -> support direction is used; the 95 % interval treats the trials as
