@@ -107,7 +107,7 @@ def old_default_model() -> EmbeddingModel:
 
 def threshold_at_precision(distances: np.ndarray, groups: np.ndarray, model: EmbeddingModel | None) -> tuple[float, str]:
     """The threshold a method decides with, and where it comes from."""
-    calibration = getattr(model, "calibration", None) if model is not None else None
+    calibration = model.calibration if model is not None else None
     if calibration is not None:
         for level in calibration.levels:
             if abs(level.precision - PRECISION) < 1e-9:

@@ -42,7 +42,7 @@ class LabelledImages:
 
 def _labelled_loader(root: Path, prep: Preprocessing, *, batch_size: int, workers: int, pin_memory: bool,
                      reporter: Reporter, need_classes: bool) -> tuple[DataLoader, dict[str, str]]:
-    """A loader of the image files under `root` and the class of each (`class_name`, "" outside any class
+    """A loader of the image files under `root` and the class of each (`retrieval.classes`, "" outside any class
     subfolder). Scan problems are warned about; when classes are needed, so are files outside any class
     subfolder, which are left out."""
     scanned = scan([root])
@@ -75,7 +75,7 @@ def _decoded(batch: LoadedBatch, reporter: Reporter) -> list[str]:
 
 def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
                           reporter: Reporter | None = None) -> LabelledEmbeddings:
-    """Embed every image under `root`, labelled by its class subfolder (`class_name`). Raises `InputPathError`
+    """Embed every image under `root`, labelled by its class subfolder (`retrieval.classes`). Raises `InputPathError`
     when fewer than two classes remain."""
     reporter = reporter or SilentReporter()
     workers = default_workers(embedder.device.type == "cpu") if workers is None else workers
@@ -92,7 +92,7 @@ def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 3
 def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bool = False, workers: int | None = None,
                          reporter: Reporter | None = None) -> LabelledImages:
     """Decode every image under `root` into memory for training. Labels come from the class subfolders
-    (`class_name`), or with `self_supervised` every image is its own class (any folder layout)."""
+    (`retrieval.classes`), or with `self_supervised` every image is its own class (any folder layout)."""
     reporter = reporter or SilentReporter()
     workers = default_workers() if workers is None else workers
     loader, names = _labelled_loader(root, prep, batch_size=64, workers=workers, pin_memory=False, reporter=reporter,

@@ -70,4 +70,3 @@ def _read_pairs(path: Path, reader: Iterator[list[str]]) -> LabelledPairs:
     if not any(same) or all(same):
         raise InputPathError(f"{path}: calibration needs both same and different pairs")
     return LabelledPairs(list(files), first, second, same)
-

@@ -5,8 +5,8 @@ product, so ``d <= t`` is an inner-product range search (radius ``1 - t / 2``); 
 (blocked BLAS), never a Python loop.
 
 What a group proposes must be safe to delete: each member is looked at on disk when the group is made, a path
-that no longer reaches a file is left out, and of several paths to one file (links) only one is a member, the
-one without a symbolic link where there is one. So no proposed path is the keeper's file or another kept
+that no longer holds the file indexed there (deleted, replaced or rewritten since) is left out, and of several
+paths to one file (links) only one is a member, the one without a symbolic link where there is one. So no proposed path is the keeper's file or another kept
 path's, and a symbolic link is never the keeper of a group that holds its target.
 """
 

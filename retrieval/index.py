@@ -95,6 +95,19 @@ class SimilarityIndex:
             raise IndexWriteError(f"cannot write to the index database in {self.root}: {exc.orig}; what was "
                                   "committed before is kept") from exc
 
+    def _ensure_state(self) -> None:
+        """Give a new database its index-state row (and so its id). An existing one is only read: a query opening
+        the index neither waits for the write lock nor counts as a writer to checkpoint at exit."""
+        with self.sessions() as session:
+            if session.get(IndexState, 1) is not None:
+                return
+        try:
+            with self._write_sessions() as session, session.begin():
+                if session.get(IndexState, 1) is None:
+                    session.add(IndexState(id=1, generation=0, database_id=uuid.uuid4().hex))
+        except IntegrityError:
+            pass  # another process (a query beside the first `index`, say) added the row first: it is there
+
     def holds_images(self) -> bool:
         """Whether any file (indexed or failed) is recorded."""
         with self.sessions() as session:
@@ -325,11 +338,7 @@ def _open(root: Path) -> SimilarityIndex:
             upgrade_to_head(engine)
     index = SimilarityIndex(root, engine)
     try:
-        with index._write_sessions() as session, session.begin():
-            if session.get(IndexState, 1) is None:
-                session.add(IndexState(id=1, generation=0, database_id=uuid.uuid4().hex))
-    except IntegrityError:
-        pass  # another process (a query beside the first `index`, say) added the row first: it is there
+        index._ensure_state()
     except (OperationalError, DatabaseError) as exc:
         raise IndexUnavailableError(f"cannot open the index database in {root}: {exc.orig}") from exc
     remove_orphaned_temporaries(root, VECTOR_FILES)

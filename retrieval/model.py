@@ -229,9 +229,9 @@ def _check_layout(path: Path, expected: dict[str, torch.Tensor], handle: Any) ->
 
 
 def load_default_model() -> EmbeddingModel:
-    """The model `simsearch index` uses for a new index: the shipped triplet-trained photo model.
+    """The model `simsearch index` uses for a new index: the shipped photo model, with its calibration.
 
-    Its head was trained by `benchmarks/train_default_photo_model.py`; the command, seed and
-    validation figures are recorded in `photo-default.json` beside the weights.
+    Its head (a PCA whitening of GeM features of photos) was fitted by `benchmarks/train_default_photo_model.py`;
+    the command, seed and calibration are recorded in `photo-default.json` beside the weights.
     """
     return load_model(DEFAULT_MODEL_FILE)
