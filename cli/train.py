@@ -58,7 +58,8 @@ def train_command(
     """Train an embedding model with a metric-learning loss; the epoch with the best validation score is kept."""
     from indexer.labelled import load_labelled_images
     from retrieval.embedding import pick_device
-    from retrieval.training.encoder import BACKBONES, HEAD_INITS, POOLINGS, EncoderTraining, new_model, train_encoder
+    from retrieval.model_spec import POOLINGS
+    from retrieval.training.encoder import BACKBONES, HEAD_INITS, EncoderTraining, new_model, train_encoder
     from retrieval.training.objectives import LOSSES, MININGS
     from retrieval.training.trainer import EpochRecord, format_record
 

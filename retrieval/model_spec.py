@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from retrieval.errors import ModelError
 from retrieval.images import Preprocessing, is_integer, shown_value
@@ -22,7 +22,8 @@ FORMAT_VERSION = 1
 PRETRAINED_WEIGHTS = "imagenet"
 FILE_WEIGHTS = "file"
 BACKBONES = ("efficientnet-lite0", "small-cnn")
-POOLINGS = ("mean", "gem")
+Pooling = Literal["mean", "gem"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 """How efficientnet-lite0 pools its 7x7 feature map: the mean, or generalised mean (GeM, Radenovic et al.)."""
 DEFAULT_GEM_P = 3.0
 MAX_GEM_P = 16.0

@@ -33,7 +33,7 @@ from retrieval.images import Preprocessing
 from retrieval.pair_head import PairwiseHead
 from retrieval.metrics import retrieval_scores
 from retrieval.model import EmbeddingModel, build_model, pretrained_backbone_spec
-from retrieval.model_spec import FILE_WEIGHTS, ModelSpec
+from retrieval.model_spec import FILE_WEIGHTS, ModelSpec, Pooling
 from retrieval.training.frozen_backbone import view_features
 from retrieval.training.objectives import LossName, MiningName, build_objective
 from retrieval.training.trainer import EpochCallback, StepCallback, Trainer, TrainerConfig, TrainResult, Validate
@@ -42,8 +42,6 @@ from retrieval.training.whitening import initialise_as_whitening
 
 Backbone = Literal["small-cnn", "efficientnet-lite0"]
 BACKBONES: tuple[str, ...] = ("small-cnn", "efficientnet-lite0")
-Pooling = Literal["mean", "gem"]
-POOLINGS: tuple[str, ...] = get_args(Pooling)
 HeadInit = Literal["random", "whitening"]
 HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
 
