@@ -47,7 +47,8 @@ from photo_split import split_photos  # noqa: E402
 from indexer.loading import default_workers, make_loader  # noqa: E402
 from indexer.plan import Work  # noqa: E402
 from indexer.scan import stat_file  # noqa: E402
-from retrieval.calibration import DEFAULT_PRECISION, precision_levels  # noqa: E402
+from retrieval.calibration import DEFAULT_PRECISION, level_at, precision_levels  # noqa: E402
+from retrieval.errors import CalibrationError  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.model import EmbeddingModel, load_default_model, load_model, load_pretrained_backbone_model  # noqa: E402
@@ -109,9 +110,10 @@ def threshold_at_precision(distances: np.ndarray, groups: np.ndarray, model: Emb
     """The threshold a method decides with, and where it comes from."""
     calibration = model.calibration if model is not None else None
     if calibration is not None:
-        for level in calibration.levels:
-            if abs(level.precision - PRECISION) < 1e-9:
-                return level.threshold, "shipped"
+        try:
+            return level_at(calibration.levels, PRECISION, "the shipped calibration").threshold, "shipped"
+        except CalibrationError:
+            pass  # it measured no such level: measure it as for the others
     same, different = pair_distances(distances, groups)
     [level] = precision_levels(same, different, (PRECISION,))
     return level.threshold, "validation"
