@@ -175,27 +175,26 @@ class _GpuUse:
 
 # --- stages alone --------------------------------------------------------------------------------------------------
 
-def _works(folder: Path, limit: int | None = None) -> list[Any]:
-    from indexer.plan import Work
+def _sources(folder: Path, limit: int | None = None) -> list[Any]:
     from indexer.scan import scan
+    from retrieval.sources.decode import Source
 
     files = scan([folder]).files
-    return [Work(f, None) for f in files[:limit]]
+    return [Source(i, path=f.path) for i, f in enumerate(files[:limit])]
 
 
 def decode(parts: Path, folder: Path, workers: int, batch_size: int) -> None:
     """The indexer's own DataLoader (read + hash + decode, pinned where the default device is CUDA), no model."""
-    from indexer.loading import make_loader
     from retrieval.embedding import pick_device, pins_memory
+    from retrieval.sources.workers import decoding_loader
     from retrieval.model import load_default_model
 
     prep = load_default_model().preprocessing
-    works = _works(folder)
     pin = pins_memory(pick_device(None))
-    loader = make_loader(works, prep, batch_size=batch_size, workers=workers, max_pixels=100_000_000,
-                         pin_memory=pin)
+    loader = decoding_loader(_sources(folder), prep, batch_size=batch_size, workers=workers, max_pixels=100_000_000,
+                             pin_memory=pin)
     started = time.perf_counter()
-    seen = sum(len(batch.items) for batch in loader)
+    seen = sum(len(batch.results) for batch in loader)
     seconds = time.perf_counter() - started
     add_part(parts, "decode", {"workers": workers, "batch_size": batch_size, "pinned": pin, "photos": seen,
                                "seconds": round(seconds, 3), "images_per_second": round(seen / seconds, 1)})
@@ -207,15 +206,15 @@ def model(parts: Path, folder: Path, batch_sizes: list[int], images: int, device
     import numpy as np
     import torch
 
-    from indexer.loading import available_cores, make_loader
     from retrieval.embedding import Embedder, pick_device
+    from retrieval.sources.workers import available_cores, decoding_loader
     from retrieval.model import load_default_model
 
     device = pick_device(device_name)
     embedder = Embedder(load_default_model(), device)
     prep = embedder.model.preprocessing
-    loader = make_loader(_works(folder, 512), prep, batch_size=64, workers=min(8, available_cores()),
-                         max_pixels=100_000_000, pin_memory=False)
+    loader = decoding_loader(_sources(folder, 512), prep, batch_size=64, workers=min(8, available_cores()),
+                             max_pixels=100_000_000, pin_memory=False)
     pool = torch.cat([batch.pixels for batch in loader])
     for batch_size in batch_sizes:
         batches = [pool[(np.arange(batch_size) + i * batch_size) % len(pool)] for i in range(4)]
@@ -474,7 +473,7 @@ def main() -> None:
     elif args.command == "index":
         index(args.parts, args.folder, args.label, args.workers, args.batch_size, args.device)
     elif args.command == "decode":
-        from indexer.loading import default_workers
+        from retrieval.sources.workers import default_workers
 
         decode(args.parts, args.folder, args.workers if args.workers is not None else default_workers(False),
                args.batch_size)

@@ -47,14 +47,14 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from indexer.loading import default_workers, make_loader  # noqa: E402
-from indexer.plan import Work  # noqa: E402
 from indexer.scan import scan  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.images import decode_image  # noqa: E402
 from retrieval.atomic import atomic_write  # noqa: E402
 from retrieval.model import load_default_model  # noqa: E402
+from retrieval.sources.decode import Source  # noqa: E402
+from retrieval.sources.workers import decoding_loader, default_workers  # noqa: E402
 
 PHOTOS = datasets_root() / "photos"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -117,11 +117,11 @@ def warm_page_cache(folder: Path) -> None:
 
 def decode_rate(folder: Path, batch_size: int, workers: int) -> float:
     model_prep = load_default_model().preprocessing
-    works = [Work(f, None) for f in scan([folder]).files]
-    loader = make_loader(works, model_prep, batch_size=batch_size, workers=workers, max_pixels=100_000_000,
-                         pin_memory=False)
+    sources = [Source(i, path=f.path) for i, f in enumerate(scan([folder]).files)]
+    loader = decoding_loader(sources, model_prep, batch_size=batch_size, workers=workers, max_pixels=100_000_000,
+                             pin_memory=False)
     started = time.perf_counter()
-    seen = sum(len(batch.items) for batch in loader)
+    seen = sum(len(batch.results) for batch in loader)
     return seen / (time.perf_counter() - started)
 
 

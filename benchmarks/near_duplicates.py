@@ -44,14 +44,13 @@ import neardup_photos  # noqa: E402
 from edit_families import TRAINED_FAMILIES  # noqa: E402
 from neardup_scores import copy_scores, dedup_scores, normalised, pair_distances  # noqa: E402
 from photo_split import split_photos  # noqa: E402
-from indexer.loading import default_workers, make_loader  # noqa: E402
-from indexer.plan import Work  # noqa: E402
-from indexer.scan import stat_file  # noqa: E402
 from retrieval.calibration import DEFAULT_PRECISION, level_at, precision_levels  # noqa: E402
 from retrieval.errors import CalibrationError  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.model import EmbeddingModel, load_default_model, load_model, load_pretrained_backbone_model  # noqa: E402
+from retrieval.sources.decode import Source  # noqa: E402
+from retrieval.sources.embed import embed_batches  # noqa: E402
 from retrieval.unit_distance import pairwise_distances  # noqa: E402
 
 DATASETS = datasets_root()
@@ -64,11 +63,12 @@ PRECISION = DEFAULT_PRECISION
 
 def embed(model: EmbeddingModel, paths: list[Path]) -> np.ndarray:
     """Embeddings of image files, decoded as `simsearch index` decodes them."""
-    embedder = Embedder(model)
-    works = [Work(stat_file(str(p)), None) for p in paths]  # type: ignore[arg-type]
-    loader = make_loader(works, embedder.model.preprocessing, batch_size=32, workers=default_workers(),
-                         max_pixels=100_000_000, pin_memory=False)
-    return np.concatenate([embedder.embed(batch.pixels) for batch in loader])
+    sources = [Source(i, path=str(p)) for i, p in enumerate(paths)]
+    results = [result for batch in embed_batches(Embedder(model), sources, max_pixels=100_000_000) for result in batch]
+    failed = [f"{paths[r.key]}: {r.error}" for r in results if r.error is not None]
+    if failed:
+        sys.exit(f"the benchmark's photos must all decode: {failed[0]}")
+    return np.stack([r.vector for r in results])
 
 
 def cached_embeddings(model: EmbeddingModel, paths: list[Path], name: str) -> np.ndarray:

@@ -15,8 +15,6 @@ from cli.output import write_json
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from retrieval.index import SimilarityIndex
     from retrieval.model import EmbeddingModel
 
@@ -46,9 +44,13 @@ def calibrate_command(
     """Embed DATA, sample same and different pairs, choose the distance threshold, store it in the index for this
     model (never applied to another) with the thresholds at precision levels (for `--precision`), and draw the
     distance histograms and ROC curve."""
+    from indexer.calibration_data import calibration_distances
     from retrieval.calibration import CRITERIA, calibrate
     from retrieval.calibration_plot import check_plot_path, write_calibration_plot
     from retrieval.calibration_store import save_calibration
+    from retrieval.embedding import Embedder, pick_device
+
+    from cli.progress import RichReporter
 
     if target_fpr is not None:
         criterion = "target-fpr"
@@ -71,7 +73,10 @@ def calibrate_command(
     created = None
     try:
         index, model = existing_index_and_model(index_dir, model_name)
-        same, different = pair_distances(data, model, negatives, seed, workers, device)
+        with RichReporter(err) as reporter:
+            pairs = calibration_distances(data, Embedder(model, pick_device(device)), negatives=negatives,
+                                          seed=seed, workers=workers, reporter=reporter)
+        same, different = pairs.same, pairs.different
         err.print(f"{len(same)} same pairs, {len(different)} different pairs")
         result = calibrate(same, different, criterion, target_fpr, bootstrap=bootstrap, seed=seed)  # type: ignore[arg-type]
         if index is None:
@@ -122,33 +127,3 @@ def existing_index_and_model(index_dir: Optional[Path], model_name: Optional[str
     if model_name is not None:
         return index, model_from_argument(model_name)
     return index, Collection(index).model if index is not None else load_default_model()
-
-
-def pair_distances(data: Path, model: EmbeddingModel, negatives: Optional[int], seed: int, workers: Optional[int],
-                   device: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distances of the same and of the different pairs of DATA."""
-    import numpy as np
-
-    from indexer.labelled import embed_labelled_folder
-    from indexer.pairs import read_pairs_csv
-    from retrieval.calibration import sample_calibration_pairs
-    from retrieval.collection import Collection
-    from retrieval.embedding import Embedder, pick_device
-    from retrieval.unit_distance import paired_distances
-
-    from cli.progress import RichReporter
-
-    if data.is_file():
-        pairs = read_pairs_csv(data)
-        vectors = Collection(None, model, device).embed_files(pairs.files)
-        first, second, same = np.array(pairs.first), np.array(pairs.second), np.array(pairs.same)
-    elif data.is_dir():
-        with RichReporter(err) as reporter:
-            found = embed_labelled_folder(Embedder(model, pick_device(device)), data, workers=workers,
-                                          reporter=reporter)
-        vectors = found.embeddings
-        first, second, same = sample_calibration_pairs(found.labels, negatives, seed)
-    else:
-        raise fail(f"no such file or directory: {data}")
-    distances = paired_distances(vectors[first], vectors[second])
-    return distances[same], distances[~same]

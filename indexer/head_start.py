@@ -10,9 +10,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from types import TracebackType
 
-from indexer.decoding import Decoded, load_file
-from indexer.plan import Work
 from retrieval.images import Preprocessing
+from retrieval.sources.decode import Decoded, Source, decode_source
 
 MAX_FILES = 1000
 """Files offered to the head start at most: several times what one process decodes while torch loads, and a short
@@ -22,22 +21,22 @@ _STOP_SECONDS = 5.0
 
 
 class HeadStart:
-    """Decodes the first of `works` in order from the moment it is made until `take` is called, in one process
+    """Decodes the first of `sources` in order from the moment it is made until `take` is called, in one process
     that needs neither torch nor the model.
 
     DataLoader workers can start only once torch is imported, and importing it and loading a model takes
     seconds (3 to 4 on the 2-core benchmark machines, where decoding 500 camera photos takes 12). This process
-    starts with the run; `take` stops it and returns the files it decoded, always a prefix of `works`, and the
+    starts with the run; `take` stops it and returns the files it decoded, always a prefix of `sources`, and the
     DataLoader decodes the rest. Leaving the `with` block stops the process if `take` was never called; the
     process also stops by itself when its parent dies.
     """
 
-    def __init__(self, works: Sequence[Work], prep: Preprocessing, max_pixels: int) -> None:
+    def __init__(self, sources: Sequence[Source], prep: Preprocessing, max_pixels: int) -> None:
         context = multiprocessing.get_context()
         self._stop = context.Event()
         self._receive, send = context.Pipe(duplex=False)
         self._process = context.Process(target=_decode_until_taken, name="simsearch-head-start", daemon=True,
-                                        args=(list(works[:MAX_FILES]), prep, max_pixels, self._stop, send))
+                                        args=(list(sources[:MAX_FILES]), prep, max_pixels, self._stop, send))
         self._process.start()
         send.close()
 
@@ -65,15 +64,15 @@ class HeadStart:
         return decoded
 
 
-def _decode_until_taken(works: list[Work], prep: Preprocessing, max_pixels: int, stop: Event,
+def _decode_until_taken(sources: list[Source], prep: Preprocessing, max_pixels: int, stop: Event,
                         send: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this process
     parent = multiprocessing.parent_process()
     decoded = []
-    for work in works:
+    for source in sources:
         if stop.is_set() or (parent is not None and not parent.is_alive()):
             break
-        decoded.append(load_file(work, prep, max_pixels))
+        decoded.append(decode_source(source, prep, max_pixels))
     while not stop.wait(_PARENT_CHECK_SECONDS):
         if parent is not None and not parent.is_alive():
             os._exit(0)

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from indexer.inference import embed_as_decoded
-from indexer.loading import LoadedBatch, default_workers, make_loader
-from indexer.plan import Work
 from indexer.report import Reporter, SilentReporter
 from indexer.scan import scan
 from retrieval.classes import class_of
 from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError
 from retrieval.images import Preprocessing
+from retrieval.sources.decode import Source, SourceResult
+from retrieval.sources.embed import embed_batches
+from retrieval.sources.workers import decoding_loader, default_workers
 
 
 @dataclass(frozen=True)
@@ -40,37 +39,37 @@ class LabelledImages:
     paths: list[str]
 
 
-def _labelled_loader(root: Path, prep: Preprocessing, *, batch_size: int, workers: int, pin_memory: bool,
-                     reporter: Reporter, need_classes: bool) -> tuple[DataLoader, dict[str, str]]:
-    """A loader of the image files under `root` and the class of each (`retrieval.classes`, "" outside any class
-    subfolder). Scan problems are warned about; when classes are needed, so are files outside any class
-    subfolder, which are left out."""
+LABELLED_MAX_PIXELS = 100_000_000
+"""Training and evaluation data is the user's own, chosen for the job: a larger pixel limit than for indexing."""
+
+
+def _labelled_sources(root: Path, reporter: Reporter, need_classes: bool) -> tuple[list[Source], list[str]]:
+    """The image files under `root` and the class of each (`retrieval.classes`, "" outside any class subfolder).
+    Scan problems are warned about; when classes are needed, so are files outside any class subfolder, which are
+    left out."""
     scanned = scan([root])
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
     files = scanned.files
-    names = {f.path: f.label or "" for f in files}
     if need_classes:
         for f in files:
-            if not names[f.path]:
+            if not f.label:
                 reporter.warn(f.path, "not in a class subfolder; left out")
-        files = [f for f in files if names[f.path]]
-        _require_classes(root, set(names[f.path] for f in files))
+        files = [f for f in files if f.label]
+        _require_classes(root, {f.label or "" for f in files})
     elif not files:
         raise InputPathError(f"no images under {root}")
-    loader = make_loader([Work(f, None) for f in files], prep, batch_size=batch_size, workers=workers,
-                         max_pixels=100_000_000, pin_memory=pin_memory)
     reporter.start("decoding", len(files))
-    return loader, names
+    return [Source(i, path=f.path) for i, f in enumerate(files)], [f.label or "" for f in files]
 
 
-def _decoded(batch: LoadedBatch, reporter: Reporter) -> list[str]:
-    """The paths of the batch's decoded files, in the order of its pixels; the others are warned about."""
-    for item in batch.items:
-        if item.error is not None:
-            reporter.warn(item.work.file.path, item.error)
-    reporter.advance(len(batch.items))
-    return [item.work.file.path for item in batch.ok]
+def _decoded(results: list[SourceResult], sources: list[Source], reporter: Reporter) -> list[int]:
+    """The keys of the decoded inputs, in order; the others are warned about."""
+    for result in results:
+        if result.error is not None:
+            reporter.warn(sources[result.key].path or "", result.error)
+    reporter.advance(len(results))
+    return [result.key for result in results if result.error is None]
 
 
 def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 32, workers: int | None = None,
@@ -78,15 +77,15 @@ def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 3
     """Embed every image under `root`, labelled by its class subfolder (`retrieval.classes`). Raises `InputPathError`
     when fewer than two classes remain."""
     reporter = reporter or SilentReporter()
-    workers = default_workers(embedder.device.type == "cpu") if workers is None else workers
-    loader, names = _labelled_loader(root, embedder.model.preprocessing, batch_size=batch_size, workers=workers,
-                                     pin_memory=embedder.pin_memory, reporter=reporter, need_classes=True)
-    vectors, paths = [], []
-    for batch, batch_vectors in embed_as_decoded(iter(loader), embedder, workers, batch_size):
-        vectors.append(batch_vectors)
-        paths += _decoded(batch, reporter)
-    classes, labels = _class_labels(root, [names[path] for path in paths])
-    return LabelledEmbeddings(np.concatenate(vectors), labels.numpy(), classes, paths)
+    sources, names = _labelled_sources(root, reporter, need_classes=True)
+    vectors, keys = [], []
+    for results in embed_batches(embedder, sources, batch_size=batch_size, workers=workers,
+                                 max_pixels=LABELLED_MAX_PIXELS):
+        vectors += [result.vector for result in results if result.vector is not None]
+        keys += _decoded(results, sources, reporter)
+    classes, labels = _class_labels(root, [names[key] for key in keys])
+    embeddings = np.stack(vectors) if vectors else np.empty((0, embedder.model.embedding_dim), np.float32)
+    return LabelledEmbeddings(embeddings, labels.numpy(), classes, [sources[key].path or "" for key in keys])
 
 
 def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bool = False, workers: int | None = None,
@@ -95,17 +94,19 @@ def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bo
     (`retrieval.classes`), or with `self_supervised` every image is its own class (any folder layout)."""
     reporter = reporter or SilentReporter()
     workers = default_workers() if workers is None else workers
-    loader, names = _labelled_loader(root, prep, batch_size=64, workers=workers, pin_memory=False, reporter=reporter,
-                                     need_classes=not self_supervised)
-    chunks, paths = [], []
+    sources, names = _labelled_sources(root, reporter, need_classes=not self_supervised)
+    loader = decoding_loader(sources, prep, batch_size=64, workers=workers, max_pixels=LABELLED_MAX_PIXELS,
+                             pin_memory=False)
+    chunks, keys = [], []
     for batch in loader:
         chunks.append(batch.pixels)
-        paths += _decoded(batch, reporter)
+        keys += _decoded(batch.results, sources, reporter)
+    paths = [sources[key].path or "" for key in keys]
     if self_supervised:
         if len(paths) < 2:
             raise InputPathError(f"{root} needs at least two readable images (found {len(paths)})")
         return LabelledImages(torch.cat(chunks), torch.arange(len(paths)), list(paths), paths)
-    classes, labels = _class_labels(root, [names[path] for path in paths])
+    classes, labels = _class_labels(root, [names[key] for key in keys])
     return LabelledImages(torch.cat(chunks), labels, classes, paths)
 
 

@@ -24,21 +24,21 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
-from indexer.hashing import hash_file
 from indexer.head_start import HeadStart
 from indexer.plan import KnownImage, Plan, Work, make_plan
 from indexer.report import IndexSummary, Reporter, SilentReporter
 from indexer.scan import ScannedFile, ScanResult, scan, stat_file
+from retrieval.content_hash import hash_file
 from retrieval.errors import InputPathError, ModelMismatchError
 from retrieval.file_identity import identify_file
 from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
+from retrieval.sources.decode import Source, SourceResult
 from retrieval.store.queries import images_under
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ImageRecord, IndexState, VectorRecord, utcnow
 
 if TYPE_CHECKING:
-    from indexer.decoding import Loaded
     from retrieval.model import EmbeddingModel
 
 HASH_THREADS = 4
@@ -308,38 +308,39 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     if not works:
         return
     started = time.perf_counter()
-    head = HeadStart(works, target.preprocessing, options.max_pixels) if options.workers != 0 else None
+    sources = [Source(i, path=work.file.path, content_hash=work.content_hash) for i, work in enumerate(works)]
+    head = HeadStart(sources, target.preprocessing, options.max_pixels) if options.workers != 0 else None
     with head or nullcontext():  # decoding starts now; torch and the model load meanwhile
-        from indexer.inference import embed_as_decoded
-        from indexer.loading import collate, default_workers, make_loader
         from retrieval.embedding import Embedder, pick_device, pins_memory
+        from retrieval.sources.embed import embed_decoded
+        from retrieval.sources.workers import collate, decoding_loader, default_workers
 
         model, device = target.model, pick_device(options.device)
         early = head.take() if head is not None else []
     workers = default_workers(device.type == "cpu") if options.workers is None else options.workers
-    loader = make_loader(works[len(early):], target.preprocessing, batch_size=options.batch_size, workers=workers,
-                         max_pixels=options.max_pixels, pin_memory=pins_memory(device))
+    loader = decoding_loader(sources[len(early):], target.preprocessing, batch_size=options.batch_size,
+                             workers=workers, max_pixels=options.max_pixels, pin_memory=pins_memory(device))
     rest = iter(loader)  # its workers decode while the embedder is prepared and the early files are embedded
     embedder = Embedder(model, device)
     early_batches = (collate(early[i:i + options.batch_size]) for i in range(0, len(early), options.batch_size))
-    batches = chain(early_batches, rest)
     reporter.start("embedding", len(works))
-    for batch, vectors in embed_as_decoded(batches, embedder, workers, options.batch_size):
+    for results in embed_decoded(chain(early_batches, rest), embedder, workers=workers,
+                                 batch_size=options.batch_size):
         with index.writing() as session:
-            _write_batch(session, target, batch.items, vectors, summary, reporter)
+            _write_batch(session, target, [(works[result.key], result) for result in results], summary, reporter)
             index.bump_generation(session)
-        summary.embedded += len(vectors)
-        reporter.advance(len(batch.items))
+        summary.embedded += sum(result.vector is not None for result in results)
+        reporter.advance(len(results))
     summary.embed_seconds = time.perf_counter() - started
 
 
-def _store_vectors(session: Session, model_id: int, hashes: list[str], vectors: np.ndarray) -> dict[str, int]:
+def _store_vectors(session: Session, model_id: int, vectors: list[tuple[str, np.ndarray]]) -> dict[str, int]:
     """The vector id of each content hash: the stored one where the content was embedded before, else a new row
     (one per content, even when copies arrive in the same batch). Two statements, whatever the batch size."""
     ids: dict[str, int] = dict(session.execute(select(VectorRecord.content_hash, VectorRecord.id).where(
-        VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(set(hashes)))).all())
+        VectorRecord.model_id == model_id, VectorRecord.content_hash.in_({digest for digest, _ in vectors}))).all())
     new: dict[str, bytes] = {}
-    for digest, vector in zip(hashes, vectors, strict=True):
+    for digest, vector in vectors:
         if digest not in ids and digest not in new:
             new[digest] = np.asarray(vector, dtype=np.float32).tobytes()
     if new:
@@ -350,31 +351,32 @@ def _store_vectors(session: Session, model_id: int, hashes: list[str], vectors: 
     return ids
 
 
-def _write_batch(session: Session, target: _Target, items: list[Loaded], vectors: np.ndarray,
-                 summary: IndexSummary, reporter: Reporter) -> None:
-    decoded = [item for item in items if item.error is None]
-    vector_ids = _store_vectors(session, target.model_id, [item.content_hash or "" for item in decoded], vectors)
-    known_ids = [item.work.known.id for item in items if item.work.known is not None]
+def _write_batch(session: Session, target: _Target, batch: list[tuple[Work, SourceResult]], summary: IndexSummary,
+                 reporter: Reporter) -> None:
+    embedded = [result for _, result in batch if result.vector is not None]
+    vector_ids = _store_vectors(session, target.model_id, [(result.content_hash or "", result.vector)
+                                                           for result in embedded if result.vector is not None])
+    known_ids = [work.known.id for work, _ in batch if work.known is not None]
     known = {image.id: image for image in session.scalars(select(ImageRecord).where(ImageRecord.id.in_(known_ids)))}
-    for item in items:
-        row = item.work.known
-        image = known[row.id] if row else ImageRecord(path=item.work.file.path)
-        if item.error is not None:
-            reporter.warn(item.work.file.path, item.error)
-            _set_error(image, item.error, item.work.file.size, item.work.file.mtime_ns, item.content_hash)
+    for work, result in batch:
+        row = work.known
+        image = known[row.id] if row else ImageRecord(path=work.file.path)
+        if result.error is not None:
+            reporter.warn(work.file.path, result.error)
+            _set_error(image, result.error, work.file.size, work.file.mtime_ns, result.content_hash)
             summary.failed += 1
             session.add(image)
             continue
-        assert item.content_hash is not None
-        vector_id = vector_ids[item.content_hash]
-        content_changed = row is None or row.content_hash != item.content_hash or row.status != STATUS_OK
+        assert result.content_hash is not None
+        vector_id = vector_ids[result.content_hash]
+        content_changed = row is None or row.content_hash != result.content_hash or row.status != STATUS_OK
         if row is None:
             summary.added += 1
         elif content_changed:
             summary.updated += 1
         else:
             summary.reembedded += 1
-        _set_ok(image, item.work.file, item.content_hash, item.width, item.height)
+        _set_ok(image, work.file, result.content_hash, result.width, result.height)
         if target.serving or content_changed:
             image.vector_id = vector_id
         session.add(image)

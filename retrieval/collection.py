@@ -23,7 +23,7 @@ from retrieval.calibration import DEFAULT_PRECISION, decide, level_at
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, index_duplicates
-from retrieval.embed_sources import embed_sources
+from retrieval.sources.embed import embed_sources
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InvalidArgumentError,
                               ModelMismatchError)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.embed_sources import embed_sources
+from retrieval.sources.embed import embed_sources
 from retrieval.embedding import Embedder
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import Neighbour, SimilarityIndex

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import REPO
-from indexer import inference, loading
-from indexer.inference import InferenceThreads
+from retrieval.sources import embed as inference
+from retrieval.sources import workers as loading
+from retrieval.sources.embed import InferenceThreads
 
 
 def test_inference_gets_the_cores_the_decode_workers_leave(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ COPY_THRESHOLD = 1e-6
 @pytest.fixture
 def collection(tmp_path: Path, tiny_model_file: Path) -> Path:
     """Five distinct photos; `a` has a byte-identical copy and a half-size copy (more pixels win the keeper)."""
-    photos = decision_photos(tmp_path / "photos")
+    decision_photos(tmp_path / "photos")
     result = invoke("index", "photos", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     return tmp_path

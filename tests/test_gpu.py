@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import head_start, loading
-from indexer.loading import make_loader
-from indexer.plan import Work
+from indexer import head_start
 from indexer.scan import scan
 from retrieval.embedding import Embedder, pins_memory
 from retrieval.images import decode_image
 from retrieval.model import load_default_model, load_model
+from retrieval.sources import workers as loading
+from retrieval.sources.decode import Source
+from retrieval.sources.workers import decoding_loader
 from conftest import TINY, invoke, make_characters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,27 +83,28 @@ def test_batches_are_pinned_for_cuda(tmp_path: Path, make_photos, monkeypatch: p
     assert pins_memory(torch.device(DEVICE)) and not pins_memory(CPU)
     assert Embedder(model, torch.device(DEVICE)).pin_memory
     make_photos(tmp_path / "p", 48)
-    works = [Work(f, None) for f in scan([tmp_path / "p"]).files]
-    loader = make_loader(works, model.preprocessing, batch_size=8, workers=2, max_pixels=10_000_000, pin_memory=True)
+    sources = [Source(i, path=f.path) for i, f in enumerate(scan([tmp_path / "p"]).files)]
+    loader = decoding_loader(sources, model.preprocessing, batch_size=8, workers=2, max_pixels=10_000_000,
+                             pin_memory=True)
     batches = list(loader)
-    assert sum(len(b.items) for b in batches) == 48
+    assert sum(len(b.results) for b in batches) == 48
     assert all(b.pixels.is_pinned() for b in batches)
 
     # the whole pipeline: every batch the DataLoader delivers reaches the model pinned; only the head start's
     # (decoded before torch was imported, at most MAX_FILES files, here 4) are not
     monkeypatch.setattr(head_start, "MAX_FILES", 4)
     made, seen = [], []
-    real_make_loader, real_embed = loading.make_loader, Embedder.embed
+    real_loader, real_embed = loading.decoding_loader, Embedder.embed
 
-    def recording_make_loader(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def recording_loader(*args, **kwargs):  # type: ignore[no-untyped-def]
         made.append(kwargs["pin_memory"])
-        return real_make_loader(*args, **kwargs)
+        return real_loader(*args, **kwargs)
 
     def recording_embed(self: Embedder, pixels: torch.Tensor) -> np.ndarray:
         seen.append((len(pixels), pixels.is_pinned(), self.device.type))
         return real_embed(self, pixels)
 
-    monkeypatch.setattr(loading, "make_loader", recording_make_loader)
+    monkeypatch.setattr(loading, "decoding_loader", recording_loader)
     monkeypatch.setattr(Embedder, "embed", recording_embed)
     result = invoke("index", "p", "--index", "idx", "--device", DEVICE, "--batch-size", "8", "--workers", "2",
                     cwd=tmp_path)

@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from indexer import head_start, pipeline
-from indexer.decoding import Decoded, load_file
 from indexer.head_start import HeadStart
-from indexer.loading import LoadedBatch
-from indexer.plan import Work
 from indexer.scan import scan
 from retrieval.embedding import Embedder
 from retrieval.images import Preprocessing
 from retrieval.index import create_index
 from retrieval.model import EmbeddingModel
+from retrieval.sources.decode import Decoded, Source, decode_source
+from retrieval.sources.workers import DecodedBatch
 from retrieval.search import query_files
 from conftest import run
 
@@ -27,8 +26,8 @@ PREP = Preprocessing(size=(32, 32))
 MAX_PIXELS = 10_000_000
 
 
-def works_of(folder: Path) -> list[Work]:
-    return [Work(f, None) for f in scan([folder]).files]
+def works_of(folder: Path) -> list[Source]:
+    return [Source(i, path=f.path) for i, f in enumerate(scan([folder]).files)]
 
 
 def assert_same(decoded: list[Decoded], expected: list[Decoded]) -> None:
@@ -46,7 +45,7 @@ def test_take_returns_the_files_decoded_so_far_in_order(tmp_path: Path, make_pho
     make_photos(tmp_path / "p", 6)
     (tmp_path / "p" / "broken.png").write_bytes(b"not an image")
     works = works_of(tmp_path / "p")
-    expected = [load_file(work, PREP, MAX_PIXELS) for work in works]
+    expected = [decode_source(work, PREP, MAX_PIXELS) for work in works]
     wait, deadline = 0.0, time.monotonic() + 60
     while True:
         with HeadStart(works, PREP, MAX_PIXELS) as head:
@@ -75,8 +74,8 @@ def test_a_head_start_offers_a_bounded_prefix(tmp_path: Path, make_photos,  # ty
             break
         assert time.monotonic() < deadline, "given time, the whole prefix is decoded"
         wait *= 2
-    assert [item.work for item, _ in decoded] == works[:2], "the first files, in order"
-    assert_same(decoded, [load_file(work, PREP, MAX_PIXELS) for work in works[:len(decoded)]])
+    assert [item.key for item, _ in decoded] == [work.key for work in works[:2]], "the first files, in order"
+    assert_same(decoded, [decode_source(work, PREP, MAX_PIXELS) for work in works[:len(decoded)]])
 
 
 def test_the_dataloader_pins_a_batch_for_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,9 +85,9 @@ def test_the_dataloader_pins_a_batch_for_a_gpu(monkeypatch: pytest.MonkeyPatch) 
 
     pinned = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor, *_: pinned.append(tensor) or tensor.clone())
-    batch = LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
+    batch = DecodedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
     result = pin_memory(batch)
-    assert isinstance(result, LoadedBatch) and result is not batch
+    assert isinstance(result, DecodedBatch) and result is not batch
     assert len(pinned) == 1 and pinned[0] is batch.pixels
 
 
@@ -106,8 +105,8 @@ def test_files_decoded_early_and_by_the_loader_are_all_indexed_once(
     class ThreeEarly:
         """A head start that decoded the first three files before the model was ready."""
 
-        def __init__(self, works: list[Work], prep: Preprocessing, max_pixels: int) -> None:
-            self.decoded = [load_file(work, prep, max_pixels) for work in works[:3]]
+        def __init__(self, sources: list[Source], prep: Preprocessing, max_pixels: int) -> None:
+            self.decoded = [decode_source(source, prep, max_pixels) for source in sources[:3]]
 
         def __enter__(self) -> ThreeEarly:
             return self

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import inference
-from indexer.inference import embed_as_decoded
-from indexer.loading import LoadedBatch
-from indexer.read_ahead import ReadAhead
+from retrieval.sources import embed as inference
+from retrieval.sources.embed import embed_decoded
+from retrieval.sources.read_ahead import ReadAhead
+from retrieval.sources.workers import DecodedBatch
 
 WAIT_SECONDS = 10.0
 
@@ -84,17 +84,16 @@ def test_inference_takes_every_core_once_decoding_is_done(monkeypatch: pytest.Mo
     decoded = threading.Event()
     embedder = RecordingEmbedder(decoded)
 
-    def batches() -> Iterator[LoadedBatch]:
+    def batches() -> Iterator[DecodedBatch]:
         for i in range(3):
             if i == 1:
                 assert embedder.started.wait(WAIT_SECONDS)
-            yield LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
+            yield DecodedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
         decoded.set()
 
     try:
-        results = [vectors.shape for _, vectors in embed_as_decoded(batches(), embedder, workers=1,  # type: ignore[arg-type]
-                                                                   batch_size=2)]
-        assert results == [(2, 2)] * 3
+        results = list(embed_decoded(batches(), embedder, workers=1, batch_size=2))  # type: ignore[arg-type]
+        assert len(results) == 3
         assert embedder.threads == [1, 2, 2], "one thread beside the decode worker, both cores after it is done"
         assert torch.get_num_threads() == 2, "restored after"
     finally:
@@ -102,10 +101,10 @@ def test_inference_takes_every_core_once_decoding_is_done(monkeypatch: pytest.Mo
 
 
 def test_only_batches_in_shared_memory_are_copied_out() -> None:
-    from indexer.inference import _out_of_shared_memory
+    from retrieval.sources.embed import _out_of_shared_memory
 
-    local = LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
+    local = DecodedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
     assert _out_of_shared_memory(local) is local
-    shared = LoadedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8).share_memory_())
+    shared = DecodedBatch([], torch.zeros((2, 4, 4, 3), dtype=torch.uint8).share_memory_())
     moved = _out_of_shared_memory(shared)
     assert not moved.pixels.is_shared() and torch.equal(moved.pixels, shared.pixels)

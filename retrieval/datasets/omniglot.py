@@ -2,6 +2,10 @@
 
 Images are decoded once per (zip, size, filter) and kept in memory as uint8 tensors:
 mode ``"L"`` pixels (0 = ink, 255 = paper), resized with PIL when ``size`` is not 105.
+
+Public rather than beside one user: `simsearch eval` reads Lake's runs (`read_lake_runs`), and the character sets
+(`load_characters`, `CharacterSet.select_alphabets`) serve two benchmarks (`omniglot_oneshot`,
+`calibration_transfer`) and the tests, which must split the alphabets the same way.
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from retrieval.embed_sources import embed_sources
+from retrieval.sources.decode import Source
+from retrieval.sources.embed import embed_batches, embed_sources
 from retrieval.embedding import Embedder
 from retrieval.model import EmbeddingModel
 
@@ -34,3 +37,31 @@ def test_an_image_over_the_pixel_limit_is_refused(tmp_path: Path, tiny: Embeddin
     buffer = io.BytesIO(photo.read_bytes())
     [refused] = embed_sources(Embedder(tiny), [buffer.getvalue()], max_pixels=100)
     assert refused.vector is None and "exceeds the limit" in (refused.error or "")
+
+
+def test_worker_processes_give_what_the_caller_decodes_itself(tmp_path: Path, tiny: EmbeddingModel,  # type: ignore[no-untyped-def]
+                                                             make_photos) -> None:
+    """Inputs and results are plain data that cross a process boundary: decoding in two worker processes gives
+    each key its own result, errors included, as decoding in this process does."""
+    photos = make_photos(tmp_path / "p", 5)
+    (tmp_path / "empty.png").write_bytes(b"")
+    sources = [Source(i, path=str(p)) for i, p in enumerate([*photos, tmp_path / "empty.png"])]
+    sources.append(Source(len(sources), data=photos[2].read_bytes()))
+    here = [r for batch in embed_batches(Embedder(tiny), sources, batch_size=3, workers=0) for r in batch]
+    there = [r for batch in embed_batches(Embedder(tiny), pickle.loads(pickle.dumps(sources)), batch_size=3,
+                                          workers=2) for r in batch]
+    assert [r.key for r in there] == [s.key for s in sources]
+    assert [(r.content_hash, r.width, r.error) for r in there] == [(r.content_hash, r.width, r.error) for r in here]
+    assert there[5].error == "empty file" and there[5].vector is None
+    assert there[6].content_hash == there[2].content_hash, "bytes hash as the file they came from"
+    for a, b in zip(here, there, strict=True):
+        assert (a.vector is None) == (b.vector is None)
+        if a.vector is not None:
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+
+
+def test_a_source_is_a_path_or_bytes() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Source(0)
+    with pytest.raises(ValueError, match="exactly one"):
+        Source(0, path="a.png", data=b"x")

@@ -1,4 +1,4 @@
-"""Content identity of files: SHA-256, used to recognise moved, copied and touched files."""
+"""Content identity of image data: SHA-256, which recognises moved, copied and touched files."""
 
 from __future__ import annotations
 
