@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import (IndexOption, err, fail, model_from_argument, out, remove_if_empty, require_writable_folder,
+from cli.common import (DbOption, IndexOption, err, fail, model_from_argument, out, remove_if_empty, require_writable_folder,
                         shown_path)
 from cli.output import write_json
 from retrieval.errors import SimsearchError
@@ -34,6 +34,7 @@ def calibrate_command(
     plot: Annotated[Optional[Path], typer.Option(help="PNG file to write (default: in the index directory).")]
     = None,
     index_dir: IndexOption = None,
+    db: DbOption = None,
     model_name: Annotated[Optional[str], typer.Option(
         "--model", help="Model file, `default` or `pretrained` (default: the index's model, else `default`).")]
     = None,
@@ -72,7 +73,7 @@ def calibrate_command(
 
     created = None
     try:
-        index, model = existing_index_and_model(index_dir, model_name)
+        index, model = existing_index_and_model(index_dir, db, model_name)
         with RichReporter(err) as reporter:
             pairs = calibration_distances(data, Embedder(model, pick_device(device)), negatives=negatives,
                                           seed=seed, workers=workers, reporter=reporter)
@@ -80,7 +81,7 @@ def calibrate_command(
         err.print(f"{len(same)} same pairs, {len(different)} different pairs")
         result = calibrate(same, different, criterion, target_fpr, bootstrap=bootstrap, seed=seed)  # type: ignore[arg-type]
         if index is None:
-            index = created = create_index(index_dir_for_writing(index_dir))
+            index = created = create_index(index_dir_for_writing(index_dir), db)
         plot = plot or index.root / f"calibration-{model.content_hash[:12]}.png"
         write_calibration_plot(same, different, result, plot)
         save_calibration(index, model, criterion, result.threshold, result.to_dict())
@@ -113,7 +114,7 @@ def calibrate_command(
               f"{shown_path(str(plot))}")
 
 
-def existing_index_and_model(index_dir: Optional[Path], model_name: Optional[str]
+def existing_index_and_model(index_dir: Optional[Path], db: Optional[str], model_name: Optional[str]
                               ) -> tuple[Optional[SimilarityIndex], EmbeddingModel]:
     """The index, if there is one yet, and the model to calibrate: `--model`, else the index's, else the
     default. Nothing is created here, so bad data leaves no trace."""
@@ -123,7 +124,7 @@ def existing_index_and_model(index_dir: Optional[Path], model_name: Optional[str
     from retrieval.model import load_default_model
 
     root = find_index_dir(index_dir)
-    index = open_index(root) if root is not None and root.exists() else None
+    index = open_index(root, db) if root is not None and root.exists() else None
     if model_name is not None:
         return index, model_from_argument(model_name)
     return index, Collection(index).model if index is not None else load_default_model()

@@ -25,6 +25,9 @@ EXIT_ERROR = 2
 
 IndexOption = Annotated[Optional[Path], typer.Option(
     "--index", help="Index directory (default: $SIMSEARCH_INDEX, else .simsearch/ here or in a parent).")]
+DbOption = Annotated[Optional[str], typer.Option(
+    "--db", help="Database URL of the index, e.g. postgresql+psycopg://user@host/simsearch (default: $SIMSEARCH_DB, "
+                 "else index.db in the index directory).")]
 
 
 def fail(message: str) -> typer.Exit:

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import (EXIT_PARTIAL, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
+from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
                         print_error, shown_path)
 from cli.output import terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
@@ -34,11 +34,12 @@ ModelOption = Annotated[Optional[str], typer.Option(
 DeviceOption = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")]
 
 
-def open_for_decisions(index_dir: Optional[Path], model_name: Optional[str], device: Optional[str]) -> Collection:
+def open_for_decisions(index_dir: Optional[Path], db: Optional[str], model_name: Optional[str],
+                       device: Optional[str]) -> Collection:
     from retrieval.collection import open_collection
 
     model = model_from_argument(model_name) if model_name is not None else None
-    return open_collection(index_dir, model, device)
+    return open_collection(index_dir, model, device, db)
 
 
 def report_choice(choice: ThresholdChoice) -> None:
@@ -59,13 +60,14 @@ def verify_command(
     threshold: ThresholdOption = None,
     precision: PrecisionOption = None,
     index_dir: IndexOption = None,
+    db: DbOption = None,
     model_name: ModelOption = None,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Same or different? Exit code 0 for same, 1 for different, 2 for an error."""
     try:
-        collection = open_for_decisions(index_dir, model_name, device)
+        collection = open_for_decisions(index_dir, db, model_name, device)
         verdict = collection.verify(first, second, threshold, precision)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
@@ -86,6 +88,7 @@ def dedup_command(
     threshold: ThresholdOption = None,
     precision: PrecisionOption = None,
     index_dir: IndexOption = None,
+    db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print one CSV row per image.")] = False,
     print0: Annotated[bool, typer.Option("--print0", help="Print the non-keepers NUL-separated (for xargs -0).")]
@@ -104,9 +107,9 @@ def dedup_command(
         if stdin:
             if paths:
                 raise fail("--stdin reads the paths from stdin; give no PATH arguments")
-            return stream_duplicates(open_for_decisions(index_dir, None, device), threshold, precision)
-        unindexed = index_first(paths, index_dir, device) if paths else 0
-        collection = open_for_decisions(index_dir, None, device)
+            return stream_duplicates(open_for_decisions(index_dir, db, None, device), threshold, precision)
+        unindexed = index_first(paths, index_dir, db, device) if paths else 0
+        collection = open_for_decisions(index_dir, db, None, device)
         choice = collection.threshold_choice(threshold, precision)
         groups = collection.dedup(choice.threshold, paths or None)
     except SimsearchError as exc:
@@ -126,7 +129,7 @@ def dedup_command(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[str]) -> int:
+def index_first(paths: list[Path], index_dir: Optional[Path], db: Optional[str], device: Optional[str]) -> int:
     """Index `paths` into the index; returns how many of their files could not be indexed."""
     from indexer.pipeline import IndexOptions, index_paths
     from retrieval.index import create_index
@@ -137,7 +140,7 @@ def index_first(paths: list[Path], index_dir: Optional[Path], device: Optional[s
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise fail(f"no such file or directory: {missing[0]}")
-    index = create_index(index_dir_for_writing(index_dir))
+    index = create_index(index_dir_for_writing(index_dir), db)
     with RichReporter(err) as reporter:
         summary = index_paths(index, paths, None, IndexOptions(device=device), reporter)
     if summary.problems:
@@ -196,6 +199,7 @@ def classify_command(
     threshold: ThresholdOption = None,
     precision: PrecisionOption = None,
     index_dir: IndexOption = None,
+    db: DbOption = None,
     model_name: ModelOption = None,
     device: DeviceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -209,9 +213,9 @@ def classify_command(
     try:
         classes = support_from_folder(support)
         try:
-            collection = open_for_decisions(index_dir, model_name, device)
+            collection = open_for_decisions(index_dir, db, model_name, device)
         except IndexNotFoundError:
-            if index_dir is not None:
+            if index_dir is not None or db is not None:
                 raise
             from retrieval.collection import Collection
 

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import (EXIT_PARTIAL, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
+from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
                         print_error, remove_if_empty, shown_path)
 from cli.calibrate import calibrate_command
 from cli.decide import classify_command, dedup_command, verify_command
@@ -32,6 +32,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def index_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders or image files to index (recursively).")],
     index_dir: IndexOption = None,
+    db: DbOption = None,
     model_name: Annotated[Optional[str], typer.Option("--model", help="Model file, `default` or `pretrained` "
                                                       "(default: the index's model; `default` for a new index).")] = None,
     reembed: Annotated[bool, typer.Option(help="Re-embed every image when --model differs from the index's.")] = False,
@@ -60,7 +61,7 @@ def index_command(
         model = model_from_argument(model_name) if model_name is not None else None
         root = index_dir_for_writing(index_dir)
         is_new = not root.exists()
-        index = create_index(root)
+        index = create_index(root, db)
         options = IndexOptions(batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
                                reembed=reembed)
         with RichReporter(err) as reporter:
@@ -89,6 +90,7 @@ def query_command(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     index_dir: IndexOption = None,
+    db: DbOption = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
 ) -> None:
     """Print the K nearest indexed images of each query image."""
@@ -100,7 +102,7 @@ def query_command(
         if root is None:
             raise fail("no index found (looked for .simsearch/ here and in parent folders); "
                        "run `simsearch index PATH` first or pass --index")
-        index = open_index(root)
+        index = open_index(root, db)
         from retrieval.embedding import Embedder, pick_device  # torch: only once there is an index to query
         from retrieval.search import query_files
 

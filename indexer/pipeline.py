@@ -1,8 +1,9 @@
 """`simsearch index`: bring an index up to date with the image files under some paths.
 
-Every database transaction leaves the index consistent and usable: cheap changes (moves,
-copies, touches, removals) commit together, then each embedded batch commits on its own. A run
-killed at any point keeps what it committed, and the next run picks up what is left.
+The pipeline decides what happens to each file; the index's store (`retrieval.store.index_store`) writes it, each
+write one transaction that leaves the index consistent and usable: cheap changes (moves, copies, touches) commit
+together, then each embedded batch commits on its own. A run killed at any point keeps what it committed, and the
+next run picks up what is left.
 
 torch is imported only when something needs embedding, so a re-run over an unchanged folder
 costs a scan and a few queries, not a model load.
@@ -21,8 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import Session, aliased
 
 from indexer.head_start import HeadStart
 from indexer.plan import KnownImage, Plan, Work, make_plan
@@ -35,8 +34,8 @@ from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
 from retrieval.sources.decode import Source, SourceResult
-from retrieval.store.queries import images_under
-from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ImageRecord, IndexState, VectorRecord, utcnow
+from retrieval.store.index_store import ImageChange
+from retrieval.store.schema import STATUS_ERROR, STATUS_OK
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
@@ -80,11 +79,11 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     scanned = scan(paths)
-    with index.writer_lock():
+    store = index.store
+    with store.writer(exclusive=options.reembed):
         target = _resolve_target(index, model, options.reembed)
-        with index.sessions() as session:
-            known = _known_images(session, scanned.roots, target.model_id, everything=not target.serving)
-            sizes = set(session.scalars(select(ImageRecord.size).where(ImageRecord.status == STATUS_OK).distinct()))
+        known = store.known_images(scanned.roots, target.model_id, everything=not target.serving)
+        sizes = store.indexed_sizes()
         problem_paths = {p.path for p in scanned.problems if p.is_file}
         if not scanned.files and not known and not problem_paths:
             raise InputPathError(f"no image files found under {', '.join(scanned.roots)}")
@@ -93,12 +92,14 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
                                aliases=len(scanned.aliases))
         _drop_aliases_of_indexed(index, plan, known, summary)
-        _record_scan_problems(index, scanned, known, plan, summary, reporter)
+        store.set_file_ids(plan.new_file_ids)
+        _record_scan_problems(index, scanned, known, target, summary, reporter)
         hashed = _hash(plan.to_hash, reporter)
         to_embed = plan.to_embed + _apply_hashed(index, hashed, plan.gone, target, summary)
-        _remove(index, plan.gone, summary)
+        store.remove_images([row.id for row in plan.gone])
+        summary.removed += len(plan.gone)
         _embed(index, target, to_embed, options, summary, reporter)
-        _finish(index, target)
+        store.finish(target.model_id, target.serving)
         index.vector_index()  # the FAISS file, brought up to the database now rather than by the first query
     summary.seconds = time.perf_counter() - started
     return summary
@@ -106,49 +107,36 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
 
 def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, reembed: bool) -> _Target:
     """The model to embed with; a new index's default model is registered from its file, so that nothing here
-    needs torch."""
-    with index.writing() as session:
-        state = session.get(IndexState, 1)
-        assert state is not None
-        active = state.model
-        if active is None and requested is None:
-            header = read_model_header(DEFAULT_MODEL_FILE)
-            record = index.register_model_file(session, DEFAULT_MODEL_FILE, header)
-            state.model_id = record.id
-            return _Target(_load_default_model, record.id, header.spec.preprocessing, serving=True)
-        if active is None:
-            assert requested is not None
-            record = index.register_model(session, requested)
-            state.model_id = record.id
-            return _Target(lambda: requested, record.id, requested.preprocessing, serving=True)
+    needs torch. A new index serves the first model registered, by this run or by a writer beside it."""
+    active = index.served_model()
+    if active is None:
         if requested is None:
-            return _Target(index.load_model, active.id, ModelSpec.from_json(active.spec).preprocessing, serving=True)
-        if requested.content_hash == active.content_hash:
-            return _Target(lambda: requested, active.id, requested.preprocessing, serving=True)
-        if not reembed:
-            raise ModelMismatchError.between(index.root, (active.name, active.content_hash),
-                                             (requested.spec.name, requested.content_hash),
-                                             "pass --reembed to re-embed every image with the new model")
-        record = index.register_model(session, requested)
-        return _Target(lambda: requested, record.id, requested.preprocessing, serving=False)
+            header = read_model_header(DEFAULT_MODEL_FILE)
+            record = index.register_model_file(DEFAULT_MODEL_FILE, header)
+            target = _Target(_load_default_model, record.id, header.spec.preprocessing, serving=True)
+        else:
+            record = index.register_model(requested)
+            target = _Target(lambda: requested, record.id, requested.preprocessing, serving=True)
+        served = index.store.serve_first_model(record.id)
+        if served.id == record.id:
+            return target
+        active = served
+    if requested is None:
+        return _Target(index.load_model, active.id, ModelSpec.from_json(active.spec).preprocessing, serving=True)
+    if requested.content_hash == active.content_hash:
+        return _Target(lambda: requested, active.id, requested.preprocessing, serving=True)
+    if not reembed:
+        raise ModelMismatchError.between(index.root, (active.name, active.content_hash),
+                                         (requested.spec.name, requested.content_hash),
+                                         "pass --reembed to re-embed every image with the new model")
+    record = index.register_model(requested)
+    return _Target(lambda: requested, record.id, requested.preprocessing, serving=False)
 
 
 def _load_default_model() -> EmbeddingModel:
     from retrieval.model import load_default_model
 
     return load_default_model()
-
-
-def _known_images(session: Session, roots: list[str], target_id: int, everything: bool) -> dict[str, KnownImage]:
-    vector = aliased(VectorRecord)
-    query = select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
-                   ImageRecord.content_hash, ImageRecord.status, ImageRecord.file_id, ImageRecord.label,
-                   vector.model_id).outerjoin(
-        vector, vector.id == ImageRecord.vector_id)
-    if not everything:
-        query = query.where(images_under(roots))
-    return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
-                                 row.model_id == target_id, row.file_id, row.label) for row in session.execute(query)}
 
 
 def _drop_aliases_of_indexed(index: SimilarityIndex, plan: Plan, known: dict[str, KnownImage],
@@ -160,15 +148,10 @@ def _drop_aliases_of_indexed(index: SimilarityIndex, plan: Plan, known: dict[str
     if not new:
         return
     aliases: set[str] = set()
-    ids = sorted(new)
-    with index.sessions() as session:
-        for start in range(0, len(ids), 500):
-            rows = session.execute(select(ImageRecord.path, ImageRecord.file_id).where(
-                ImageRecord.file_id.in_(ids[start:start + 500]), ImageRecord.status == STATUS_OK))
-            for path, indexed_id in rows:
-                identity = identify_file(path) if path not in known else None
-                if identity is not None and identity.file_id == indexed_id:
-                    aliases.add(new[indexed_id])
+    for path, indexed_id in index.store.indexed_paths_of_files(new):
+        identity = identify_file(path) if path not in known else None
+        if identity is not None and identity.file_id == indexed_id:
+            aliases.add(new[indexed_id])
     plan.drop(aliases)
     summary.aliases += len(aliases)
 
@@ -189,35 +172,23 @@ def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[Sc
     return files
 
 
-def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: dict[str, KnownImage], plan: Plan,
+def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: dict[str, KnownImage], target: _Target,
                           summary: IndexSummary, reporter: Reporter) -> None:
-    """Warn about each problem of the scan and record each file that cannot be read; also note the new device
-    and inode of unchanged files."""
+    """Warn about each problem of the scan and record each file that cannot be read."""
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
-    unstorable = [p for p in scanned.problems if p.is_file and not p.recordable]
-    summary.failed += len(unstorable)
-    file_problems = [p for p in scanned.problems if p.is_file and p.recordable]
-    if not file_problems and not plan.new_file_ids:
-        return
-    with index.writing() as session:
-        if plan.new_file_ids:
-            session.execute(update(ImageRecord), [{"id": row_id, "file_id": new_id}
-                                                  for row_id, new_id in plan.new_file_ids.items()])
-        served_changed = False
-        for problem in file_problems:
-            row = known.get(problem.path)
-            if row is not None and row.status == STATUS_ERROR:
-                summary.still_failing += 1
-            else:
-                summary.failed += 1
-            served_changed = served_changed or (row is not None and row.status == STATUS_OK)
-            image = session.get(ImageRecord, row.id) if row else ImageRecord(path=problem.path)
-            assert image is not None
-            _set_error(image, problem.reason, size=None, mtime_ns=None, content_hash=None)
-            session.add(image)
-        if served_changed:
-            index.bump_generation(session)
+    summary.failed += sum(1 for p in scanned.problems if p.is_file and not p.recordable)
+    changes = []
+    for problem in scanned.problems:
+        if not (problem.is_file and problem.recordable):
+            continue
+        row = known.get(problem.path)
+        if row is not None and row.status == STATUS_ERROR:
+            summary.still_failing += 1
+        else:
+            summary.failed += 1
+        changes.append(_failed(problem.path, row, problem.reason, None, None, None))
+    index.store.write_images(target.model_id, changes)
 
 
 def _hash(works: list[Work], reporter: Reporter) -> list[Work]:
@@ -239,11 +210,6 @@ def _hash(works: list[Work], reporter: Reporter) -> list[Work]:
     return [w for w in works if w.content_hash is not None] + done
 
 
-def _vector_id(session: Session, model_id: int, content_hash: str) -> int | None:
-    return session.scalar(select(VectorRecord.id).where(
-        VectorRecord.model_id == model_id, VectorRecord.content_hash == content_hash))
-
-
 def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownImage], target: _Target,
                   summary: IndexSummary) -> list[Work]:
     """Settle the hashed files whose content is already embedded; return those still to embed.
@@ -254,53 +220,41 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
     if not works:
         return to_embed
     gone_by_hash = {row.content_hash: row for row in gone if row.status == STATUS_OK and row.content_hash}
-    with index.writing() as session:
-        for work in works:
-            row, digest = work.known, work.content_hash
-            if digest is None:
-                to_embed.append(work)
-                continue
-            if row is not None and row.status == STATUS_ERROR and row.content_hash == digest:
-                session.get(ImageRecord, row.id).mtime_ns = work.file.mtime_ns  # type: ignore[union-attr]
-                summary.still_failing += 1
-                continue
-            vector_id = _vector_id(session, target.model_id, digest)
-            if vector_id is None:
-                to_embed.append(work)
-                continue
-            if row is None and digest in gone_by_hash:
-                moved = gone_by_hash.pop(digest)
-                gone.remove(moved)
-                image = session.get(ImageRecord, moved.id)
-                summary.moved += 1
-            elif row is None:
-                image = ImageRecord(path=work.file.path)
-                session.add(image)
-                summary.added += 1
-                summary.copies += 1
+    stored = index.store.stored_hashes(target.model_id, (w.content_hash for w in works if w.content_hash))
+    changes = []
+    for work in works:
+        row, digest = work.known, work.content_hash
+        if digest is None:
+            to_embed.append(work)
+            continue
+        if row is not None and row.status == STATUS_ERROR and row.content_hash == digest:
+            changes.append(_failed(row.path, row, row.error or "", work.file.size, work.file.mtime_ns, digest))
+            summary.still_failing += 1
+            continue
+        if digest not in stored:
+            to_embed.append(work)
+            continue
+        width = height = None
+        keep_vector = False
+        if row is None and digest in gone_by_hash:
+            moved = gone_by_hash.pop(digest)
+            gone.remove(moved)
+            row, width, height = moved, moved.width, moved.height
+            summary.moved += 1
+        elif row is None:
+            summary.added += 1
+            summary.copies += 1
+        else:
+            width, height = row.width, row.height
+            same = row.content_hash == digest and row.status == STATUS_OK
+            if same:
+                summary.unchanged += 1
             else:
-                image = session.get(ImageRecord, row.id)
-                if row.content_hash == digest and row.status == STATUS_OK:
-                    summary.unchanged += 1
-                else:
-                    summary.updated += 1
-            assert image is not None
-            _set_ok(image, work.file, digest, image.width, image.height)
-            if target.serving or image.vector_id is None or row is None or row.content_hash != digest:
-                image.vector_id = vector_id
-        index.bump_generation(session)
+                summary.updated += 1
+            keep_vector = same and not target.serving
+        changes.append(_indexed(work.file, row, digest, width, height, keep_vector))
+    index.store.write_images(target.model_id, changes)
     return to_embed
-
-
-def _remove(index: SimilarityIndex, gone: list[KnownImage], summary: IndexSummary) -> None:
-    if not gone:
-        return
-    with index.writing() as session:
-        for chunk_start in range(0, len(gone), 500):
-            ids = [row.id for row in gone[chunk_start:chunk_start + 500]]
-            session.execute(delete(ImageRecord).where(ImageRecord.id.in_(ids)))
-        index.bump_generation(session)
-    summary.removed += len(gone)
 
 
 def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: IndexOptions,
@@ -326,49 +280,28 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     reporter.start("embedding", len(works))
     for results in embed_decoded(chain(early_batches, rest), embedder, workers=workers,
                                  batch_size=options.batch_size):
-        with index.writing() as session:
-            _write_batch(session, target, [(works[result.key], result) for result in results], summary, reporter)
-            index.bump_generation(session)
+        changes, vectors = _batch_changes(target, [(works[result.key], result) for result in results], summary,
+                                          reporter)
+        index.store.write_images(target.model_id, changes, vectors)
         summary.embedded += sum(result.vector is not None for result in results)
         reporter.advance(len(results))
     summary.embed_seconds = time.perf_counter() - started
 
 
-def _store_vectors(session: Session, model_id: int, vectors: list[tuple[str, np.ndarray]]) -> dict[str, int]:
-    """The vector id of each content hash: the stored one where the content was embedded before, else a new row
-    (one per content, even when copies arrive in the same batch). Two statements, whatever the batch size."""
-    ids: dict[str, int] = dict(session.execute(select(VectorRecord.content_hash, VectorRecord.id).where(
-        VectorRecord.model_id == model_id, VectorRecord.content_hash.in_({digest for digest, _ in vectors}))).all())
-    new: dict[str, bytes] = {}
-    for digest, vector in vectors:
-        if digest not in ids and digest not in new:
-            new[digest] = np.asarray(vector, dtype=np.float32).tobytes()
-    if new:
-        inserted = session.execute(insert(VectorRecord).returning(VectorRecord.content_hash, VectorRecord.id),
-                                   [{"model_id": model_id, "content_hash": digest, "data": data}
-                                    for digest, data in new.items()])
-        ids.update(inserted.all())
-    return ids
-
-
-def _write_batch(session: Session, target: _Target, batch: list[tuple[Work, SourceResult]], summary: IndexSummary,
-                 reporter: Reporter) -> None:
-    embedded = [result for _, result in batch if result.vector is not None]
-    vector_ids = _store_vectors(session, target.model_id, [(result.content_hash or "", result.vector)
-                                                           for result in embedded if result.vector is not None])
-    known_ids = [work.known.id for work, _ in batch if work.known is not None]
-    known = {image.id: image for image in session.scalars(select(ImageRecord).where(ImageRecord.id.in_(known_ids)))}
+def _batch_changes(target: _Target, batch: list[tuple[Work, SourceResult]], summary: IndexSummary,
+                   reporter: Reporter) -> tuple[list[ImageChange], list[tuple[str, bytes]]]:
+    """The image changes and the new vectors of one embedded batch."""
+    changes, vectors = [], []
     for work, result in batch:
         row = work.known
-        image = known[row.id] if row else ImageRecord(path=work.file.path)
         if result.error is not None:
             reporter.warn(work.file.path, result.error)
-            _set_error(image, result.error, work.file.size, work.file.mtime_ns, result.content_hash)
+            changes.append(_failed(work.file.path, row, result.error, work.file.size, work.file.mtime_ns,
+                                   result.content_hash))
             summary.failed += 1
-            session.add(image)
             continue
-        assert result.content_hash is not None
-        vector_id = vector_ids[result.content_hash]
+        assert result.content_hash is not None and result.vector is not None
+        vectors.append((result.content_hash, np.asarray(result.vector, dtype=np.float32).tobytes()))
         content_changed = row is None or row.content_hash != result.content_hash or row.status != STATUS_OK
         if row is None:
             summary.added += 1
@@ -376,57 +309,18 @@ def _write_batch(session: Session, target: _Target, batch: list[tuple[Work, Sour
             summary.updated += 1
         else:
             summary.reembedded += 1
-        _set_ok(image, work.file, result.content_hash, result.width, result.height)
-        if target.serving or content_changed:
-            image.vector_id = vector_id
-        session.add(image)
+        changes.append(_indexed(work.file, row, result.content_hash, result.width, result.height,
+                                keep_vector=not (target.serving or content_changed)))
+    return changes, vectors
 
 
-def _set_ok(image: ImageRecord, file: ScannedFile, content_hash: str, width: int | None, height: int | None) -> None:
-    image.path = file.path
-    image.file_id = file.file_id
-    image.size = file.size
-    image.mtime_ns = file.mtime_ns
-    image.label = file.label
-    image.content_hash = content_hash
-    image.width = width
-    image.height = height
-    image.status = STATUS_OK
-    image.error = None
-    image.indexed_at = utcnow()
+def _indexed(file: ScannedFile, row: KnownImage | None, content_hash: str, width: int | None, height: int | None,
+             keep_vector: bool = False) -> ImageChange:
+    return ImageChange(file.path, STATUS_OK, row.id if row else None, file.file_id, file.size, file.mtime_ns,
+                       file.label, content_hash, width, height, vector_hash=content_hash, keep_vector=keep_vector)
 
 
-def _set_error(image: ImageRecord, reason: str, size: int | None, mtime_ns: int | None,
-               content_hash: str | None) -> None:
-    image.size = size
-    image.mtime_ns = mtime_ns
-    image.content_hash = content_hash
-    image.status = STATUS_ERROR
-    image.error = reason
-    image.vector_id = None
-    image.indexed_at = utcnow()
-
-
-def _finish(index: SimilarityIndex, target: _Target) -> None:
-    """Switch to the target model once every indexed image has a vector from it; drop unused vectors."""
-    with index.writing() as session:
-        if not target.serving:
-            missing = session.scalar(select(func.count()).select_from(ImageRecord).where(
-                ImageRecord.status == STATUS_OK,
-                ~select(VectorRecord.id).where(VectorRecord.model_id == target.model_id,
-                                               VectorRecord.content_hash == ImageRecord.content_hash).exists()))
-            if missing:
-                return
-            session.execute(update(ImageRecord).where(ImageRecord.status == STATUS_OK).values(
-                vector_id=select(VectorRecord.id).where(
-                    VectorRecord.model_id == target.model_id,
-                    VectorRecord.content_hash == ImageRecord.content_hash).scalar_subquery()))
-            state = session.get(IndexState, 1)
-            assert state is not None
-            state.model_id = target.model_id
-        referenced = select(ImageRecord.vector_id).where(ImageRecord.vector_id.is_not(None))
-        session.execute(delete(VectorRecord).where(VectorRecord.model_id == target.model_id,
-                                                   VectorRecord.id.not_in(referenced)))
-        if not target.serving:
-            session.execute(delete(VectorRecord).where(VectorRecord.model_id != target.model_id))
-            index.bump_generation(session)
+def _failed(path: str, row: KnownImage | None, reason: str, size: int | None, mtime_ns: int | None,
+            content_hash: str | None) -> ImageChange:
+    return ImageChange(path, STATUS_ERROR, row.id if row else None, row.file_id if row else None, size, mtime_ns,
+                       row.label if row else None, content_hash, error=reason)

@@ -11,22 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from indexer.scan import ScannedFile
+from retrieval.store.index_store import KnownImage
 from retrieval.store.schema import STATUS_ERROR
-
-
-@dataclass(frozen=True)
-class KnownImage:
-    """What the database holds about one path."""
-
-    id: int
-    path: str
-    size: int | None
-    mtime_ns: int | None
-    content_hash: str | None
-    status: str
-    has_target_vector: bool
-    file_id: str | None = None
-    label: str | None = None
 
 
 @dataclass(frozen=True)

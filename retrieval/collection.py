@@ -107,8 +107,7 @@ class Collection:
         """The model given, else the index's, else (for an index without images yet) the default model."""
         if self._model is None:
             assert self.index is not None
-            with self.index.sessions() as session:
-                served = self.index.model_record(session) is not None
+            served = self.index.served_model() is not None
             self._model = self.index.load_model() if served else load_default_model()
         return self._model
 
@@ -312,8 +311,7 @@ class Collection:
         threshold) mean nothing against them."""
         index = self._require_index()
         if self._model is not None:
-            with index.sessions() as session:
-                record = index.model_record(session)
+            record = index.served_model()
             if record is not None and record.content_hash != self._model.content_hash:
                 raise ModelMismatchError.between(index.root, (record.name, record.content_hash),
                                                  (self._model.spec.name, self._model.content_hash),
@@ -322,8 +320,9 @@ class Collection:
 
 
 def open_collection(path: Path | str | None = None, model: EmbeddingModel | None = None,
-                    device: str | None = None) -> Collection:
-    """Open the index at `path` (else `$SIMSEARCH_INDEX`, else `.simsearch/` here or above).
+                    device: str | None = None, db: str | None = None) -> Collection:
+    """Open the index at `path` (else `$SIMSEARCH_INDEX`, else `.simsearch/` here or above), its database at `db`
+    (else `$SIMSEARCH_DB`, else the directory's `index.db`).
 
     With `model`, decisions use that model (and its own calibration) instead of the index's.
     """
@@ -333,4 +332,4 @@ def open_collection(path: Path | str | None = None, model: EmbeddingModel | None
             raise IndexNotFoundError("no index found (looked for .simsearch/ here and in parent folders); "
                                      "run `simsearch index PATH` first or pass --index")
         return Collection(None, model, device)
-    return Collection(open_index(root), model, device)
+    return Collection(open_index(root, db), model, device)

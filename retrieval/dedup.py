@@ -16,13 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
 
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
-from retrieval.store.queries import images_under
-from retrieval.store.schema import STATUS_OK, ImageRecord
 from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, radius_for_threshold, squared_l2_from_scores
 
 QUERY_BLOCK = 4096
@@ -161,16 +158,10 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     ids, vectors = index.served_vectors()
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
-    with index.sessions() as session:
-        query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
-                       ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size).where(
-            ImageRecord.status == STATUS_OK)
-        if roots:
-            query = query.where(images_under(roots))
-        for path, width, height, mtime_ns, vector_id, image_id, file_id, size in session.execute(query):
-            row = row_of.get(int(vector_id))
-            if row is not None:
-                owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size))
+    for path, width, height, mtime_ns, vector_id, image_id, file_id, size in index.store.indexed_images(roots):
+        row = row_of.get(int(vector_id))
+        if row is not None:
+            owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return []

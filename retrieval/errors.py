@@ -23,6 +23,14 @@ class IndexUnavailableError(SimsearchError):
     """The index directory exists but cannot be opened (permissions, corruption, lock)."""
 
 
+class DatabaseURLError(SimsearchError):
+    """A `--db` URL (or `$SIMSEARCH_DB`) that does not parse or names a database simsearch does not speak."""
+
+
+class SchemaTooNewError(SimsearchError):
+    """The index database was migrated by a newer simsearch than this one."""
+
+
 class IndexWriteError(SimsearchError):
     """Writing to the index database failed (a full disk, an I/O error); what was committed before stays."""
 

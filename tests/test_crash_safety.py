@@ -22,7 +22,7 @@ def committed(index_dir: Path) -> int:
     if not (index_dir / "index.db").exists():
         return 0
     try:
-        with open_index(index_dir).sessions() as session:
+        with open_index(index_dir).store.reading() as session:
             return session.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == STATUS_OK)) or 0
     except Exception:
         return 0

@@ -77,7 +77,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], text: str, c
 
 
 def rows(index: SimilarityIndex) -> list[str]:
-    with index.sessions() as session:
+    with index.store.reading() as session:
         return list(session.scalars(select(ImageRecord.path).where(ImageRecord.status == "ok")))
 
 
@@ -187,7 +187,7 @@ def test_a_database_that_cannot_grow_is_an_index_write_error(tmp_path: Path, tin
     assert 2 <= len(committed) < 202
     assert answers_itself(reopened, tiny, committed)
     index_paths(reopened, [tmp_path / "second"], tiny, FAST)
-    with open_index(root).sessions() as session:
+    with open_index(root).store.reading() as session:
         assert session.scalar(select(func.count()).select_from(ImageRecord)) == 202
 
 

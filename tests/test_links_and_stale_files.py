@@ -25,7 +25,7 @@ FAST = IndexOptions(batch_size=4, workers=0)
 
 
 def indexed(index: SimilarityIndex) -> list[str]:
-    with index.sessions() as session:
+    with index.store.reading() as session:
         return sorted(session.scalars(select(ImageRecord.path).where(ImageRecord.status == "ok")))
 
 

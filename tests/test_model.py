@@ -154,8 +154,7 @@ def test_the_default_model_file_header_names_the_model_it_holds(tmp_path: Path) 
     assert header.content_hash == model.content_hash
     assert header.spec == model.spec
     index = create_index(tmp_path / "index")
-    with index.writing() as session:
-        record = index.register_model_file(session, DEFAULT_MODEL_FILE, header)
+    record = index.register_model_file(DEFAULT_MODEL_FILE, header)
     assert record.content_hash == header.content_hash
     assert load_model(index.model_path(header.content_hash)).content_hash == header.content_hash
 

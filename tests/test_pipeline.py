@@ -24,7 +24,7 @@ def nearest(index: SimilarityIndex, model: EmbeddingModel, query: Path, k: int =
 
 
 def indexed_paths(index: SimilarityIndex) -> set[str]:
-    with index.sessions() as session:
+    with index.store.reading() as session:
         return set(session.scalars(select(ImageRecord.path).where(ImageRecord.status == "ok")))
 
 
@@ -35,7 +35,7 @@ def test_first_run_indexes_everything_and_rerun_decodes_nothing(tmp_path: Path, 
     first = run(index, [tmp_path / "photos"], tiny)
     assert (first.added, first.embedded, first.failed) == (10, 10, 0)
     assert nearest(index, tiny, photos[3]) == [str(photos[3])]
-    with index.sessions() as session:
+    with index.store.reading() as session:
         labels = {row[0]: row[1] for row in session.execute(select(ImageRecord.path, ImageRecord.label))}
     assert labels[str(photos[0])] == "cats" and labels[str(photos[9])] == "dogs"
 
@@ -70,7 +70,7 @@ def test_changed_touched_moved_copied_and_deleted_files(tmp_path: Path, tiny: Em
     assert str(photos[4]) not in paths and str(photos[2]) not in paths
     assert {str(moved), str(copy), str(photos[3])} <= paths
     assert set(nearest(index, tiny, photos[3], k=2)) == {str(photos[3]), str(copy)}
-    with index.sessions() as session:
+    with index.store.reading() as session:
         hashes = {row[0]: row[1] for row in session.execute(select(ImageRecord.path, ImageRecord.content_hash))}
     assert hashes[str(copy)] == hashes[str(photos[3])]
 
@@ -125,7 +125,7 @@ def test_bad_files_are_skipped_recorded_and_retried_when_changed(tmp_path: Path,
     summary = run(index, [tmp_path / "photos"], tiny)
     assert summary.failed == len(bad)
     assert indexed_paths(index) == {str(p) for p in good}
-    with index.sessions() as session:
+    with index.store.reading() as session:
         errors = {row.path: row.error for row in session.execute(
             select(ImageRecord.path, ImageRecord.error).where(ImageRecord.status == STATUS_ERROR))}
     assert set(errors) == {str(p) for p in bad}
@@ -205,7 +205,7 @@ def test_a_second_writer_is_refused(tmp_path: Path, tiny: EmbeddingModel, make_p
     create_index(tmp_path / "idx")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from retrieval.index import open_index\n"
-         "with open_index(Path(sys.argv[1])).writer_lock():\n    print('locked', flush=True); time.sleep(60)",
+         "with open_index(Path(sys.argv[1])).store.writer():\n    print('locked', flush=True); time.sleep(60)",
          str(tmp_path / "idx")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
-
 from retrieval.index import create_index
-from retrieval.store.queries import images_under
-from retrieval.store.schema import STATUS_OK, ImageRecord
+from retrieval.store.index_store import ImageChange
+from retrieval.store.schema import STATUS_ERROR
 
 PATHS = ["/a/b", "/a/b/x.png", "/a/b/deep/y.png", "/a/bc/z.png", "/a/b_c/u.png", "/a/bxc/v.png", "/a/b%/w.png",
          "/a/b%d/t.png"]
@@ -16,11 +14,8 @@ PATHS = ["/a/b", "/a/b/x.png", "/a/b/deep/y.png", "/a/bc/z.png", "/a/b_c/u.png",
 
 def under(tmp_path: Path, *roots: str) -> list[str]:
     index = create_index(tmp_path / "idx")
-    with index.writing() as session:
-        if session.scalar(select(ImageRecord.id).limit(1)) is None:
-            session.add_all(ImageRecord(path=path, status=STATUS_OK) for path in PATHS)
-    with index.sessions() as session:
-        return sorted(session.scalars(select(ImageRecord.path).where(images_under(roots))))
+    index.store.write_images(0, [ImageChange(path, STATUS_ERROR, error="unreadable") for path in PATHS])
+    return sorted(index.store.known_images(roots, 0, everything=False))
 
 
 def test_a_root_takes_itself_and_what_lies_below_it_not_a_longer_name(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from retrieval.errors import IndexUnavailableError
+from retrieval.errors import IndexUnavailableError, SchemaTooNewError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -107,16 +107,27 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _shown(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True) if engine.url.get_backend_name() != "sqlite" \
+        else str(engine.url.database)
+
+
 def is_at_head(engine: Engine) -> bool:
+    """Whether the database is at the head of the chain, told without loading the migration scripts.
+    `SchemaTooNewError` for a database a newer simsearch migrated: this one cannot know what it holds."""
     import migrations
 
     try:
         if not inspect(engine).has_table("alembic_version"):
             return False
         with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == migrations.HEAD
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except (OperationalError, DatabaseError) as exc:
-        raise IndexUnavailableError(f"cannot open the index database {engine.url.database}: {exc.orig}") from exc
+        raise IndexUnavailableError(f"cannot open the index database {_shown(engine)}: {exc.orig}") from exc
+    if version is not None and version not in migrations.REVISIONS:
+        raise SchemaTooNewError(f"the index database {_shown(engine)} has schema {version}, newer than this "
+                                f"simsearch knows (up to {migrations.HEAD}): upgrade simsearch to use it")
+    return version == migrations.HEAD
 
 
 def upgrade_to_head(engine: Engine) -> None:
@@ -131,4 +142,4 @@ def upgrade_to_head(engine: Engine) -> None:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except (OperationalError, DatabaseError) as exc:
-        raise IndexUnavailableError(f"cannot open the index database {engine.url.database}: {exc.orig}") from exc
+        raise IndexUnavailableError(f"cannot open the index database {_shown(engine)}: {exc.orig}") from exc

@@ -1,0 +1,314 @@
+"""Where an index's database lives and what differs between the two backends.
+
+An index's database is SQLite in the index directory (`index.db`) unless `--db URL` or `$SIMSEARCH_DB` names
+another, such as `postgresql+psycopg://user@host/simsearch`. Both backends share the SQLAlchemy models and the
+Alembic chain; what differs lives here:
+
+- engine set-up (SQLite's PRAGMAs and BEGIN IMMEDIATE; a PostgreSQL connection checked at once);
+- the writer's lock: a POSIX record lock on a file in the index directory for SQLite, where one writer at a time
+  is all the database allows; a PostgreSQL advisory lock, shared by `index` runs (which may run at once, on
+  different folders, thanks to unique constraints and upserts) and exclusive for whoever switches the served
+  model or cleans up after everyone;
+- reading a consistent snapshot: SQLite's deferred transaction in WAL mode, PostgreSQL's REPEATABLE READ;
+- the dialect's INSERT ... ON CONFLICT.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+
+from retrieval.errors import DatabaseURLError, IndexUnavailableError
+from retrieval.store.database import create_sqlite_engine
+
+DB_ENV_VAR = "SIMSEARCH_DB"
+SQLITE_NAME = "index.db"
+LOCK_NAME = "lock"
+MIGRATE_LOCK_NAME = "migrate.lock"
+_WRITER_KEY = 0x73696D7365617263  # "simsearc": the advisory lock of writers
+_MIGRATE_KEY = _WRITER_KEY + 1
+SHARED_LOCK_WAIT_SECONDS = 30
+"""How long an `index` run on PostgreSQL waits for an exclusive writer (a cleanup takes a moment; a re-embed with
+another model takes long, and the run is then refused)."""
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def database_url(root: Path, db: str | None = None, environ: Mapping[str, str] | None = None) -> URL:
+    """The database of the index at `root`: `db`, else `$SIMSEARCH_DB`, else `root/index.db`. `DatabaseURLError`
+    for a URL that does not parse or names a database simsearch does not speak."""
+    given = db if db is not None else (os.environ if environ is None else environ).get(DB_ENV_VAR) or None
+    if given is None:
+        return URL.create("sqlite", database=str(root / SQLITE_NAME))
+    try:
+        url = make_url(given)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseURLError(f"not a database URL: {given!r} (e.g. postgresql+psycopg://user@host/simsearch)") \
+            from exc
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        if url.get_driver_name() != "psycopg":
+            url = url.set(drivername="postgresql+psycopg")
+        if not url.database:
+            raise DatabaseURLError(f"the URL names no database: {shown_url(url)} (add /simsearch, say)")
+        return url
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise DatabaseURLError(f"a SQLite URL needs a file: {given!r} (e.g. sqlite:////data/index.db)")
+        return url
+    raise DatabaseURLError(f"simsearch stores an index in SQLite or PostgreSQL, not {backend}: {shown_url(url)}")
+
+
+def shown_url(url: URL) -> str:
+    """The URL as a message may show it: without its password."""
+    return url.render_as_string(hide_password=True)
+
+
+class Backend:
+    """One index database: its engines, its locks and its dialect's upsert."""
+
+    name: str
+
+    def __init__(self, url: URL, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+
+    @property
+    def shown(self) -> str:
+        return shown_url(self.url)
+
+    @property
+    def is_default_sqlite(self) -> bool:
+        return False
+
+    @property
+    def read_engine(self) -> Engine:
+        """Sessions of this engine read one consistent snapshot per transaction."""
+        raise NotImplementedError
+
+    @property
+    def write_engine(self) -> Engine:
+        raise NotImplementedError
+
+    def insert(self, table: Table) -> Any:
+        """The dialect's INSERT for `table`, with `on_conflict_do_nothing` / `on_conflict_do_update`."""
+        raise NotImplementedError
+
+    def writer_lock(self, exclusive: bool) -> WriterLock:
+        raise NotImplementedError
+
+    def migration_lock(self) -> Any:
+        raise NotImplementedError
+
+
+class WriterLock:
+    """Held for a whole writing command. `alone()` tells, inside it, whether no other writer runs now, holding
+    them off for the block: the time for work that must not overlap another writer (dropping vectors no image
+    uses, say)."""
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    @contextmanager
+    def alone(self) -> Iterator[bool]:
+        yield True
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, url: URL, root: Path) -> None:
+        assert url.database is not None
+        super().__init__(url, create_sqlite_engine(Path(url.database)))
+        self.root = root
+        self._write = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+
+    @property
+    def is_default_sqlite(self) -> bool:
+        return Path(self.url.database or "") == self.root / SQLITE_NAME
+
+    @property
+    def read_engine(self) -> Engine:
+        return self.engine
+
+    @property
+    def write_engine(self) -> Engine:
+        return self._write
+
+    def insert(self, table: Table) -> Any:
+        return sqlite.insert(table)
+
+    def writer_lock(self, exclusive: bool) -> WriterLock:
+        return _FileLock(self.root / LOCK_NAME)
+
+    @contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        with _locked(self.root / MIGRATE_LOCK_NAME, wait=True):
+            yield
+
+
+class _FileLock(WriterLock):
+    """SQLite allows one writer at a time: a second one is refused rather than queued."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._held: Any = None
+
+    def __enter__(self) -> WriterLock:
+        self._held = _locked(self._path, wait=False)
+        self._held.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.__exit__(*exc)
+
+
+@contextmanager
+def _locked(path: Path, wait: bool) -> Iterator[None]:
+    """Hold an exclusive POSIX record lock on `path`.
+
+    Record locks (lockf) belong to the process, unlike flock locks which forked DataLoader
+    workers would inherit and keep alive after the writer itself was killed.
+    """
+    try:
+        handle = open(path, "a+b")
+    except OSError as exc:
+        raise IndexUnavailableError(f"cannot write to index directory {path.parent}: {exc.strerror}") from exc
+    with handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise IndexUnavailableError(f"another simsearch process is writing to {path.parent}") from exc
+            raise
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+class PostgresBackend(Backend):
+    name = "postgresql"
+
+    def __init__(self, url: URL) -> None:
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+        super().__init__(url, engine)
+        self._read = engine.execution_options(isolation_level="REPEATABLE READ")
+
+    @property
+    def read_engine(self) -> Engine:
+        return self._read
+
+    @property
+    def write_engine(self) -> Engine:
+        return self.engine
+
+    def insert(self, table: Table) -> Any:
+        return postgresql.insert(table)
+
+    def writer_lock(self, exclusive: bool) -> WriterLock:
+        return _AdvisoryLock(self.engine, self.shown, exclusive)
+
+    @contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATE_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATE_KEY})
+                conn.commit()
+
+
+class _AdvisoryLock(WriterLock):
+    """A session-level advisory lock on a connection of its own, held for the command. Shared: waits a while for
+    an exclusive holder; exclusive: refused at once while any other writer runs."""
+
+    def __init__(self, engine: Engine, shown: str, exclusive: bool) -> None:
+        self._engine = engine
+        self._shown = shown
+        self._exclusive = exclusive
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> WriterLock:
+        conn = self._engine.connect()
+        try:
+            if self._exclusive:
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _WRITER_KEY}).scalar()
+            else:
+                conn.execute(text(f"SET lock_timeout = '{SHARED_LOCK_WAIT_SECONDS}s'"))
+                try:
+                    conn.execute(text("SELECT pg_advisory_lock_shared(:key)"), {"key": _WRITER_KEY})
+                    got = True
+                except OperationalError:  # the lock timeout: an exclusive writer holds on
+                    conn.rollback()
+                    got = False
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            what = "writing to" if self._exclusive else "re-embedding or cleaning up"
+            raise IndexUnavailableError(f"another simsearch process is {what} {self._shown}")
+        self._conn = conn
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
+            self._conn.commit()
+        except (OperationalError, DatabaseError):
+            pass  # the connection is gone, and its locks with it
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def alone(self) -> Iterator[bool]:
+        if self._exclusive:
+            yield True
+            return
+        assert self._conn is not None
+        got = bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _WRITER_KEY}).scalar())
+        self._conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _WRITER_KEY})
+                self._conn.commit()
+
+
+def open_backend(root: Path, url: URL) -> Backend:
+    """The backend of the database at `url`, checked reachable: `IndexUnavailableError` naming the problem (a
+    server that is down, a password refused, a database that does not exist) in one line."""
+    if url.get_backend_name() == "sqlite":
+        return SQLiteBackend(url, root)
+    backend = PostgresBackend(url)
+    try:
+        with backend.engine.connect():
+            pass
+    except (OperationalError, DatabaseError) as exc:
+        backend.engine.dispose()
+        raise IndexUnavailableError(f"cannot connect to {backend.shown}: {_first_line(exc)}") from exc
+    return backend
+
+
+def _first_line(exc: OperationalError | DatabaseError) -> str:
+    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc.orig).__name__

@@ -1,0 +1,408 @@
+"""The one owner of an index's database state: every write, the generation, the writer's lock, snapshot reads.
+
+Callers (the index pipeline, the CLI, later a server and a distributed driver) hand it plain data and never open a
+write session nor touch the index-state row. Each write method is one transaction; the generation is bumped in
+the same transaction as any change to the vectors served, so a FAISS file named after it is never stale unseen.
+Writes are upserts against the unique constraints (images by path, vectors by model and content, models by
+hash), so two `index` runs against one PostgreSQL database on different folders can run at once and never
+duplicate a row; on SQLite the writer's lock still admits one writer at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, select, update
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from retrieval.calibration import levels_from_dicts
+from retrieval.errors import IndexUnavailableError, IndexWriteError
+from retrieval.model_spec import PrecisionLevel
+from retrieval.store.backends import Backend, WriterLock
+from retrieval.store.queries import images_under
+from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ImageRecord, IndexState, ModelRecord,
+                                    VectorRecord, utcnow)
+
+CHUNK = 500
+"""Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters."""
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    """What the database holds about one path."""
+
+    id: int
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str | None
+    status: str
+    has_target_vector: bool
+    file_id: str | None = None
+    label: str | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageChange:
+    """The new state of one image row: the row `row_id`, or the row at `path` (made if there is none).
+
+    An indexed image (`status` ok) points at the vector of `vector_hash` for the model being written, which
+    must be stored already or come in the same `write_images` call; with `keep_vector` it keeps the vector it has
+    (while another model's vectors are being written, the served one stays until the switch).
+    """
+
+    path: str
+    status: str
+    row_id: int | None = None
+    file_id: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    label: str | None = None
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+    vector_hash: str | None = None
+    keep_vector: bool = False
+
+
+@dataclass(frozen=True)
+class StoredCalibration:
+    model_hash: str
+    criterion: str
+    threshold: float
+    metrics: dict[str, object]
+    created_at: datetime
+
+    @property
+    def levels(self) -> tuple[PrecisionLevel, ...]:
+        """The thresholds at precision levels in its metrics (none in a calibration stored before they were)."""
+        return levels_from_dicts(self.metrics.get("levels", ()))  # type: ignore[arg-type]
+
+
+class IndexStore:
+    """The database of one index, on either backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._reads = sessionmaker(backend.read_engine, expire_on_commit=False)
+        self._writes = sessionmaker(backend.write_engine, expire_on_commit=False)
+        self._lock: WriterLock | None = None
+
+    # --- transactions and the writer's lock ----------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """One read transaction: every query in the block sees the same committed state (a snapshot)."""
+        with self._reads() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """One write transaction, committed at the end of the block (rolled back on an exception). A failure of the
+        database itself (a full disk, a lost connection) is an `IndexWriteError`; what was committed stays."""
+        try:
+            with self._writes() as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except (OperationalError, DatabaseError) as exc:
+            raise IndexWriteError(f"cannot write to the index database {self.backend.shown}: "
+                                  f"{str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc.orig}; "
+                                  "what was committed before is kept") from exc
+
+    @contextmanager
+    def writer(self, exclusive: bool = False) -> Iterator[None]:
+        """The right to write for a whole command: exclusive (switching the served model) or, where the backend
+        allows several writers at once, shared. `IndexUnavailableError` when refused."""
+        with self.backend.writer_lock(exclusive) as lock:
+            self._lock = lock
+            try:
+                yield
+            finally:
+                self._lock = None
+
+    @staticmethod
+    def _bump(session: Session) -> None:
+        """One more generation, as an increment in SQL: two writers' bumps never overwrite each other."""
+        session.execute(update(IndexState).where(IndexState.id == 1).values(generation=IndexState.generation + 1))
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    def ensure_state(self) -> None:
+        """Give a new database its index-state row (and so its id). An existing one is only read, so a query
+        opening the index never waits for the write lock."""
+        try:
+            with self.reading() as session:
+                if session.get(IndexState, 1) is not None:
+                    return
+            with self._writing() as session:
+                session.execute(self.backend.insert(IndexState.__table__).values(
+                    id=1, generation=0, database_id=uuid.uuid4().hex).on_conflict_do_nothing(index_elements=["id"]))
+        except (OperationalError, DatabaseError, IndexWriteError) as exc:
+            raise IndexUnavailableError(f"cannot open the index database {self.backend.shown}: "
+                                        f"{getattr(exc, 'orig', exc)}") from exc
+
+    def state(self, session: Session) -> IndexState:
+        state = session.get(IndexState, 1)
+        assert state is not None, "ensure_state made the row"
+        return state
+
+    def served_model(self) -> ModelRecord | None:
+        with self.reading() as session:
+            return self.state(session).model
+
+    def holds_images(self) -> bool:
+        with self.reading() as session:
+            return session.scalar(select(ImageRecord.id).limit(1)) is not None
+
+    # --- models ------------------------------------------------------------------------------------------
+
+    def model_row(self, content_hash: str) -> ModelRecord | None:
+        with self.reading() as session:
+            return session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))
+
+    def register_model(self, content_hash: str, name: str, spec_json: str, embedding_dim: int) -> ModelRecord:
+        """The row of a model, added if new (its file is the index directory's business)."""
+        with self._writing() as session:
+            session.execute(self.backend.insert(ModelRecord.__table__).values(
+                content_hash=content_hash, name=name, spec=spec_json, embedding_dim=embedding_dim,
+                created_at=utcnow()).on_conflict_do_nothing(index_elements=["content_hash"]))
+            record = session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))
+            assert record is not None
+            return record
+
+    def serve_first_model(self, model_id: int) -> ModelRecord:
+        """Serve `model_id` if the index serves no model yet; the model it serves afterwards (another writer's
+        first model, if it was quicker)."""
+        with self._writing() as session:
+            session.execute(update(IndexState).where(IndexState.id == 1, IndexState.model_id.is_(None))
+                            .values(model_id=model_id))
+            session.expire_all()
+            served = self.state(session).model
+            assert served is not None
+            return served
+
+    # --- reads for the index pipeline -------------------------------------------------------------------
+
+    def known_images(self, roots: Sequence[str], model_id: int, everything: bool) -> dict[str, KnownImage]:
+        """The rows at or under `roots` (every row with `everything`), by path; `has_target_vector` says whether
+        the row's vector is one of `model_id`'s."""
+        vector = VectorRecord.__table__.alias("vector")
+        query = select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
+                       ImageRecord.content_hash, ImageRecord.status, ImageRecord.file_id, ImageRecord.label,
+                       ImageRecord.width, ImageRecord.height, ImageRecord.error, vector.c.model_id).outerjoin(
+            vector, vector.c.id == ImageRecord.vector_id)
+        if not everything:
+            query = query.where(images_under(roots))
+        with self.reading() as session:
+            return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
+                                         row.model_id == model_id, row.file_id, row.label, row.width, row.height,
+                                         row.error)
+                    for row in session.execute(query)}
+
+    def indexed_sizes(self) -> set[int]:
+        with self.reading() as session:
+            return set(session.scalars(select(ImageRecord.size).where(ImageRecord.status == STATUS_OK).distinct()))
+
+    def indexed_paths_of_files(self, file_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """(path, file id) of the indexed rows of these files (device:inode)."""
+        ids = sorted(set(file_ids))
+        found: list[tuple[str, str]] = []
+        with self.reading() as session:
+            for start in range(0, len(ids), CHUNK):
+                found += [(path, file_id) for path, file_id in session.execute(select(
+                    ImageRecord.path, ImageRecord.file_id).where(ImageRecord.file_id.in_(ids[start:start + CHUNK]),
+                                                                ImageRecord.status == STATUS_OK))]
+        return found
+
+    def stored_hashes(self, model_id: int, hashes: Iterable[str]) -> set[str]:
+        """Which of these contents have a vector of `model_id` already."""
+        wanted = sorted(set(hashes))
+        found: set[str] = set()
+        with self.reading() as session:
+            for start in range(0, len(wanted), CHUNK):
+                found.update(session.scalars(select(VectorRecord.content_hash).where(
+                    VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(wanted[start:start + CHUNK]))))
+        return found
+
+    # --- writes of the index pipeline -------------------------------------------------------------------
+
+    def set_file_ids(self, file_ids: dict[int, str]) -> None:
+        """New device:inode of unchanged rows (a folder restored from a backup, say): no served vector changes."""
+        if file_ids:
+            with self._writing() as session:
+                session.execute(update(ImageRecord), [{"id": row_id, "file_id": new_id}
+                                                      for row_id, new_id in file_ids.items()])
+
+    def write_images(self, model_id: int, changes: Sequence[ImageChange],
+                     vectors: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Store new vectors of `model_id` (content hash, float32 bytes; one per content, whoever stored it first)
+        and apply `changes`, all in one transaction: a reader sees the whole batch or none of it."""
+        if not changes and not vectors:
+            return
+        with self._writing() as session:
+            if vectors:
+                rows = {digest: data for digest, data in vectors}
+                session.execute(self.backend.insert(VectorRecord.__table__).on_conflict_do_nothing(
+                    index_elements=["model_id", "content_hash"]),
+                    [{"model_id": model_id, "content_hash": digest, "data": data} for digest, data in rows.items()])
+            wanted = {change.vector_hash for change in changes if change.vector_hash and not change.keep_vector}
+            vector_ids = self._vector_ids(session, model_id, wanted)
+            served_before = self._ok_rows(session, [change.row_id for change in changes if change.row_id])
+            self._apply(session, changes, vector_ids)
+            if served_before or any(change.status == STATUS_OK for change in changes):
+                self._bump(session)
+
+    def _vector_ids(self, session: Session, model_id: int, hashes: set[str]) -> dict[str, int]:
+        ordered = sorted(hashes)
+        ids: dict[str, int] = {}
+        for start in range(0, len(ordered), CHUNK):
+            ids.update(session.execute(select(VectorRecord.content_hash, VectorRecord.id).where(
+                VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(ordered[start:start + CHUNK]))).all())
+        return ids
+
+    @staticmethod
+    def _ok_rows(session: Session, ids: list[int]) -> bool:
+        for start in range(0, len(ids), CHUNK):
+            if session.scalar(select(func.count()).select_from(ImageRecord).where(
+                    ImageRecord.id.in_(ids[start:start + CHUNK]), ImageRecord.status == STATUS_OK)):
+                return True
+        return False
+
+    def _apply(self, session: Session, changes: Sequence[ImageChange], vector_ids: dict[str, int]) -> None:
+        """Updates by id in two executemany groups (with and without a new vector), new paths as one upsert."""
+        now = utcnow()
+        with_vector, keeping, new = [], [], []
+        for change in changes:
+            values = {key: value for key, value in asdict(change).items()
+                      if key not in ("row_id", "vector_hash", "keep_vector")}
+            values["indexed_at"] = now
+            if change.status == STATUS_OK and not change.keep_vector:
+                assert change.vector_hash is not None
+                values["vector_id"] = vector_ids[change.vector_hash]
+            elif change.status == STATUS_ERROR:
+                values["vector_id"] = None
+            if change.row_id is None:
+                values.setdefault("vector_id", None)
+                new.append(values)
+            elif "vector_id" in values:
+                with_vector.append({"id": change.row_id, **values})
+            else:
+                keeping.append({"id": change.row_id, **values})
+        for group in (with_vector, keeping):
+            if group:
+                session.execute(update(ImageRecord), group)
+        if new:
+            statement = self.backend.insert(ImageRecord.__table__)
+            session.execute(statement.on_conflict_do_update(
+                index_elements=["path"], set_={key: statement.excluded[key] for key in new[0] if key != "path"}),
+                new)
+
+    def remove_images(self, ids: Sequence[int]) -> None:
+        """Forget these rows (files gone from disk); the files themselves are never touched."""
+        if not ids:
+            return
+        with self._writing() as session:
+            for start in range(0, len(ids), CHUNK):
+                session.execute(delete(ImageRecord).where(ImageRecord.id.in_(ids[start:start + CHUNK])))
+            self._bump(session)
+
+    def finish(self, model_id: int, serving: bool) -> bool:
+        """After a run: switch to `model_id` once every indexed image has a vector of it (when it is not served
+        yet); drop the vectors no image uses, when no other writer runs. Whether `model_id` is served now."""
+        if not serving:
+            with self._writing() as session:
+                target = and_(VectorRecord.model_id == model_id, VectorRecord.content_hash == ImageRecord.content_hash)
+                missing = session.scalar(select(func.count()).select_from(ImageRecord).where(
+                    ImageRecord.status == STATUS_OK, ~select(VectorRecord.id).where(target).exists()))
+                if missing:
+                    return False
+                session.execute(update(ImageRecord).where(ImageRecord.status == STATUS_OK).values(
+                    vector_id=select(VectorRecord.id).where(target).scalar_subquery()))
+                session.execute(update(IndexState).where(IndexState.id == 1).values(model_id=model_id))
+                session.execute(delete(VectorRecord).where(VectorRecord.model_id != model_id))
+                self._bump(session)
+        assert self._lock is not None, "finish runs inside writer()"
+        with self._lock.alone() as alone:
+            if alone:  # another writer may be about to point a new image at a vector no image uses yet
+                with self._writing() as session:
+                    referenced = select(ImageRecord.vector_id).where(ImageRecord.vector_id.is_not(None))
+                    session.execute(delete(VectorRecord).where(VectorRecord.model_id == model_id,
+                                                               VectorRecord.id.not_in(referenced)))
+        return True
+
+    # --- calibrations ------------------------------------------------------------------------------------
+
+    def save_calibration(self, model_id: int, model_hash: str, criterion: str, threshold: float,
+                         metrics: dict[str, object]) -> StoredCalibration:
+        with self._writing() as session:
+            row = CalibrationRecord(model_id=model_id, criterion=criterion, threshold=threshold,
+                                    metrics=json.dumps(metrics, sort_keys=True))
+            session.add(row)
+            session.flush()
+            return StoredCalibration(model_hash, criterion, threshold, metrics, row.created_at)
+
+    def latest_calibration(self, model_hash: str) -> StoredCalibration | None:
+        with self.reading() as session:
+            row = session.execute(
+                select(CalibrationRecord).join(ModelRecord, CalibrationRecord.model_id == ModelRecord.id)
+                .where(ModelRecord.content_hash == model_hash)
+                .order_by(CalibrationRecord.created_at.desc(), CalibrationRecord.id.desc()).limit(1)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            return StoredCalibration(model_hash, row.criterion, row.threshold, json.loads(row.metrics),
+                                     row.created_at)
+
+    # --- served vectors (for the FAISS cache and search) ------------------------------------------------
+
+    @staticmethod
+    def _served(state: IndexState) -> ColumnElement[bool]:
+        """The vectors of the served model that some indexed image uses."""
+        used = exists().where(and_(ImageRecord.vector_id == VectorRecord.id, ImageRecord.status == STATUS_OK))
+        return and_(VectorRecord.model_id == state.model_id, used)
+
+    def served_count(self, session: Session, state: IndexState) -> int:
+        if state.model is None:
+            return 0
+        return session.scalar(select(func.count()).select_from(VectorRecord).where(self._served(state))) or 0
+
+    def served_rows(self, session: Session, state: IndexState) -> list[tuple[int, bytes]]:
+        """(vector id, float32 bytes) of each served vector."""
+        return [(row.id, row.data) for row in session.execute(
+            select(VectorRecord.id, VectorRecord.data).where(self._served(state)))]
+
+    def indexed_images(self, roots: Sequence[str] | None = None) -> list[Row[Any]]:
+        """(path, width, height, mtime_ns, vector_id, id, file_id, size) of every indexed image, or of those at
+        or under `roots` (absolute paths)."""
+        query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
+                       ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size).where(
+            ImageRecord.status == STATUS_OK)
+        if roots:
+            query = query.where(images_under(roots))
+        with self.reading() as session:
+            return list(session.execute(query))
+
+    def images_of_vectors(self, vector_ids: Sequence[int]) -> dict[int, list[ImageRecord]]:
+        """The indexed images of each of these vectors (copies of one content share it), by path."""
+        found: dict[int, list[ImageRecord]] = {}
+        ordered = sorted(set(vector_ids))
+        with self.reading() as session:
+            for start in range(0, len(ordered), CHUNK):
+                for image in session.scalars(select(ImageRecord).where(
+                        ImageRecord.vector_id.in_(ordered[start:start + CHUNK]), ImageRecord.status == STATUS_OK)):
+                    found.setdefault(image.vector_id, []).append(image)  # type: ignore[arg-type]
+        for images in found.values():
+            images.sort(key=lambda image: image.path)
+        return found
