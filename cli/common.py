@@ -83,11 +83,11 @@ def remove_if_empty(index: SimilarityIndex) -> None:
     database cannot even say), keep it."""
     import shutil
 
-    from sqlalchemy.exc import SQLAlchemyError
+    from retrieval.errors import SimsearchError
 
     try:
         holds_images = index.holds_images()
-    except SQLAlchemyError:
+    except SimsearchError:
         return
     if not holds_images:
         shutil.rmtree(index.root, ignore_errors=True)

@@ -15,6 +15,7 @@ from rich.table import Table
 from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
                         print_error, remove_if_empty, shown_path)
 from cli.calibrate import calibrate_command
+from cli.database import db_app
 from cli.decide import classify_command, dedup_command, verify_command
 from cli.output import write_json
 from cli.train import train_command
@@ -130,6 +131,7 @@ app.command("verify")(verify_command)
 app.command("dedup")(dedup_command)
 app.command("classify")(classify_command)
 app.command("calibrate")(calibrate_command)
+app.add_typer(db_app, name="db")
 
 
 @app.command("eval")

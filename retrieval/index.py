@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError, OutputWriteError
-from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend
+from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
 from retrieval.store.database import is_at_head, upgrade_to_head
 from retrieval.store.index_store import IndexStore
 from retrieval.store.schema import IndexState, ModelRecord
@@ -144,7 +145,7 @@ class SimilarityIndex:
             vectors = self._matching_file(session, state, path)
             if vectors is None:
                 vectors = self._rebuild(session, state)
-                self._save_vector_file(vectors, path)
+                self._save_vector_file(vectors, path, state.database_id)
         self._vectors = (path.name, vectors)
         return vectors
 
@@ -183,14 +184,15 @@ class SimilarityIndex:
                 raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
             return self._served_vectors(session, state)
 
-    def _save_vector_file(self, vectors: VectorIndex, path: Path) -> None:
-        """Write the FAISS file and drop the stale ones. It is a cache: a read-only index directory or a full disk
-        just leave it unwritten, and the next reader rebuilds it."""
+    def _save_vector_file(self, vectors: VectorIndex, path: Path, database_id: str) -> None:
+        """Write the FAISS file and drop this database's stale ones (a directory may serve two databases, a SQLite
+        index and its copy in PostgreSQL, say). It is a cache: a read-only index directory or a full disk just
+        leave it unwritten, and the next reader rebuilds it."""
         try:
             vectors.save(path)
         except OutputWriteError:
             return
-        for stale in self.root.glob("vectors-*.faiss"):
+        for stale in self.root.glob(f"vectors-{database_id}-*.faiss"):
             if stale.name != path.name:
                 stale.unlink(missing_ok=True)
 
@@ -221,26 +223,27 @@ def open_index(root: Path, db: str | None = None) -> SimilarityIndex:
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         raise IndexNotFoundError(f"no simsearch index at {root} (run `simsearch index PATH` first)")
     if not root.is_dir():
-        raise IndexNotFoundError(f"no index directory at {root} for the database {url.render_as_string()} "
+        raise IndexNotFoundError(f"no index directory at {root} for the database {shown_url(url)} "
                                  "(run `simsearch index PATH --db URL` to make one)")
     return _open(root, url)
 
 
 def create_index(root: Path, db: str | None = None) -> SimilarityIndex:
     """Open the index at `root` (its database as `open_index` says), creating the directory and database if
-    needed."""
+    needed. A database server is reached before the directory is made, so a wrong URL leaves nothing behind."""
     url = database_url(root, db)
+    backend = None if url.get_backend_name() == "sqlite" else open_backend(root, url)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IndexUnavailableError(f"cannot create index directory {root}: {exc.strerror}") from exc
-    return _open(root, url)
+    return _open(root, url, backend)
 
 
-def _open(root: Path, url) -> SimilarityIndex:  # type: ignore[no-untyped-def]
+def _open(root: Path, url: URL, backend: Backend | None = None) -> SimilarityIndex:
     if not os.access(root, os.R_OK | os.X_OK):
         raise IndexUnavailableError(f"cannot read index directory {root}: permission denied")
-    backend = open_backend(root, url)
+    backend = backend or open_backend(root, url)
     try:
         if not is_at_head(backend.engine):
             with backend.migration_lock():

@@ -186,12 +186,13 @@ def test_faiss_file_is_rebuilt_when_missing_or_stale(tmp_path: Path, tiny: Embed
     photos = make_photos(tmp_path / "p", 4)
     index = create_index(tmp_path / "idx")
     run(index, [tmp_path / "p"], tiny)
-    for stale in (tmp_path / "idx").glob("vectors-*.faiss"):
-        stale.rename(stale.with_name("vectors-0.faiss"))
+    [current] = (tmp_path / "idx").glob("vectors-*.faiss")
+    stale = current.with_name(current.name.rsplit("-", 1)[0] + "-0.faiss")  # an older generation's name
+    current.rename(stale)
     reopened = open_index(tmp_path / "idx")
     assert len(reopened.vector_index()) == 4
     assert nearest(reopened, tiny, photos[1]) == [str(photos[1])]
-    assert not (tmp_path / "idx" / "vectors-0.faiss").exists(), "the stale file is replaced"
+    assert not stale.exists(), "the stale file is replaced"
 
 
 def test_a_second_writer_is_refused(tmp_path: Path, tiny: EmbeddingModel, make_photos) -> None:  # type: ignore[no-untyped-def]

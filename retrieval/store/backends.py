@@ -109,6 +109,9 @@ class Backend:
     def migration_lock(self) -> Any:
         raise NotImplementedError
 
+    def after_explicit_ids(self, session: Any, tables: list[str]) -> None:
+        """After rows were inserted with their ids given (a copy), let new rows get ids after them."""
+
 
 class WriterLock:
     """Held for a whole writing command. `alone()` tells, inside it, whether no other writer runs now, holding
@@ -221,6 +224,12 @@ class PostgresBackend(Backend):
     def writer_lock(self, exclusive: bool) -> WriterLock:
         return _AdvisoryLock(self.engine, self.shown, exclusive)
 
+    def after_explicit_ids(self, session: Any, tables: list[str]) -> None:
+        """A serial column's sequence does not see ids given explicitly: move each past its table's largest id."""
+        for table in tables:
+            session.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                 f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"))
+
     @contextmanager
     def migration_lock(self) -> Iterator[None]:
         with self.engine.connect() as conn:
@@ -244,7 +253,10 @@ class _AdvisoryLock(WriterLock):
         self._conn: Connection | None = None
 
     def __enter__(self) -> WriterLock:
-        conn = self._engine.connect()
+        try:
+            conn = self._engine.connect()
+        except (OperationalError, DatabaseError) as exc:
+            raise IndexUnavailableError(f"cannot connect to {self._shown}: {first_line(exc)}") from exc
         try:
             if self._exclusive:
                 got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _WRITER_KEY}).scalar()
@@ -299,16 +311,21 @@ def open_backend(root: Path, url: URL) -> Backend:
     server that is down, a password refused, a database that does not exist) in one line."""
     if url.get_backend_name() == "sqlite":
         return SQLiteBackend(url, root)
-    backend = PostgresBackend(url)
+    try:
+        backend = PostgresBackend(url)
+    except ModuleNotFoundError as exc:
+        raise DatabaseURLError("an index in PostgreSQL needs the psycopg driver: pip install 'simsearch[postgres]'") \
+            from exc
     try:
         with backend.engine.connect():
             pass
     except (OperationalError, DatabaseError) as exc:
         backend.engine.dispose()
-        raise IndexUnavailableError(f"cannot connect to {backend.shown}: {_first_line(exc)}") from exc
+        raise IndexUnavailableError(f"cannot connect to {backend.shown}: {first_line(exc)}") from exc
     return backend
 
 
-def _first_line(exc: OperationalError | DatabaseError) -> str:
+def first_line(exc: OperationalError | DatabaseError) -> str:
+    """The driver's message, first line only (psycopg adds hints on further lines)."""
     lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
     return lines[0] if lines else type(exc.orig).__name__

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from retrieval.calibration import levels_from_dicts
 from retrieval.errors import IndexUnavailableError, IndexWriteError
 from retrieval.model_spec import PrecisionLevel
-from retrieval.store.backends import Backend, WriterLock
+from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
 from retrieval.store.queries import images_under
 from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ImageRecord, IndexState, ModelRecord,
                                     VectorRecord, utcnow)
@@ -103,9 +103,14 @@ class IndexStore:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """One read transaction: every query in the block sees the same committed state (a snapshot)."""
-        with self._reads() as session, session.begin():
-            yield session
+        """One read transaction: every query in the block sees the same committed state (a snapshot). A failure
+        of the database (a server gone) is an `IndexUnavailableError`."""
+        try:
+            with self._reads() as session, session.begin():
+                yield session
+        except (OperationalError, DatabaseError) as exc:
+            raise IndexUnavailableError(f"cannot read the index database {self.backend.shown}: "
+                                        f"{_first_line(exc)}") from exc
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -117,8 +122,7 @@ class IndexStore:
         except IntegrityError:
             raise
         except (OperationalError, DatabaseError) as exc:
-            raise IndexWriteError(f"cannot write to the index database {self.backend.shown}: "
-                                  f"{str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc.orig}; "
+            raise IndexWriteError(f"cannot write to the index database {self.backend.shown}: {_first_line(exc)}; "
                                   "what was committed before is kept") from exc
 
     @contextmanager
@@ -143,15 +147,15 @@ class IndexStore:
         """Give a new database its index-state row (and so its id). An existing one is only read, so a query
         opening the index never waits for the write lock."""
         try:
-            with self.reading() as session:
+            with self._reads() as session, session.begin():
                 if session.get(IndexState, 1) is not None:
                     return
-            with self._writing() as session:
+            with self._writes() as session, session.begin():
                 session.execute(self.backend.insert(IndexState.__table__).values(
                     id=1, generation=0, database_id=uuid.uuid4().hex).on_conflict_do_nothing(index_elements=["id"]))
-        except (OperationalError, DatabaseError, IndexWriteError) as exc:
+        except (OperationalError, DatabaseError) as exc:
             raise IndexUnavailableError(f"cannot open the index database {self.backend.shown}: "
-                                        f"{getattr(exc, 'orig', exc)}") from exc
+                                        f"{_first_line(exc)}") from exc
 
     def state(self, session: Session) -> IndexState:
         state = session.get(IndexState, 1)
@@ -406,3 +410,51 @@ class IndexStore:
         for images in found.values():
             images.sort(key=lambda image: image.path)
         return found
+
+
+@dataclass(frozen=True)
+class CopySummary:
+    """Rows copied, by table."""
+
+    models: int
+    vectors: int
+    images: int
+    calibrations: int
+
+
+COPY_CHUNK = 2000
+_COPIED = (ModelRecord, VectorRecord, ImageRecord, CalibrationRecord)
+"""Tables in an order that satisfies their foreign keys."""
+
+
+def copy_index_database(source: IndexStore, target: IndexStore) -> CopySummary:
+    """Copy every row of `source` into the empty `target` (ids kept: a vector's id is its FAISS id), from one
+    snapshot of the source, with nothing re-embedded; the target serves what the source serves, under its own
+    database id. `IndexUnavailableError` if the target already holds an index."""
+    counts: dict[str, int] = {}
+    with target.writer(exclusive=True), source.reading() as reading:
+        with target.reading() as session:
+            if session.scalar(select(ModelRecord.id).limit(1)) is not None or \
+                    session.scalar(select(ImageRecord.id).limit(1)) is not None:
+                raise IndexUnavailableError(f"{target.backend.shown} already holds an index: copy into an empty "
+                                            "database")
+        for model in _COPIED:
+            table = model.__table__
+            columns = [column.name for column in table.columns]  # type: ignore[attr-defined]
+            counts[table.name] = 0  # type: ignore[attr-defined]
+            last = 0
+            while True:
+                rows = [dict(row._mapping) for row in reading.execute(
+                    select(*table.columns).where(table.c.id > last).order_by(table.c.id).limit(COPY_CHUNK))]  # type: ignore[attr-defined]
+                if not rows:
+                    break
+                with target._writing() as session:
+                    session.execute(table.insert(), [{name: row[name] for name in columns} for row in rows])  # type: ignore[attr-defined]
+                counts[table.name] += len(rows)  # type: ignore[attr-defined]
+                last = rows[-1]["id"]
+        state = source.state(reading)
+        with target._writing() as session:
+            session.execute(update(IndexState).where(IndexState.id == 1).values(
+                model_id=state.model_id, generation=state.generation + 1))
+            target.backend.after_explicit_ids(session, [model.__tablename__ for model in _COPIED])
+    return CopySummary(counts["models"], counts["vectors"], counts["images"], counts["calibrations"])

@@ -1,0 +1,43 @@
+"""`simsearch db copy --to URL`: move an index's database to another backend without re-embedding."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from cli.common import DbOption, IndexOption, err, fail
+from retrieval.errors import SimsearchError
+
+db_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                     help="The index's database: copy it to PostgreSQL or back to SQLite.")
+
+
+@db_app.command("copy")
+def copy_command(
+    to: Annotated[str, typer.Option("--to", help="URL of the empty database to copy into, e.g. "
+                                                  "postgresql+psycopg://user@host/simsearch or sqlite:////path/index.db.")],
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+) -> None:
+    """Copy every image, vector, model and calibration of the index into another database (ids kept, nothing
+    re-embedded); use it with `--db URL` afterwards. The index directory's model files serve both."""
+    from retrieval.index import create_index, open_index
+    from retrieval.locate import find_index_dir
+    from retrieval.store.index_store import copy_index_database
+
+    try:
+        root = find_index_dir(index_dir)
+        if root is None:
+            raise fail("no index found (looked for .simsearch/ here and in parent folders); pass --index")
+        source = open_index(root, db)
+        target = create_index(root, to)
+        if target.backend.url == source.backend.url:
+            raise fail("--to names the database the index is in already")
+        copied = copy_index_database(source.store, target.store)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    err.print(escape(f"copied {copied.images} images, {copied.vectors} vectors, {copied.models} models and "
+                     f"{copied.calibrations} calibrations from {source.backend.shown} to {target.backend.shown}"),
+              soft_wrap=True)
