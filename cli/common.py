@@ -71,6 +71,10 @@ def require_writable_folder(path: Path) -> None:
         raise fail(f"cannot write in {folder}: permission denied")
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def shown_path(path: str) -> str:
     """A path for the terminal (`terminal_text`): relative to the working directory when it lies below it, else
     as stored. Not yet markup-escaped for rich."""

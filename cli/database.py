@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.common import DbOption, IndexOption, err, fail
+from cli.common import DbOption, IndexOption, err, fail, plural
 from retrieval.errors import SimsearchError
 
 db_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -38,6 +38,7 @@ def copy_command(
         copied = copy_index_database(source.store, target.store)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
-    err.print(escape(f"copied {copied.images} images, {copied.vectors} vectors, {copied.models} models and "
-                     f"{copied.calibrations} calibrations from {source.backend.shown} to {target.backend.shown}"),
-              soft_wrap=True)
+    counts = [plural(copied.images, "image"), plural(copied.vectors, "vector"), plural(copied.models, "model"),
+              plural(copied.calibrations, "calibration")]
+    err.print(escape(f"copied {', '.join(counts[:3])} and {counts[3]} from {source.backend.shown} to "
+                     f"{target.backend.shown}"), soft_wrap=True)

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
-                        print_error, shown_path)
+                        plural, print_error, shown_path)
 from cli.output import terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
 
@@ -181,10 +181,6 @@ def print_groups(groups: list[DuplicateGroup], threshold: float) -> None:
     duplicates = sum(len(g.others) for g in groups)
     err.print(f"{plural(duplicates, 'duplicate')} in {plural(len(groups), 'group')}; nothing was deleted "
               "(`--print0 | xargs -0 rm` removes the duplicates)")
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def pixels(width: int | None, height: int | None) -> str:

@@ -155,9 +155,11 @@ def test_worker_processes_give_the_same_vectors_as_in_process(tmp_path: Path, ti
         np.testing.assert_allclose([n.distance for n in a.neighbours], [n.distance for n in b.neighbours], atol=1e-5)
 
 
-def test_another_model_is_refused_unless_reembed(tmp_path: Path, tiny: EmbeddingModel, make_photos) -> None:  # type: ignore[no-untyped-def]
+def test_another_model_is_refused_unless_reembed(tmp_path: Path, tiny: EmbeddingModel, make_photos,  # type: ignore[no-untyped-def]
+                                                 db_url: str) -> None:
+    """On both backends (a re-embed is the one writer that takes PostgreSQL's lock alone)."""
     photos = make_photos(tmp_path / "p", 5)
-    index = create_index(tmp_path / "idx")
+    index = create_index(tmp_path / "idx", db_url)
     run(index, [tmp_path / "p"], tiny)
     other = load_model(save_tiny_model(tmp_path / "other.safetensors", seed=1))
     assert other.content_hash != tiny.content_hash
@@ -167,7 +169,7 @@ def test_another_model_is_refused_unless_reembed(tmp_path: Path, tiny: Embedding
 
     summary = run(index, [tmp_path / "p"], other, reembed=True)
     assert (summary.reembedded, summary.embedded) == (5, 5)
-    reopened = open_index(tmp_path / "idx")
+    reopened = open_index(tmp_path / "idx", db_url)
     assert reopened.load_model().content_hash == other.content_hash
     assert nearest(reopened, other, photos[2]) == [str(photos[2])]
     assert len(reopened.vector_index()) == 5

@@ -43,6 +43,28 @@ def test_index_and_query_with_db_answer_as_sqlite_does(tmp_path: Path, tiny_mode
     assert "skipped 6 unchanged" in again.output
 
 
+def test_db_copy_moves_an_index_to_postgresql_and_back_answering_the_same(
+        tmp_path: Path, tiny_model_file: Path, make_photos, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    photos = make_photos(tmp_path / "p", 8)
+    assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
+
+    def answers(*db: str) -> list[list[tuple[str, float, int]]]:
+        result = invoke("query", *map(str, photos), "-k", "3", "--json", *db, cwd=tmp_path)
+        assert result.exit_code == 0, result.output
+        return [[(n["path"], n["distance"], n["image_id"]) for n in r["neighbours"]] for r in json.loads(result.stdout)]
+
+    before = answers()
+    copied = invoke("db", "copy", "--to", postgres_url, cwd=tmp_path)
+    assert copied.exit_code == 0, copied.output
+    assert "copied 8 images, 8 vectors, 1 model" in copied.output and "simsearch-test" not in copied.output
+    assert answers("--db", postgres_url) == before
+    back = f"sqlite:///{tmp_path / 'back.db'}"
+    assert invoke("db", "copy", "--db", postgres_url, "--to", back, cwd=tmp_path).exit_code == 0
+    assert answers("--db", back) == before
+    assert_one_line_error(invoke("db", "copy", "--to", postgres_url, cwd=tmp_path), "already holds an index")
+    assert_one_line_error(invoke("db", "copy", "--db", back, "--to", back, cwd=tmp_path), "the index is in already")
+
+
 def test_writers_share_postgresql_and_an_exclusive_one_waits_for_none(tmp_path: Path, postgres_url: str) -> None:
     """(On SQLite a second writer process is refused: `test_pipeline`.)"""
     first, second = create_index(tmp_path / "a", postgres_url), create_index(tmp_path / "b", postgres_url)

@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -258,9 +258,9 @@ class IndexStore:
         with self._writing() as session:
             if vectors:
                 rows = {digest: data for digest, data in vectors}
-                session.execute(self.backend.insert(VectorRecord.__table__).on_conflict_do_nothing(
-                    index_elements=["model_id", "content_hash"]),
-                    [{"model_id": model_id, "content_hash": digest, "data": data} for digest, data in rows.items()])
+                self.backend.upsert_rows(session, VectorRecord.__table__, [  # type: ignore[arg-type]
+                    {"model_id": model_id, "content_hash": digest, "data": data} for digest, data in rows.items()],
+                    ["model_id", "content_hash"], update=False)
             wanted = {change.vector_hash for change in changes if change.vector_hash and not change.keep_vector}
             vector_ids = self._vector_ids(session, model_id, wanted)
             served_before = self._ok_rows(session, [change.row_id for change in changes if change.row_id])
@@ -289,9 +289,9 @@ class IndexStore:
         now = utcnow()
         with_vector, keeping, new = [], [], []
         for change in changes:
-            values = {key: value for key, value in asdict(change).items()
-                      if key not in ("row_id", "vector_hash", "keep_vector")}
-            values["indexed_at"] = now
+            values = {"path": change.path, "status": change.status, "file_id": change.file_id, "size": change.size,
+                      "mtime_ns": change.mtime_ns, "label": change.label, "content_hash": change.content_hash,
+                      "width": change.width, "height": change.height, "error": change.error, "indexed_at": now}
             if change.status == STATUS_OK and not change.keep_vector:
                 assert change.vector_hash is not None
                 values["vector_id"] = vector_ids[change.vector_hash]
@@ -308,10 +308,8 @@ class IndexStore:
             if group:
                 session.execute(update(ImageRecord), group)
         if new:
-            statement = self.backend.insert(ImageRecord.__table__)
-            session.execute(statement.on_conflict_do_update(
-                index_elements=["path"], set_={key: statement.excluded[key] for key in new[0] if key != "path"}),
-                new)
+            unique = list({values["path"]: values for values in new}.values())  # one upsert may touch a row once
+            self.backend.upsert_rows(session, ImageRecord.__table__, unique, ["path"], update=True)  # type: ignore[arg-type]
 
     def remove_images(self, ids: Sequence[int]) -> None:
         """Forget these rows (files gone from disk); the files themselves are never touched."""
