@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.errors import IndexUnavailableError
+from retrieval.errors import IndexUnavailableError, IndexWriteError
 from retrieval.index import SimilarityIndex, create_index
 from retrieval.store.index_store import ImageChange, IndexStore, copy_index_database
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK
@@ -192,3 +192,16 @@ def test_a_copy_answers_queries_as_the_original_does(tmp_path: Path, index: Simi
     assert nearest(copy, 99) == "/p/new.png"
     with pytest.raises(IndexUnavailableError, match="already holds an index"):
         copy_index_database(store, copy.store)
+
+
+def test_a_batch_the_database_refuses_is_an_index_write_error_and_leaves_nothing(index: SimilarityIndex) -> None:
+    """One row breaks a constraint: the whole batch, its vectors included, is rolled back."""
+    store = index.store
+    model = model_id(store)
+    bad = ImageChange("/p/bad.png", "bogus", error="x")  # the status check constraint refuses it
+    with pytest.raises(IndexWriteError, match="what was committed before is kept"):
+        store.write_images(model, [indexed("/p/a.png", 1), bad], [vector(1)])
+    assert store.known_images(["/p"], model, False) == {}
+    assert store.stored_hashes(model, ["h1"]) == set()
+    store.write_images(model, [indexed("/p/a.png", 1)], [vector(1)])  # the store is usable after
+    assert nearest(index, 1) == "/p/a.png"

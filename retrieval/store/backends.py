@@ -237,20 +237,25 @@ class PostgresBackend(Backend):
         """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT: psycopg's fastest way in, 2.4
         times the rows/s of its pipelined executemany at 1000 rows a batch and no slower at 32
         (`benchmarks/store_ingest.py`)."""
+        import psycopg
+
         columns = list(rows[0])
         stage = f"simsearch_stage_{table.name}"
         listed = ", ".join(columns)
-        cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-                       f"SELECT {listed} FROM {table.name} WITH NO DATA")
-        with cursor.copy(f"COPY {stage} ({listed}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([row[column] for column in columns])
         action = "NOTHING" if not update else "UPDATE SET " + ", ".join(
             f"{column} = EXCLUDED.{column}" for column in columns if column not in conflict)
-        cursor.execute(f"INSERT INTO {table.name} ({listed}) SELECT {listed} FROM {stage} "
-                       f"ON CONFLICT ({', '.join(conflict)}) DO {action}")
-        cursor.execute(f"TRUNCATE {stage}")
+        cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                           f"SELECT {listed} FROM {table.name} WITH NO DATA")
+            with cursor.copy(f"COPY {stage} ({listed}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([row[column] for column in columns])
+            cursor.execute(f"INSERT INTO {table.name} ({listed}) SELECT {listed} FROM {stage} "
+                           f"ON CONFLICT ({', '.join(conflict)}) DO {action}")
+            cursor.execute(f"TRUNCATE {stage}")
+        except psycopg.Error as exc:  # the raw cursor's errors, as SQLAlchemy's own statements would raise them
+            raise OperationalError(f"COPY into {table.name}", None, exc) from exc
 
     def after_explicit_ids(self, session: Any, tables: list[str]) -> None:
         """A serial column's sequence does not see ids given explicitly: move each past its table's largest id."""

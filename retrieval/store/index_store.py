@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, select, update
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.calibration import levels_from_dicts
@@ -119,8 +119,6 @@ class IndexStore:
         try:
             with self._writes() as session, session.begin():
                 yield session
-        except IntegrityError:
-            raise
         except (OperationalError, DatabaseError) as exc:
             raise IndexWriteError(f"cannot write to the index database {self.backend.shown}: {_first_line(exc)}; "
                                   "what was committed before is kept") from exc
