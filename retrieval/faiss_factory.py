@@ -1,19 +1,104 @@
-"""Every FAISS index simsearch makes, made here from a FAISS factory description.
+"""Every FAISS index simsearch makes, made here from a FAISS factory description, and which description suits a
+collection of a given size.
 
 Indexes compare L2-normalised vectors by inner product; `retrieval.unit_distance` turns their scores into the
-distances reported. Which kind of index is a description string ("Flat", or an approximate one such as
-"HNSW32,Flat"), so changing the kind changes a description, not the code around it.
+distances reported. Which kind of index is a description string ("Flat", "IVF1024,Flat", "IVF4096,PQ32"), so
+changing the kind changes a description, not the code around it.
+
+The choice by size follows FAISS's "Guidelines to choose an index": exact `Flat` while a query over every vector
+costs little (up to `FLAT_UP_TO` vectors); then an inverted file of K = 4 sqrt(N) lists (a power of two, so that
+it changes, and the index is retrained, only when the collection has about quadrupled); and product-quantised
+codes instead of the vectors where those no longer fit the memory allowed.
 """
 
 from __future__ import annotations
 
+import math
+import re
+
 import faiss
+
+from retrieval.errors import InvalidArgumentError
 
 EXACT = "Flat"
 """Every stored vector compared with every query: exact neighbours, and range search (which dedup needs)."""
+FLAT_UP_TO = 100_000
+"""Up to this many vectors a flat search costs a few milliseconds a query (7 ms at 100k x 128 on 2 cores)."""
+MIN_LISTS, MAX_LISTS = 256, 65_536
+TRAINING_PER_LIST = 39
+"""FAISS warns below 39 training vectors a k-means centroid."""
+TRAINING_MIN, TRAINING_MAX = 30_000, 256_000
+ID_BYTES = 8
 
 
 def new_faiss_index(dim: int, description: str, ids: bool = False) -> faiss.Index:
-    """An empty inner-product index of `dim`-d vectors, of the kind `description` names; with `ids`, wrapped in an
-    IDMap2, so that vectors are added with (and searches return) the caller's int64 ids instead of positions."""
-    return faiss.index_factory(dim, f"IDMap2,{description}" if ids else description, faiss.METRIC_INNER_PRODUCT)
+    """An empty inner-product index of `dim`-d vectors, of the kind `description` names; with `ids`, one that is
+    added to (and searched for) with the caller's int64 ids instead of positions: an inverted file keeps ids
+    itself, any other kind is wrapped in an IDMap2."""
+    native_ids = ids and description.startswith("IVF")
+    return faiss.index_factory(dim, f"IDMap2,{description}" if ids and not native_ids else description,
+                               faiss.METRIC_INNER_PRODUCT)
+
+
+def check_description(dim: int, description: str) -> str:
+    """`description` if FAISS can build an index of it for `dim`-d vectors; `InvalidArgumentError` otherwise."""
+    try:
+        new_faiss_index(dim, description, ids=True)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
+        raise InvalidArgumentError(f"FAISS cannot build an index of type {description!r} for {dim}-d vectors: "
+                                   f"{reason}") from exc
+    return description
+
+
+def list_count(count: int) -> int:
+    """Inverted lists for `count` vectors: 4 sqrt(N) as a power of two, within what the training sample allows."""
+    wanted = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(count))))
+    return max(1, min(MAX_LISTS, max(MIN_LISTS, wanted), count // TRAINING_PER_LIST))
+
+
+def index_bytes(description: str, count: int, dim: int) -> int:
+    """What an index of this kind holds in memory for `count` vectors: codes, ids and centroids (an estimate)."""
+    lists = re.match(r"IVF(\d+)", description)
+    centroids = int(lists.group(1)) * dim * 4 if lists else 0
+    pq = re.search(r"PQ(\d+)", description)
+    code = int(pq.group(1)) if pq else dim * 4
+    return count * (code + ID_BYTES) + centroids
+
+
+def choose_description(count: int, dim: int, max_memory: int | None = None) -> str:
+    """The index kind for `count` vectors of `dim` dimensions within `max_memory` bytes (no limit: None).
+    `InvalidArgumentError` when even the smallest codes would not fit."""
+    if count <= FLAT_UP_TO:
+        description = EXACT
+    else:
+        description = f"IVF{list_count(count)},Flat"
+    if max_memory is None or index_bytes(description, count, dim) <= max_memory:
+        return description
+    lists = list_count(max(count, 1))
+    for sub in (m for m in (dim // 2, dim // 4, dim // 8, dim // 16, dim // 32) if m >= 4 and dim % m == 0):
+        compressed = f"IVF{lists},PQ{sub}"
+        if index_bytes(compressed, count, dim) <= max_memory:
+            return compressed
+    smallest = min((m for m in (dim // 32, dim // 16, dim // 8) if m >= 4 and dim % m == 0), default=4)
+    need = index_bytes(f"IVF{lists},PQ{smallest}", count, dim)
+    raise InvalidArgumentError(f"--max-memory {max_memory:,} bytes is below what {count:,} vectors of {dim} "
+                               f"dimensions need even compressed ({need:,} bytes as IVF{lists},PQ{smallest})")
+
+
+def training_size(count: int, description: str) -> int:
+    """How many vectors to train an index of this kind on: a random sample of 30k to 256k, at least 39 a list."""
+    lists = re.match(r"IVF(\d+)", description)
+    if not lists:
+        return 0
+    return min(count, max(TRAINING_MIN, TRAINING_PER_LIST * int(lists.group(1))), TRAINING_MAX)
+
+
+def set_search_breadth(index: faiss.Index, nprobe: int | None) -> None:
+    """Search `nprobe` inverted lists (a flat index has none to set)."""
+    if nprobe is None:
+        return
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:
+        return

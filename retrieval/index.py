@@ -6,12 +6,13 @@ Layout of the directory::
                                  elsewhere (`--db postgresql+psycopg://...`)
     models/<hash>.safetensors    every model the index has used
     vectors-<db id>-<generation>.faiss   FAISS index of the served vectors: a cache of the database
+    vectors-<db id>-<generation>.json    what that FAISS index is (kind, training, tuning, counts)
     lock, migrate.lock           held by the one process writing to (or migrating) a SQLite index
 
 The database is the source of truth. The FAISS file is named after the database it was built from (an id made
-with the database) and its generation; a missing, stale (another database's, an older generation's) or
-unreadable one is rebuilt from the stored vectors, and one that does not hold as many vectors as the database
-serves is never used, so the two never disagree.
+with the database) and its generation; one that is missing, unreadable, another database's or not what its
+description says is never served; an older generation's is grown to the database or rebuilt from the stored
+vectors (`retrieval.vector_cache`), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import Session
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
-from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError, OutputWriteError
+from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
 from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
 from retrieval.store.database import is_at_head, upgrade_to_head
 from retrieval.store.index_store import IndexStore
-from retrieval.store.schema import IndexState, ModelRecord
+from retrieval.store.schema import ModelRecord
 from retrieval.store.vector_index import VectorIndex
-from retrieval.unit_distance import DISTANCE_DIGITS
+from retrieval.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
+from retrieval.vector_cache import VectorCache, VectorFileInfo
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 DB_NAME = SQLITE_NAME
 MODELS_DIR = "models"
-VECTOR_FILES = re.compile(r"vectors-[0-9a-f]+-\d+\.faiss")
+VECTOR_FILES = re.compile(r"vectors-[0-9a-f]+-\d+\.(faiss|json)")
 MODEL_FILES = re.compile(r"[0-9a-f]{64}\.safetensors")
 
 
@@ -75,7 +76,7 @@ class SimilarityIndex:
         self.root = root
         self.backend = backend
         self.store = IndexStore(backend)
-        self._vectors: tuple[str, VectorIndex] | None = None
+        self._vectors = VectorCache(root, self.store)
 
     @property
     def engine(self) -> Engine:
@@ -132,50 +133,17 @@ class SimilarityIndex:
 
     # --- vectors and search ------------------------------------------------------------------
 
-    def _vector_file(self, state: IndexState) -> Path:
-        return self.root / f"vectors-{state.database_id}-{state.generation}.faiss"
-
     def vector_index(self) -> VectorIndex:
-        """The FAISS index of the database as it is now: from its file when that matches, else rebuilt (and
-        saved) from the stored vectors."""
-        with self.store.reading() as session:
-            state = self.store.state(session)
-            path = self._vector_file(state)
-            if self._vectors is not None and self._vectors[0] == path.name:
-                return self._vectors[1]
-            vectors = self._matching_file(session, state, path)
-            if vectors is None:
-                vectors = self._rebuild(session, state)
-                self._save_vector_file(vectors, path, state.database_id)
-        self._vectors = (path.name, vectors)
-        return vectors
+        """The FAISS index of the database as it is now (`retrieval.vector_cache`)."""
+        return self._vectors.current()[0]
 
-    def _matching_file(self, session: Session, state: IndexState, path: Path) -> VectorIndex | None:
-        """The FAISS file at `path` if it can be read and holds what the database serves, else None."""
-        if not path.is_file():
-            return None
-        try:
-            vectors = VectorIndex.load(path)
-        except IndexUnavailableError:
-            return None
-        dim = state.model.embedding_dim if state.model is not None else 1
-        if vectors.dim != dim or len(vectors) != self.store.served_count(session, state):
-            return None
-        return vectors
+    def vector_info(self) -> VectorFileInfo | None:
+        """What the FAISS index is (kind, training, tuning, counts); None while the index serves no model."""
+        return self._vectors.current()[1]
 
-    def _rebuild(self, session: Session, state: IndexState) -> VectorIndex:
-        if state.model is None:
-            return VectorIndex.build(1, np.empty(0, np.int64), np.empty((0, 1), np.float32))
-        ids, data = self._served_vectors(session, state)
-        return VectorIndex.build(state.model.embedding_dim, ids, data)
-
-    def _served_vectors(self, session: Session, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and rows of the served vectors."""
-        assert state.model is not None
-        rows = self.store.served_rows(session, state)
-        ids = np.fromiter((vector_id for vector_id, _ in rows), dtype=np.int64, count=len(rows))
-        data = np.frombuffer(b"".join(data for _, data in rows), dtype=np.float32)
-        return ids, data.reshape(len(rows), state.model.embedding_dim)
+    def tune(self, target_recall: float) -> VectorFileInfo:
+        """Tune the search to `target_recall` (recall@10), measured again."""
+        return self._vectors.retune(target_recall)
 
     def served_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Ids and rows (float32, L2-normalised) of every vector an indexed image uses, from the database."""
@@ -183,27 +151,20 @@ class SimilarityIndex:
             state = self.store.state(session)
             if state.model is None:
                 raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
-            return self._served_vectors(session, state)
-
-    def _save_vector_file(self, vectors: VectorIndex, path: Path, database_id: str) -> None:
-        """Write the FAISS file and drop this database's stale ones (a directory may serve two databases, a SQLite
-        index and its copy in PostgreSQL, say). It is a cache: a read-only index directory or a full disk just
-        leave it unwritten, and the next reader rebuilds it."""
-        try:
-            vectors.save(path)
-        except OutputWriteError:
-            return
-        for stale in self.root.glob(f"vectors-{database_id}-*.faiss"):
-            if stale.name != path.name:
-                stale.unlink(missing_ok=True)
+            rows = self.store.served_rows(session, state)
+            dim = state.model.embedding_dim
+        ids = np.fromiter((vector_id for vector_id, _ in rows), dtype=np.int64, count=len(rows))
+        return ids, np.frombuffer(b"".join(data for _, data in rows), dtype=np.float32).reshape(len(rows), dim)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
         """The `k` nearest indexed images of each query vector, nearest first.
 
         Copies of one file share a vector; each of them is listed.
         """
-        vectors = self.vector_index()
+        vectors, info = self._vectors.current()
         distances, ids = vectors.search(queries, k)
+        if info is not None and "PQ" in info.description:
+            distances, ids = self._exact_order(queries, distances, ids)
         by_vector = self.store.images_of_vectors([int(i) for i in ids.ravel() if i >= 0])
         results = []
         for row_d, row_i in zip(distances, ids):
@@ -215,6 +176,23 @@ class SimilarityIndex:
                                               image.file_id, image.size, image.mtime_ns))
             results.append(hits)
         return results
+
+    def _exact_order(self, queries: np.ndarray, distances: np.ndarray, ids: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Compressed codes give approximate distances: the candidates' stored vectors give the exact ones (the
+        distance reported is always the true one), in their order."""
+        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        with self.store.reading() as session:
+            rows = dict(self.store.rows_of_vectors(session, wanted))
+        exact = distances.copy()
+        for r, (query, row) in enumerate(zip(queries, ids)):
+            for c, vector_id in enumerate(row):
+                if vector_id >= 0 and int(vector_id) in rows:
+                    stored = np.frombuffer(rows[int(vector_id)], dtype=np.float32)
+                    exact[r, c] = squared_l2_from_scores(np.float32(query @ stored))
+            order = np.argsort(exact[r], kind="stable")
+            exact[r], ids[r] = exact[r][order], row[order]
+        return exact, ids
 
 
 def open_index(root: Path, db: str | None = None) -> SimilarityIndex:

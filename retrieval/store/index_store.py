@@ -10,6 +10,7 @@ duplicate a row; on SQLite the writer's lock still admits one writer at a time.
 
 from __future__ import annotations
 
+import enum
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,6 +34,15 @@ from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, 
 
 CHUNK = 500
 """Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters."""
+
+
+class Unset(enum.Enum):
+    """A keyword argument not given (None means something: back to the default)."""
+
+    UNSET = enum.auto()
+
+
+UNSET = Unset.UNSET
 
 
 @dataclass(frozen=True)
@@ -377,6 +388,30 @@ class IndexStore:
         if state.model is None:
             return 0
         return session.scalar(select(func.count()).select_from(VectorRecord).where(self._served(state))) or 0
+
+    def served_ids(self, session: Session, state: IndexState) -> np.ndarray:
+        """The ids of the served vectors, sorted (int64)."""
+        ids = session.scalars(select(VectorRecord.id).where(self._served(state)).order_by(VectorRecord.id)).all()
+        return np.fromiter(ids, dtype=np.int64, count=len(ids))
+
+    def rows_of_vectors(self, session: Session, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+        """(vector id, float32 bytes) of these vectors."""
+        rows: list[tuple[int, bytes]] = []
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), CHUNK):
+            rows += [(row.id, row.data) for row in session.execute(select(VectorRecord.id, VectorRecord.data).where(
+                VectorRecord.id.in_(ordered[start:start + CHUNK])))]
+        return rows
+
+    def set_search_settings(self, *, index_type: str | None | Unset = UNSET, max_memory: int | None | Unset = UNSET,
+                            target_recall: float | None | Unset = UNSET) -> None:
+        """Record what the user asked of the vector index (None: back to the default). Served vectors do not
+        change, so the generation stays; the FAISS cache notices the settings it was built under differ."""
+        values = {name: value for name, value in (("index_type", index_type), ("max_memory", max_memory),
+                                                  ("target_recall", target_recall)) if value is not UNSET}
+        if values:
+            with self._writing() as session:
+                session.execute(update(IndexState).where(IndexState.id == 1).values(**values))
 
     def served_rows(self, session: Session, state: IndexState) -> list[tuple[int, bytes]]:
         """(vector id, float32 bytes) of each served vector."""

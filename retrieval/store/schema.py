@@ -114,5 +114,11 @@ class IndexState(Base):
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     database_id: Mapped[str] = mapped_column(String(32))
+    index_type: Mapped[str | None] = mapped_column(String(200))
+    """A FAISS factory string the user chose (`--index-type`); None: chosen by size."""
+    max_memory: Mapped[int | None] = mapped_column(BigInteger)
+    """Bytes the vector index may hold in memory (`--max-memory`); None: no limit."""
+    target_recall: Mapped[float | None] = mapped_column(Float)
+    """The recall@10 an approximate index is tuned to (`simsearch tune`); None: the default."""
 
     model: Mapped[ModelRecord | None] = relationship()

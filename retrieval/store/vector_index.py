@@ -1,7 +1,8 @@
 """The FAISS index over stored vectors, and its file.
 
-Vectors are L2-normalised, so an inner-product index gives exact cosine neighbours; their scores are reported
-as the squared L2 distance of `retrieval.unit_distance`.
+Vectors are L2-normalised, so an inner-product index gives cosine neighbours; their scores are reported as the
+squared L2 distance of `retrieval.unit_distance`. Its kind is a FAISS factory description
+(`retrieval.faiss_factory`): exact `Flat`, or an inverted file trained on a random sample of the vectors.
 """
 
 from __future__ import annotations
@@ -12,30 +13,54 @@ import faiss
 import numpy as np
 
 from retrieval.atomic import atomic_write
-from retrieval.errors import IndexUnavailableError
-from retrieval.faiss_factory import EXACT, new_faiss_index
+from retrieval.errors import IndexUnavailableError, InvalidArgumentError
+from retrieval.faiss_factory import EXACT, new_faiss_index, set_search_breadth, training_size
 from retrieval.unit_distance import squared_l2_from_scores
+
+ADD_BLOCK = 65_536
 
 
 class VectorIndex:
-    """Exact nearest neighbours by inner product, keyed by the `vectors.id` of the database."""
+    """Nearest neighbours by inner product, keyed by the `vectors.id` of the database."""
 
-    def __init__(self, index: faiss.Index) -> None:
+    def __init__(self, index: faiss.Index, nprobe: int | None = None) -> None:
         self._index = index
+        self.nprobe = nprobe
+        set_search_breadth(index, nprobe)
 
     @classmethod
-    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-        index = new_faiss_index(dim, EXACT, ids=True)
-        if len(ids):
-            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-        return cls(index)
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray, description: str = EXACT,
+              seed: int = 0) -> VectorIndex:
+        """An index of `description` over these vectors; an inverted file is trained first on a random sample
+        (seeded: never the first files in directory order)."""
+        index = new_faiss_index(dim, description, ids=True)
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not index.is_trained:
+            sample = np.random.default_rng(seed).permutation(len(data))[:training_size(len(data), description)]
+            try:
+                index.train(data[np.sort(sample)])
+            except RuntimeError as exc:  # too few vectors for its lists or codes, say
+                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "training failed"
+                raise InvalidArgumentError(f"cannot build a {description} index over {len(data):,} vectors: "
+                                           f"{reason}") from exc
+        built = cls(index)
+        built.add(np.asarray(ids, dtype=np.int64), data)
+        return built
 
     @classmethod
-    def load(cls, path: Path) -> VectorIndex:
-        try:
-            return cls(faiss.read_index(str(path)))
-        except RuntimeError as exc:
-            raise IndexUnavailableError(f"cannot read vector file {path}: {str(exc).splitlines()[0]}") from exc
+    def load(cls, path: Path, nprobe: int | None = None, mapped: bool = True) -> VectorIndex:
+        """The index in `path`; `mapped` maps its vectors from the file rather than reading them (a cold query
+        then costs about the same on a million vectors as on a thousand), for an index only searched."""
+        # FAISS maps a flat index's codes with one flag and an inverted file's lists with another, and refuses
+        # either flag on the other kind: the first that reads wins, and a file neither maps is read whole.
+        attempts = [faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
+                    0] if mapped else [0]
+        for flags in attempts:
+            try:
+                return cls(faiss.read_index(str(path), flags), nprobe)
+            except RuntimeError as exc:
+                error = exc
+        raise IndexUnavailableError(f"cannot read vector file {path}: {str(error).splitlines()[0]}") from error
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -43,6 +68,35 @@ class VectorIndex:
     @property
     def dim(self) -> int:
         return int(self._index.d)
+
+    @property
+    def lists(self) -> int | None:
+        """The inverted lists of an inverted-file index; None for any other kind."""
+        try:
+            return int(faiss.extract_index_ivf(self._index).nlist)
+        except RuntimeError:
+            return None
+
+    def ids(self) -> np.ndarray:
+        """The database ids of the vectors it holds, sorted."""
+        try:
+            ivf = faiss.extract_index_ivf(self._index)
+        except RuntimeError:
+            return np.sort(faiss.vector_to_array(self._index.id_map).astype(np.int64))
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(lists.nlist) if lists.list_size(i)]
+        return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.empty(0, np.int64)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        for start in range(0, len(ids), ADD_BLOCK):
+            self._index.add_with_ids(data[start:start + ADD_BLOCK],
+                                     np.ascontiguousarray(ids[start:start + ADD_BLOCK], dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old file or the new one, never a torn one; `OutputWriteError`."""
@@ -53,6 +107,10 @@ class VectorIndex:
                 raise OSError(str(exc).splitlines()[0]) from exc
 
         atomic_write(path, write, "vector file")
+
+    def set_nprobe(self, nprobe: int | None) -> None:
+        self.nprobe = nprobe
+        set_search_breadth(self._index, nprobe)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Squared L2 distances and vector ids of the `k` nearest, nearest first; id -1 pads."""

@@ -1,0 +1,232 @@
+"""The FAISS cache of an index's database: its kind chosen by size, grown as the collection grows, tuned by
+measured recall, and described beside it.
+
+Files in the index directory, both named after the database (its id) and the generation they hold::
+
+    vectors-<db id>-<generation>.faiss   the FAISS index
+    vectors-<db id>-<generation>.json    what it is: kind, settings, training sample, tuning, counts
+
+A query whose generation has its file loads it memory-mapped. After a change, the newest earlier file of the same
+kind is grown to the database (new vectors added by id, removed ones taken out) rather than rebuilt; it is
+rebuilt from the stored vectors (trained on a random sample, then tuned) when the collection's size calls for
+another kind, the settings changed, or the count moved by more than `RETUNE_AFTER` since it was last tuned (where
+the measured recall may have drifted). Files are written aside and renamed, so a crash mid-build leaves the
+previous file serving; nothing is ever decoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from retrieval.atomic import atomic_write
+from retrieval.errors import IndexUnavailableError, OutputWriteError
+from retrieval.faiss_factory import choose_description, training_size
+from retrieval.store.index_store import IndexStore
+from retrieval.store.schema import IndexState
+from retrieval.store.vector_index import VectorIndex
+from retrieval.vector_tuning import DEFAULT_TARGET_RECALL, Tuning, tune
+
+RETUNE_AFTER = 0.5
+"""Rebuild and tune again once the vector count has grown or shrunk by this fraction since the last tuning."""
+FILES = re.compile(r"vectors-([0-9a-f]+)-(\d+)\.(faiss|json)")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the user asked of the vector index (None: the default)."""
+
+    index_type: str | None = None
+    max_memory: int | None = None
+    target_recall: float | None = None
+
+    @classmethod
+    def of(cls, state: IndexState) -> SearchSettings:
+        return cls(state.index_type, state.max_memory, state.target_recall)
+
+    @property
+    def recall(self) -> float:
+        return self.target_recall if self.target_recall is not None else DEFAULT_TARGET_RECALL
+
+
+@dataclass(frozen=True)
+class VectorFileInfo:
+    """The description of one FAISS file."""
+
+    database_id: str
+    generation: int
+    model_hash: str
+    dim: int
+    count: int
+    description: str
+    chosen_by: str
+    """"size" (the guidelines' choice for `count`) or "given" (`--index-type`)."""
+    settings: SearchSettings
+    trained_on: int
+    tuning: Tuning
+    tuned_count: int
+    """The count when it was last built and tuned."""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> VectorFileInfo | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{**data, "settings": SearchSettings(**data["settings"]), "tuning": Tuning(**data["tuning"])})
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def write(self, path: Path) -> None:
+        atomic_write(path, lambda temporary: temporary.write_text(json.dumps(self.to_dict(), sort_keys=True)),
+                     "vector file description")
+
+
+class VectorCache:
+    """The FAISS index of one database, kept in the index directory `root`."""
+
+    def __init__(self, root: Path, store: IndexStore) -> None:
+        self.root = root
+        self.store = store
+        self._held: tuple[str, VectorIndex, VectorFileInfo] | None = None
+
+    def _path(self, database_id: str, generation: int, suffix: str) -> Path:
+        return self.root / f"vectors-{database_id}-{generation}.{suffix}"
+
+    def current(self) -> tuple[VectorIndex, VectorFileInfo | None]:
+        """The FAISS index of the database as it is now, and its description (None while no model is served)."""
+        with self.store.reading() as session:
+            state = self.store.state(session)
+            if state.model is None:
+                return VectorIndex.build(1, np.empty(0, np.int64), np.empty((0, 1), np.float32)), None
+            name = self._path(state.database_id, state.generation, "faiss").name
+            if self._held is not None and self._held[0] == name:
+                return self._held[1], self._held[2]
+            found = self._matching(state) or self._grown(session, state) or self._built(session, state)
+            if found[1].tuning.target_recall != SearchSettings.of(state).recall:
+                found = self._tuned(session, state, *found)
+        self._held = (name, *found)
+        return found
+
+    def _matching(self, state: IndexState) -> tuple[VectorIndex, VectorFileInfo] | None:
+        """This generation's file, if it describes this database as it is and can be read."""
+        info = VectorFileInfo.read(self._path(state.database_id, state.generation, "json"))
+        if info is None or not self._fits(info, state):
+            return None
+        try:
+            vectors = VectorIndex.load(self._path(state.database_id, state.generation, "faiss"), info.tuning.nprobe)
+        except IndexUnavailableError:
+            return None
+        if len(vectors) != info.count or vectors.dim != info.dim:
+            return None
+        return vectors, info
+
+    @staticmethod
+    def _fits(info: VectorFileInfo, state: IndexState) -> bool:
+        """Whether the file was made for this database, model and kind of index (the target recall changes only
+        how it is searched)."""
+        assert state.model is not None
+        return (info.database_id == state.database_id and info.model_hash == state.model.content_hash
+                and info.dim == state.model.embedding_dim and info.settings.index_type == state.index_type
+                and info.settings.max_memory == state.max_memory)
+
+    def _description(self, state: IndexState, count: int) -> tuple[str, str]:
+        assert state.model is not None
+        settings = SearchSettings.of(state)
+        if settings.index_type:
+            return settings.index_type, "given"
+        return choose_description(count, state.model.embedding_dim, settings.max_memory), "size"
+
+    def _grown(self, session: Session, state: IndexState) -> tuple[VectorIndex, VectorFileInfo] | None:
+        """The newest earlier file of this database, brought up to it by adding and removing vectors, when it is
+        still the right kind and its tuning still holds."""
+        earlier = sorted((int(match.group(2)), path) for path in self.root.glob(f"vectors-{state.database_id}-*.json")
+                         if (match := FILES.fullmatch(path.name)) and int(match.group(2)) < state.generation)
+        if not earlier:
+            return None
+        generation, path = earlier[-1]
+        info = VectorFileInfo.read(path)
+        if info is None or not self._fits(info, state):
+            return None
+        ids = self.store.served_ids(session, state)
+        description, _ = self._description(state, len(ids))
+        if description != info.description or abs(len(ids) - info.tuned_count) > RETUNE_AFTER * info.tuned_count:
+            return None
+        try:
+            vectors = VectorIndex.load(self._path(state.database_id, generation, "faiss"), info.tuning.nprobe,
+                                       mapped=False)
+        except IndexUnavailableError:
+            return None
+        if len(vectors) != info.count:
+            return None
+        held = vectors.ids()
+        added = np.setdiff1d(ids, held, assume_unique=True)
+        rows = self.store.rows_of_vectors(session, added.tolist())
+        vectors.remove(np.setdiff1d(held, ids, assume_unique=True))
+        if rows:
+            vectors.add(np.array([vector_id for vector_id, _ in rows], np.int64), _stack(rows, info.dim))
+        grown = replace(info, generation=state.generation, count=len(vectors))
+        self._save(vectors, grown)
+        return vectors, grown
+
+    def _built(self, session: Session, state: IndexState) -> tuple[VectorIndex, VectorFileInfo]:
+        """A new index of the kind the collection calls for, trained on a random sample and tuned."""
+        assert state.model is not None
+        rows = self.store.served_rows(session, state)
+        dim = state.model.embedding_dim
+        ids = np.array([vector_id for vector_id, _ in rows], np.int64)
+        data = _stack(rows, dim)
+        description, chosen_by = self._description(state, len(ids))
+        seed = int(state.database_id[:8], 16)
+        vectors = VectorIndex.build(dim, ids, data, description, seed=seed)
+        settings = SearchSettings.of(state)
+        tuning = tune(vectors, ids, data, settings.recall, seed=seed)
+        info = VectorFileInfo(state.database_id, state.generation, state.model.content_hash, dim, len(ids),
+                              description, chosen_by, settings, training_size(len(ids), description), tuning, len(ids))
+        self._save(vectors, info)
+        return vectors, info
+
+    def retune(self, target_recall: float) -> VectorFileInfo:
+        """Keep from now on the fastest search that reaches `target_recall`, measured again on the index as it is."""
+        self.store.set_search_settings(target_recall=target_recall)
+        self._held = None
+        info = self.current()[1]
+        if info is None:
+            raise IndexUnavailableError("the index holds no images yet: nothing to tune")
+        return info
+
+    def _tuned(self, session: Session, state: IndexState, vectors: VectorIndex,
+               info: VectorFileInfo) -> tuple[VectorIndex, VectorFileInfo]:
+        """The same index tuned to the target recall now asked for (its file is unchanged: only how it is
+        searched)."""
+        rows = self.store.served_rows(session, state)
+        ids = np.array([vector_id for vector_id, _ in rows], np.int64)
+        settings = SearchSettings.of(state)
+        tuning = tune(vectors, ids, _stack(rows, info.dim), settings.recall, seed=int(state.database_id[:8], 16))
+        tuned = replace(info, settings=settings, tuning=tuning, tuned_count=len(ids))
+        tuned.write(self._path(state.database_id, state.generation, "json"))
+        return vectors, tuned
+
+    def _save(self, vectors: VectorIndex, info: VectorFileInfo) -> None:
+        """Write the FAISS file, then its description, and drop this database's other generations. It is a cache:
+        a read-only index directory or a full disk just leave it unwritten, and the next reader builds it again."""
+        try:
+            vectors.save(self._path(info.database_id, info.generation, "faiss"))
+            info.write(self._path(info.database_id, info.generation, "json"))
+        except OutputWriteError:
+            return
+        for path in self.root.glob(f"vectors-{info.database_id}-*"):
+            match = FILES.fullmatch(path.name)
+            if match and int(match.group(2)) != info.generation:
+                path.unlink(missing_ok=True)
+
+
+def _stack(rows: list[tuple[int, bytes]], dim: int) -> np.ndarray:
+    return np.frombuffer(b"".join(data for _, data in rows), dtype=np.float32).reshape(len(rows), dim)
+
