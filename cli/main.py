@@ -19,6 +19,7 @@ from cli.database import db_app
 from cli.decide import classify_command, dedup_command, verify_command
 from cli.output import write_json
 from cli.train import train_command
+from cli.vectors import info_command, tune_command
 from retrieval.errors import SimsearchError
 
 
@@ -43,6 +44,12 @@ def index_command(
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels (decompression bombs).")]
     = 100_000_000,
+    index_type: Annotated[Optional[str], typer.Option(
+        help="FAISS factory string of the vector index from now on, e.g. IVF4096,Flat or IVF4096,PQ32; `auto`: "
+             "chosen by the collection's size again (default: as it was).")] = None,
+    max_memory: Annotated[Optional[str], typer.Option(
+        help="Memory the vector index may hold, e.g. 2G: compressed codes beyond it; `none`: no limit (default: "
+             "as it was).")] = None,
 ) -> None:
     """Add the images under PATHS to the index, or bring it up to date with them."""
     from indexer.pipeline import IndexOptions, index_paths
@@ -50,6 +57,7 @@ def index_command(
     from retrieval.locate import index_dir_for_writing
 
     from cli.progress import RichReporter
+    from cli.vectors import search_options
 
     from retrieval.devices import check_device_name
 
@@ -64,7 +72,7 @@ def index_command(
         is_new = not root.exists()
         index = create_index(root, db)
         options = IndexOptions(batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
-                               reembed=reembed)
+                               reembed=reembed, **search_options(index_type, max_memory))
         with RichReporter(err) as reporter:
             summary = index_paths(index, paths, model, options, reporter)
     except SimsearchError as exc:
@@ -132,6 +140,8 @@ app.command("dedup")(dedup_command)
 app.command("classify")(classify_command)
 app.command("calibrate")(calibrate_command)
 app.add_typer(db_app, name="db")
+app.command("info")(info_command)
+app.command("tune")(tune_command)
 
 
 @app.command("eval")

@@ -29,12 +29,13 @@ from indexer.report import IndexSummary, Reporter, SilentReporter
 from indexer.scan import ScannedFile, ScanResult, scan, stat_file
 from retrieval.content_hash import hash_file
 from retrieval.errors import InputPathError, ModelMismatchError
+from retrieval.faiss_factory import check_description, choose_description
 from retrieval.file_identity import identify_file
 from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
 from retrieval.sources.decode import Source, SourceResult
-from retrieval.store.index_store import ImageChange
+from retrieval.store.index_store import UNSET, ImageChange, Unset
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK
 
 if TYPE_CHECKING:
@@ -50,18 +51,25 @@ class IndexOptions:
     device: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     reembed: bool = False
+    index_type: str | None | Unset = UNSET
+    """A FAISS factory string for the vector index from now on; None: chosen by size again; UNSET: as it was."""
+    max_memory: int | None | Unset = UNSET
+    """Bytes the vector index may hold from now on; None: no limit; UNSET: as it was."""
 
 
 class _Target:
-    """The model vectors are written for (loaded on first use), its preprocessing (known without loading it), and
-    whether the index serves it."""
+    """The model vectors are written for (loaded on first use), its spec (known without loading it), and whether
+    the index serves it."""
 
-    def __init__(self, load: Callable[[], EmbeddingModel], model_id: int, preprocessing: Preprocessing,
-                 serving: bool) -> None:
+    def __init__(self, load: Callable[[], EmbeddingModel], model_id: int, spec: ModelSpec, serving: bool) -> None:
         self._load = load
         self.model_id = model_id
-        self.preprocessing = preprocessing
+        self.spec = spec
         self.serving = serving
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
 
     @cached_property
     def model(self) -> EmbeddingModel:
@@ -89,6 +97,8 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
             raise InputPathError(f"no image files found under {', '.join(scanned.roots)}")
         files = scanned.files + _outside_files(known, scanned) if not target.serving else scanned.files
         plan = make_plan(files, known, sizes, problem_paths)
+        new = len(plan.to_embed) + sum(1 for work in plan.to_hash if work.known is None)
+        _configure_search(index, target, index.store.indexed_count() + new, options)
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
                                aliases=len(scanned.aliases))
         _drop_aliases_of_indexed(index, plan, known, summary)
@@ -113,24 +123,39 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
         if requested is None:
             header = read_model_header(DEFAULT_MODEL_FILE)
             record = index.register_model_file(DEFAULT_MODEL_FILE, header)
-            target = _Target(_load_default_model, record.id, header.spec.preprocessing, serving=True)
+            target = _Target(_load_default_model, record.id, header.spec, serving=True)
         else:
             record = index.register_model(requested)
-            target = _Target(lambda: requested, record.id, requested.preprocessing, serving=True)
+            target = _Target(lambda: requested, record.id, requested.spec, serving=True)
         served = index.store.serve_first_model(record.id)
         if served.id == record.id:
             return target
         active = served
     if requested is None:
-        return _Target(index.load_model, active.id, ModelSpec.from_json(active.spec).preprocessing, serving=True)
+        return _Target(index.load_model, active.id, ModelSpec.from_json(active.spec), serving=True)
     if requested.content_hash == active.content_hash:
-        return _Target(lambda: requested, active.id, requested.preprocessing, serving=True)
+        return _Target(lambda: requested, active.id, requested.spec, serving=True)
     if not reembed:
         raise ModelMismatchError.between(index.root, (active.name, active.content_hash),
                                          (requested.spec.name, requested.content_hash),
                                          "pass --reembed to re-embed every image with the new model")
     record = index.register_model(requested)
-    return _Target(lambda: requested, record.id, requested.preprocessing, serving=False)
+    return _Target(lambda: requested, record.id, requested.spec, serving=False)
+
+
+def _configure_search(index: SimilarityIndex, target: _Target, most: int, options: IndexOptions) -> None:
+    """Record the vector index asked for, once it is known to suit the model and, at most `most` vectors, the
+    memory allowed: before anything is embedded, so that a refusal leaves the index as it was."""
+    if options.index_type is UNSET and options.max_memory is UNSET:
+        return
+    state = index.search_settings()
+    index_type = state.index_type if options.index_type is UNSET else options.index_type
+    max_memory = state.max_memory if options.max_memory is UNSET else options.max_memory
+    if index_type is not None:
+        check_description(target.spec.embedding_dim, index_type, most)
+    elif max_memory is not None:
+        choose_description(most, target.spec.embedding_dim, max_memory)
+    index.store.set_search_settings(index_type=index_type, max_memory=max_memory)
 
 
 def _load_default_model() -> EmbeddingModel:

@@ -40,15 +40,26 @@ def new_faiss_index(dim: int, description: str, ids: bool = False) -> faiss.Inde
                                faiss.METRIC_INNER_PRODUCT)
 
 
-def check_description(dim: int, description: str) -> str:
-    """`description` if FAISS can build an index of it for `dim`-d vectors; `InvalidArgumentError` otherwise."""
+def check_description(dim: int, description: str, count: int | None = None) -> str:
+    """`description` if FAISS can build an index of it for `dim`-d vectors (and train it on `count`, when given);
+    `InvalidArgumentError` otherwise."""
+    lists = re.match(r"IVF(\d+)", description)
+    if count is not None and lists and int(lists.group(1)) > count:
+        raise InvalidArgumentError(f"an index of type {description!r} needs at least {int(lists.group(1)):,} "
+                                   f"vectors to train its lists; this index will hold {count:,}")
     try:
         new_faiss_index(dim, description, ids=True)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
         raise InvalidArgumentError(f"FAISS cannot build an index of type {description!r} for {dim}-d vectors: "
-                                   f"{reason}") from exc
+                                   f"{faiss_reason(exc)}") from exc
     return description
+
+
+def faiss_reason(exc: RuntimeError) -> str:
+    """FAISS's message without the C++ function and source line it prefixes."""
+    text = " ".join(str(exc).split())
+    match = re.search(r" at \S+:\d+: (.*)$", text)
+    return (match.group(1) if match else text) or "rejected"
 
 
 def list_count(count: int) -> int:

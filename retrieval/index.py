@@ -38,7 +38,8 @@ from retrieval.store.index_store import IndexStore
 from retrieval.store.schema import ModelRecord
 from retrieval.store.vector_index import VectorIndex
 from retrieval.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
-from retrieval.vector_cache import VectorCache, VectorFileInfo
+from retrieval.vector_cache import FILES as VECTOR_FILES
+from retrieval.vector_cache import SearchSettings, VectorCache, VectorFileInfo
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 DB_NAME = SQLITE_NAME
 MODELS_DIR = "models"
-VECTOR_FILES = re.compile(r"vectors-[0-9a-f]+-\d+\.(faiss|json)")
 MODEL_FILES = re.compile(r"[0-9a-f]{64}\.safetensors")
 
 
@@ -136,6 +136,11 @@ class SimilarityIndex:
     def vector_index(self) -> VectorIndex:
         """The FAISS index of the database as it is now (`retrieval.vector_cache`)."""
         return self._vectors.current()[0]
+
+    def search_settings(self) -> SearchSettings:
+        """What the user asked of the vector index (`--index-type`, `--max-memory`, the target recall)."""
+        with self.store.reading() as session:
+            return SearchSettings.of(self.store.state(session))
 
     def vector_info(self) -> VectorFileInfo | None:
         """What the FAISS index is (kind, training, tuning, counts); None while the index serves no model."""

@@ -97,3 +97,21 @@ def unreadable_reason(path: Path) -> str | None:
              stat.S_ISBLK: "a block device"}
     kind = next((name for test, name in kinds.items() if test(info.st_mode)), "a special file")
     return f"is {kind}, not a regular file"
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size_argument(text: str, name: str = "--max-memory") -> int:
+    """A size in bytes from `2G`, `512M`, `1.5G`, `100000` (K, M, G, T are powers of 1024; a trailing B is
+    allowed); `InvalidArgumentError` otherwise."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper()) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidArgumentError(f"{name} must be a size such as 2G, 512M or 100000 (bytes), not {text!r}")
+    size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size <= 0:
+        raise InvalidArgumentError(f"{name} must be more than 0 bytes")
+    return size
+

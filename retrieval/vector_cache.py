@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from retrieval.atomic import atomic_write
-from retrieval.errors import IndexUnavailableError, OutputWriteError
+from retrieval.errors import IndexUnavailableError, InvalidArgumentError, OutputWriteError
 from retrieval.faiss_factory import choose_description, training_size
 from retrieval.store.index_store import IndexStore
 from retrieval.store.schema import IndexState
@@ -65,7 +65,7 @@ class VectorFileInfo:
     count: int
     description: str
     chosen_by: str
-    """"size" (the guidelines' choice for `count`) or "given" (`--index-type`)."""
+    """"size" (the guidelines' choice for `count`), "given" (`--index-type`), or why the given one gave way."""
     settings: SearchSettings
     trained_on: int
     tuning: Tuning
@@ -184,7 +184,16 @@ class VectorCache:
         data = _stack(rows, dim)
         description, chosen_by = self._description(state, len(ids))
         seed = int(state.database_id[:8], 16)
-        vectors = VectorIndex.build(dim, ids, data, description, seed=seed)
+        try:
+            vectors = VectorIndex.build(dim, ids, data, description, seed=seed)
+        except InvalidArgumentError:
+            if chosen_by != "given":
+                raise
+            # the kind asked for cannot be trained on what the index holds now (removals shrank it): search goes
+            # on with the kind its size calls for, and says so
+            description = choose_description(len(ids), dim, state.max_memory)
+            chosen_by = f"size, as {state.index_type} cannot be trained on {len(ids):,} vectors"
+            vectors = VectorIndex.build(dim, ids, data, description, seed=seed)
         settings = SearchSettings.of(state)
         tuning = tune(vectors, ids, data, settings.recall, seed=seed)
         info = VectorFileInfo(state.database_id, state.generation, state.model.content_hash, dim, len(ids),

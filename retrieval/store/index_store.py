@@ -224,6 +224,11 @@ class IndexStore:
                                          row.error)
                     for row in session.execute(query)}
 
+    def indexed_count(self) -> int:
+        with self.reading() as session:
+            return session.scalar(select(func.count()).select_from(ImageRecord).where(
+                ImageRecord.status == STATUS_OK)) or 0
+
     def indexed_sizes(self) -> set[int]:
         with self.reading() as session:
             return set(session.scalars(select(ImageRecord.size).where(ImageRecord.status == STATUS_OK).distinct()))

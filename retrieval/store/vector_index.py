@@ -14,7 +14,7 @@ import numpy as np
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError, InvalidArgumentError
-from retrieval.faiss_factory import EXACT, new_faiss_index, set_search_breadth, training_size
+from retrieval.faiss_factory import EXACT, faiss_reason, new_faiss_index, set_search_breadth, training_size
 from retrieval.unit_distance import squared_l2_from_scores
 
 ADD_BLOCK = 65_536
@@ -40,9 +40,8 @@ class VectorIndex:
             try:
                 index.train(data[np.sort(sample)])
             except RuntimeError as exc:  # too few vectors for its lists or codes, say
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "training failed"
                 raise InvalidArgumentError(f"cannot build a {description} index over {len(data):,} vectors: "
-                                           f"{reason}") from exc
+                                           f"{faiss_reason(exc)}") from exc
         built = cls(index)
         built.add(np.asarray(ids, dtype=np.int64), data)
         return built
@@ -119,4 +118,6 @@ class VectorIndex:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return squared_l2_from_scores(scores), ids
+        distances = squared_l2_from_scores(np.where(ids >= 0, scores, 0.0))
+        distances[ids < 0] = np.inf  # fewer found than asked (an inverted file searched narrowly)
+        return distances.astype(np.float32), ids
