@@ -111,10 +111,15 @@ def dedup_command(
         unindexed = index_first(paths, index_dir, db, device) if paths else 0
         collection = open_for_decisions(index_dir, db, None, device)
         choice = collection.threshold_choice(threshold, precision)
-        groups = collection.dedup(choice.threshold, paths or None)
+        found = collection.find_duplicates(choice.threshold, paths or None)
+        groups = found.groups
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     report_choice(choice)
+    if found.pairs.method != "exact":
+        recall = "no pair in the sample" if found.pairs.recall is None else f"pair recall {found.pairs.recall:.3f}"
+        err.print(f"pairs from a {found.pairs.neighbours}-nearest-neighbour graph of the approximate index ({recall} "
+                  f"against exact search on {found.pairs.sampled:,} sampled images)", soft_wrap=True)
     if print0:
         write_paths0(other.path for group in groups for other in group.others)
     elif as_json:

@@ -22,7 +22,7 @@ import torch
 from retrieval.calibration import DEFAULT_PRECISION, decide, level_at
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
-from retrieval.dedup import DuplicateGroup, index_duplicates
+from retrieval.dedup import DuplicateGroup, DuplicateSearch, index_duplicates
 from retrieval.sources.embed import embed_sources
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InvalidArgumentError,
@@ -209,6 +209,12 @@ class Collection:
               precision: float | None = None) -> list[DuplicateGroup]:
         """Near-duplicate groups among the indexed images (those under `roots` when given), at the threshold
         `threshold_choice` picks."""
+        return self.find_duplicates(threshold, roots, precision).groups
+
+    def find_duplicates(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
+                        precision: float | None = None) -> DuplicateSearch:
+        """As `dedup`, with how the pairs were found: exactly, or (a large index) by a kNN graph whose pair recall
+        is measured."""
         index = self._require_searchable_index()
         limit = self.threshold(threshold, precision)
         under = [] if roots is None else [os.path.abspath(Path(root).expanduser())

@@ -1,4 +1,5 @@
-"""Near-duplicate groups: FAISS range search for every pair within a distance, then connected components.
+"""Near-duplicate groups: every pair within a distance (FAISS range search while the index is exact, a kNN graph
+through its approximate index beyond: `retrieval.neighbour_graph`), then connected components.
 
 Distances are squared L2 between L2-normalised vectors (``retrieval.unit_distance``), a function of their inner
 product, so ``d <= t`` is an inner-product range search (radius ``1 - t / 2``); the all-pairs work is FAISS's
@@ -20,6 +21,7 @@ import numpy as np
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
+from retrieval.neighbour_graph import GRAPH_NEIGHBOURS, PairSearch, graph_pairs, pair_recall
 from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, radius_for_threshold, squared_l2_from_scores
 
 QUERY_BLOCK = 4096
@@ -115,13 +117,16 @@ def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[
 
 
 def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float,
-                     identify: Callable[[str], FileIdentity | None] = identify_file) -> list[DuplicateGroup]:
+                     identify: Callable[[str], FileIdentity | None] = identify_file,
+                     pairs: tuple[np.ndarray, np.ndarray] | None = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate images; `owners[i]` are the images whose vector is `vectors[i]` (copies of one
     file share a vector, and are duplicates of each other at distance 0). Largest groups first.
 
     `identify` tells what each member's path reaches now (one path per file is kept; see the module's doc).
+    `pairs` (rows i, j within the threshold) found otherwise (`retrieval.neighbour_graph`); else every pair is
+    searched exactly.
     """
-    first, second, _ = pairs_within(vectors, threshold)
+    first, second = pairs if pairs is not None else pairs_within(vectors, threshold)[:2]
     linked = set(np.concatenate([first, second]).tolist())
     components = connected_groups(len(vectors), first, second)
     components += [np.array([i]) for i, images in enumerate(owners) if len(images) > 1 and i not in linked]
@@ -152,9 +157,22 @@ def _one_path_per_file(images: list[tuple[Candidate, int]], identify: Callable[[
     return list(files.values())
 
 
+@dataclass(frozen=True)
+class DuplicateSearch:
+    """Duplicate groups, and how their pairs were found (exact, or a kNN graph with its measured recall)."""
+
+    groups: list[DuplicateGroup]
+    pairs: PairSearch
+
+    def to_dict(self) -> dict[str, object]:
+        return {"groups": [group.to_dict() for group in self.groups], "pairs": self.pairs.to_dict()}
+
+
 def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None
-                     ) -> list[DuplicateGroup]:
-    """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given)."""
+                     ) -> DuplicateSearch:
+    """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given).
+    While the index's vector index is exact, every pair is searched; once it is approximate, through it as a kNN
+    graph, whose pair recall is measured on a sample and reported."""
     ids, vectors = index.served_vectors()
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
@@ -164,5 +182,12 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
             owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
-        return []
-    return duplicate_groups(vectors[used], [owners[row] for row in used], threshold)
+        return DuplicateSearch([], PairSearch("exact"))
+    info = index.vector_info()
+    if info is None or info.description == EXACT:
+        return DuplicateSearch(duplicate_groups(vectors[used], [owners[row] for row in used], threshold),
+                               PairSearch("exact"))
+    first, second, _ = graph_pairs(index.vector_index(), ids[used], vectors[used], threshold)
+    recall, sampled = pair_recall(vectors[used], first, second, threshold, seed=len(used))
+    groups = duplicate_groups(vectors[used], [owners[row] for row in used], threshold, pairs=(first, second))
+    return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled))

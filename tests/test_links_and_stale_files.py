@@ -30,7 +30,7 @@ def indexed(index: SimilarityIndex) -> list[str]:
 
 
 def proposed(index: SimilarityIndex, threshold: float = 0.01) -> list[tuple[str, list[str]]]:
-    return [(g.keeper.path, sorted(o.path for o in g.others)) for g in index_duplicates(index, threshold)]
+    return [(g.keeper.path, sorted(o.path for o in g.others)) for g in index_duplicates(index, threshold).groups]
 
 
 def nearest(index: SimilarityIndex, model: EmbeddingModel, query: Path) -> str:

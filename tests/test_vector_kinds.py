@@ -174,3 +174,40 @@ def test_index_type_and_max_memory_from_the_cli(tmp_path: Path, tiny_model_file:
     assert invoke(*base, "--index-type", "auto", cwd=tmp_path).exit_code == 0
     assert json.loads(invoke("info", "--json", cwd=tmp_path).stdout)["vectors"]["description"] == "Flat"
     assert "Flat" in invoke("info", cwd=tmp_path).output
+
+
+def test_the_knn_graph_finds_the_pairs_exact_search_finds(tmp_path: Path) -> None:
+    from retrieval.dedup import pairs_within
+    from retrieval.neighbour_graph import graph_pairs, pair_recall
+
+    base = clustered(4000)
+    rng = np.random.default_rng(3)
+    copies = base[:300] + 0.01 * rng.standard_normal((300, DIM)).astype(np.float32)
+    vectors = np.concatenate([base, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+    ids = np.arange(len(vectors), dtype=np.int64) * 2 + 5
+    threshold = 0.01
+    exact_first, exact_second, _ = pairs_within(vectors, threshold)
+    searcher = VectorIndex.build(DIM, ids, vectors, "IVF32,Flat")
+    searcher.set_nprobe(8)
+    first, second, distance = graph_pairs(searcher, ids, vectors, threshold)
+    assert len(exact_first) >= 300 and (first < second).all() and (distance <= threshold).all()
+    found = set(zip(first.tolist(), second.tolist()))
+    exact = set(zip(exact_first.tolist(), exact_second.tolist()))
+    assert found <= exact and len(found & exact) / len(exact) >= 0.95
+    recall, sampled = pair_recall(vectors, first, second, threshold, sample=len(vectors))
+    assert sampled == len(vectors) and recall == pytest.approx(len(found & exact) / len(exact))
+
+
+def test_dedup_on_an_approximate_index_goes_through_the_graph_and_says_so(tmp_path: Path, tiny_model_file: Path,  # type: ignore[no-untyped-def]
+                                                                         make_photos) -> None:
+    import shutil
+
+    photos = make_photos(tmp_path / "p", 12)
+    shutil.copy(photos[0], tmp_path / "p" / "copy.png")
+    base = ["index", "p", "--model", str(tiny_model_file), "--workers", "0"]
+    assert invoke(*base, "--index-type", "IVF2,Flat", cwd=tmp_path).exit_code == 0
+    result = invoke("dedup", "--threshold", "0.001", "--json", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    [group] = json.loads(result.stdout)
+    assert {group["keeper"]["path"], group["duplicates"][0]["path"]} == {str(photos[0]), str(tmp_path / "p" / "copy.png")}
+    assert "nearest-neighbour graph" in result.stderr and "pair recall" not in result.stdout
