@@ -19,6 +19,7 @@ from cli.database import db_app
 from cli.decide import classify_command, dedup_command, verify_command
 from cli.output import write_json
 from cli.train import train_command
+from cli.transfer import export_command, import_command
 from cli.vectors import info_command, tune_command
 from retrieval.errors import SimsearchError
 
@@ -142,6 +143,8 @@ app.command("calibrate")(calibrate_command)
 app.add_typer(db_app, name="db")
 app.command("info")(info_command)
 app.command("tune")(tune_command)
+app.command("export")(export_command)
+app.command("import")(import_command)
 
 
 @app.command("eval")

@@ -29,7 +29,8 @@ def search_options(index_type: Optional[str], max_memory: Optional[str]) -> dict
     return options
 
 
-def _open(index_dir: Optional[Path], db: Optional[str]) -> SimilarityIndex:
+def open_existing(index_dir: Optional[Path], db: Optional[str]) -> SimilarityIndex:
+    """The index that `--index` / `--db` name (or that is found); `fail` where there is none."""
     from retrieval.index import open_index
     from retrieval.locate import find_index_dir
 
@@ -47,7 +48,7 @@ def info_command(
 ) -> None:
     """The index: its images, model and database, and its vector index: kind, why, memory, tuning, recall."""
     try:
-        index = _open(index_dir, db)
+        index = open_existing(index_dir, db)
         model = index.served_model()
         info = index.vector_info()
         images = index.store.indexed_count()
@@ -98,7 +99,7 @@ def tune_command(
     """Measure the vector index again on held-out queries and keep the fastest search that reaches the target
     recall@10 (an exact index always does)."""
     try:
-        info = _open(index_dir, db).tune(target_recall)
+        info = open_existing(index_dir, db).tune(target_recall)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     tuning = info.tuning

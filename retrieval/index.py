@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 DB_NAME = SQLITE_NAME
 MODELS_DIR = "models"
+RERANK_CANDIDATES = 4
+"""With compressed codes, this many times k candidates are re-ranked by their stored vectors."""
 MODEL_FILES = re.compile(r"[0-9a-f]{64}\.safetensors")
 
 
@@ -167,9 +169,12 @@ class SimilarityIndex:
         Copies of one file share a vector; each of them is listed.
         """
         vectors, info = self._vectors.current()
-        distances, ids = vectors.search(queries, k)
         if info is not None and "PQ" in info.description:
+            distances, ids = vectors.search(queries, k * RERANK_CANDIDATES)
             distances, ids = self._exact_order(queries, distances, ids)
+            distances, ids = distances[:, :k], ids[:, :k]
+        else:
+            distances, ids = vectors.search(queries, k)
         by_vector = self.store.images_of_vectors([int(i) for i in ids.ravel() if i >= 0])
         results = []
         for row_d, row_i in zip(distances, ids):

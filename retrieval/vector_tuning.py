@@ -18,6 +18,8 @@ from retrieval.store.vector_index import VectorIndex
 DEFAULT_TARGET_RECALL = 0.95
 QUERIES = 1000
 K = 10
+PLATEAU = 0.002
+"""Doubling nprobe stops once it gains less recall@10 than this: the codes, not the lists searched, limit it."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ def measure_recall(index: VectorIndex, queries: np.ndarray, own_ids: np.ndarray,
 def tune(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, target_recall: float = DEFAULT_TARGET_RECALL,
          seed: int = 0, queries: int = QUERIES) -> Tuning:
     """The fastest search breadth (nprobe, doubling from 1) at which `index` reaches `target_recall` on queries
-    drawn from `vectors` (rows of `ids`); the widest if none does (its recall says so). Leaves `index` set to it."""
+    drawn from `vectors` (rows of `ids`); if none does, where recall stops growing (its recall says so). Leaves
+    `index` set to it."""
     picked = np.sort(np.random.default_rng(seed).permutation(len(ids))[:queries])
     sample, own = np.ascontiguousarray(vectors[picked], dtype=np.float32), ids[picked]
     if len(sample) == 0:
@@ -69,6 +72,9 @@ def tune(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, target_recall
     while True:
         index.set_nprobe(nprobe)
         recall, ms = measure_recall(index, sample, own, exact)
+        if best is not None and recall - best.recall_at_10 < PLATEAU:
+            index.set_nprobe(best.nprobe)  # compressed codes cap the recall: searching wider only costs time
+            return best
         best = Tuning(nprobe, recall, len(sample), ms, target_recall)
         if recall >= target_recall or nprobe >= lists:
             return best

@@ -434,6 +434,15 @@ class IndexStore:
         with self.reading() as session:
             return list(session.execute(query))
 
+    def export_rows(self) -> list[dict[str, object]]:
+        """Every indexed image as an export writes it: path, image_id, label, width, height, size, mtime_ns,
+        content_hash and its vector_id, by path."""
+        query = select(ImageRecord.path, ImageRecord.id.label("image_id"), ImageRecord.label, ImageRecord.width,
+                       ImageRecord.height, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.content_hash,
+                       ImageRecord.vector_id).where(ImageRecord.status == STATUS_OK).order_by(ImageRecord.path)
+        with self.reading() as session:
+            return [dict(row._mapping) for row in session.execute(query)]
+
     def images_of_vectors(self, vector_ids: Sequence[int]) -> dict[int, list[ImageRecord]]:
         """The indexed images of each of these vectors (copies of one content share it), by path."""
         found: dict[int, list[ImageRecord]] = {}
