@@ -159,3 +159,22 @@ def test_faiss_on_the_gpu_gives_the_cpus_neighbours() -> None:
     assert (cpu_ids[:, 0] == gpu_ids[:, 0]).all()
     assert (cpu_ids == gpu_ids).mean() > 0.99
     assert np.allclose(cpu_distances, gpu_distances, rtol=1e-3, atol=1e-2)
+
+
+def test_an_inverted_file_trained_on_the_gpu_searches_as_one_trained_on_the_cpu(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    """k-means on the GPUs (a faiss-gpu build); the index kept is the CPU one, its recall as the CPU path's."""
+    from retrieval.store import vector_index
+    from retrieval.store.vector_index import VectorIndex, gpus
+    from retrieval.vector_tuning import tune
+
+    if gpus() == 0:
+        pytest.skip("faiss has no GPU here (a faiss-cpu build)")
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((50_000, 64)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.arange(len(data), dtype=np.int64)
+    on_gpu = tune(VectorIndex.build(64, ids, data, "IVF256,Flat"), ids, data, 0.95)
+    monkeypatch.setattr(vector_index, "gpus", lambda: 0)
+    on_cpu = tune(VectorIndex.build(64, ids, data, "IVF256,Flat"), ids, data, 0.95)
+    assert on_gpu.recall_at_10 >= 0.95 and abs(on_gpu.recall_at_10 - on_cpu.recall_at_10) < 0.03

@@ -20,6 +20,23 @@ from retrieval.unit_distance import squared_l2_from_scores
 ADD_BLOCK = 65_536
 
 
+def gpus() -> int:
+    """GPUs a GPU build of faiss (`faiss-gpu`) sees; 0 for the CPU build."""
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _cluster_on_gpus(index: faiss.Index, dim: int) -> None:
+    """With a GPU build of faiss, an inverted file's k-means runs on the GPUs (FAISS's own way: a GPU flat index
+    as its clustering index); the index trained, and saved, is the CPU one either way."""
+    if gpus() == 0:
+        return
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return
+    ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
+
+
 class VectorIndex:
     """Nearest neighbours by inner product, keyed by the `vectors.id` of the database."""
 
@@ -37,6 +54,7 @@ class VectorIndex:
         data = np.ascontiguousarray(vectors, dtype=np.float32)
         if not index.is_trained:
             sample = np.random.default_rng(seed).permutation(len(data))[:training_size(len(data), description)]
+            _cluster_on_gpus(index, dim)
             try:
                 index.train(data[np.sort(sample)])
             except RuntimeError as exc:  # too few vectors for its lists or codes, say
