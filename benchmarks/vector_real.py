@@ -1,5 +1,5 @@
-"""The vector index's kinds on real embeddings: the default model's 1280-d vectors of real images from
-../shared/datasets (CIFAR-10 test, Fashion-MNIST test, MNIST test, every photo), beside exact Flat.
+"""The vector index's kinds on real embeddings: the default model's 1280-d vectors of every image in
+../shared/datasets (CIFAR-10, Fashion-MNIST, MNIST's test set, Omniglot, the photos), beside exact Flat.
 
 Synthetic clusters (`vector_scale.py`) say how the index scales; these say how it behaves on the distribution
 users have. The collection is every image but 1000 held out as queries (drawn at random). For each kind: build
@@ -12,7 +12,6 @@ under benchmarks/.cache/embeddings (by model hash). Results are appended to `ben
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import sys
@@ -46,39 +45,60 @@ RESULTS = REPO / "benchmarks" / "results" / "vector_real.jsonl"
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
-def encoded_images() -> Iterator[tuple[str, bytes]]:
-    """(name, encoded image) of every image the collection takes, in a fixed order."""
-    with zipfile.ZipFile(DATASETS / "cifar10" / "cifar10-test.zip") as archive:
-        for name in sorted(n for n in archive.namelist() if n.lower().endswith(".jpg")):
-            yield f"cifar10/{name}", archive.read(name)
-    for folder in ("fashion-mnist", "mnist"):
-        for i, pixels in enumerate(read_idx(DATASETS / folder / "t10k-images-idx3-ubyte.gz")):
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="PNG")
-            yield f"{folder}/{i:05d}.png", buffer.getvalue()
+def _zip_images(path: Path, prefix: str) -> Iterator[tuple[str, bytes]]:
+    with zipfile.ZipFile(path) as archive:
+        for name in sorted(n for n in archive.namelist() if Path(n).suffix.lower() in SUFFIXES):
+            yield f"{prefix}/{name}", archive.read(name)
+
+
+def _idx_images(path: Path, prefix: str) -> Iterator[tuple[str, bytes]]:
+    for i, pixels in enumerate(read_idx(path)):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        yield f"{prefix}/{i:05d}.png", buffer.getvalue()
+
+
+def _photos() -> Iterator[tuple[str, bytes]]:
     for path in sorted(p for p in (DATASETS / "photos").rglob("*") if p.suffix.lower() in SUFFIXES):
         yield str(path.relative_to(DATASETS)), path.read_bytes()
 
 
-def real_embeddings() -> tuple[list[str], np.ndarray]:
-    model = load_default_model()
-    images = list(encoded_images())
-    names = [name for name, _ in images]
-    key = hashlib.sha256((model.content_hash + "\n".join(names)).encode()).hexdigest()[:20]
-    path = CACHE / f"real-{key}.npy"
+def parts() -> dict[str, Iterator[tuple[str, bytes]]]:
+    """Every image of the shared datasets, by part: (name, encoded image) in a fixed order."""
+    return {
+        "cifar10-test": _zip_images(DATASETS / "cifar10" / "cifar10-test.zip", "cifar10"),
+        "cifar10-train": _zip_images(DATASETS / "cifar10" / "cifar10-train.zip", "cifar10"),
+        "fashion-mnist-test": _idx_images(DATASETS / "fashion-mnist" / "t10k-images-idx3-ubyte.gz", "fmnist-test"),
+        "fashion-mnist-train": _idx_images(DATASETS / "fashion-mnist" / "train-images-idx3-ubyte.gz",
+                                           "fmnist-train"),
+        "mnist-test": _idx_images(DATASETS / "mnist" / "t10k-images-idx3-ubyte.gz", "mnist"),
+        "omniglot-background": _zip_images(DATASETS / "omniglot" / "images_background.zip", "omniglot"),
+        "omniglot-evaluation": _zip_images(DATASETS / "omniglot" / "images_evaluation.zip", "omniglot"),
+        "photos": _photos(),
+    }
+
+
+def part_embeddings(name: str, images: Iterator[tuple[str, bytes]], embedder: Embedder) -> np.ndarray:
+    """The default model's embeddings of one part, cached by model hash and part (a long run keeps its parts)."""
+    path = CACHE / f"real-{embedder.content_hash[:16]}-{name}.npy"
     if path.exists():
-        return names, np.load(path)
+        return np.load(path)
     sources = [Source(i, data=data) for i, (_, data) in enumerate(images)]
-    results = [r for batch in embed_batches(Embedder(model), sources, batch_size=64) for r in batch]
-    kept = [r for r in results if r.vector is not None]
-    vectors = np.stack([r.vector for r in kept])
+    results = [r for batch in embed_batches(embedder, sources, batch_size=64) for r in batch]
+    vectors = np.stack([r.vector for r in results if r.vector is not None])
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
-    return [names[r.key] for r in kept], vectors
+    print(f"{name}: {len(vectors):,} embeddings", flush=True)
+    return vectors
+
+
+def real_embeddings() -> np.ndarray:
+    embedder = Embedder(load_default_model())
+    return np.concatenate([part_embeddings(name, images, embedder) for name, images in parts().items()])
 
 
 def main() -> None:
-    names, vectors = real_embeddings()
+    vectors = real_embeddings()
     held = np.sort(np.random.default_rng(0).permutation(len(vectors))[:1000])
     keep = np.setdiff1d(np.arange(len(vectors)), held)
     collection, queries = vectors[keep], vectors[held]

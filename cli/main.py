@@ -19,6 +19,7 @@ from cli.database import db_app
 from cli.decide import classify_command, dedup_command, verify_command
 from cli.output import write_json
 from cli.train import train_command
+from cli.serve import serve_command
 from cli.transfer import export_command, import_command
 from cli.vectors import info_command, tune_command
 from retrieval.errors import SimsearchError
@@ -145,6 +146,7 @@ app.command("info")(info_command)
 app.command("tune")(tune_command)
 app.command("export")(export_command)
 app.command("import")(import_command)
+app.command("serve")(serve_command)
 
 
 @app.command("eval")

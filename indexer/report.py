@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,3 +52,7 @@ class IndexSummary:
     def problems(self) -> int:
         """Files under the given paths that are not indexed because they cannot be read."""
         return self.failed + self.still_failing
+
+    def to_dict(self) -> dict[str, object]:
+        return {**{name: value for name, value in dataclasses.asdict(self).items() if not name.endswith("seconds")},
+                "seconds": round(self.seconds, 3)}

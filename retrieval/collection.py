@@ -198,8 +198,12 @@ class Collection:
         """Whether two image files show the same thing, at the threshold `threshold_choice` picks."""
         choice = self.threshold_choice(threshold, precision)
         vectors = self.embed_files([first, second])
-        distance = distance_between(vectors[0], vectors[1])
-        tensors = torch.from_numpy(vectors).to(self.embedder.device)
+        return self.verdict(vectors[0], vectors[1], choice)
+
+    def verdict(self, first: np.ndarray, second: np.ndarray, choice: ThresholdChoice) -> Verdict:
+        """Same or different for two embeddings (of this collection's model) at `choice`'s threshold."""
+        distance = distance_between(first, second)
+        tensors = torch.from_numpy(np.stack([first, second])).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
         limit = choice.threshold
         return Verdict(decide(distance, limit), distance, limit, limit - distance,
@@ -287,25 +291,34 @@ class Collection:
                  precision: float | None = None) -> list[Classification]:
         """The nearest support class of each query file (by nearest support image, or by class mean with
         `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one."""
-        members = support_argument(support)
         asked = path_arguments(queries, "queries")
+        vectors, failed = self._embed_each(asked)
+        kept = [i for i in range(len(asked)) if i not in failed]
+        found = dict(zip(kept, self.classify_vectors(support, vectors, [asked[i] for i in kept], prototype,
+                                                     threshold, precision))) if kept else {}
+        support_argument(support)  # checked even when no query could be embedded
+        return [found.get(i) or Classification(query, None, None, None, None, failed[i])
+                for i, query in enumerate(asked)]
+
+    def classify_vectors(self, support: Mapping[str, Sequence[Path | str]], vectors: np.ndarray,
+                         names: Sequence[str], prototype: bool = False, threshold: float | None = None,
+                         precision: float | None = None) -> list[Classification]:
+        """As `classify`, for queries already embedded (`vectors`, one row per name in `names`)."""
+        members = support_argument(support)
         choice = self.classify_threshold(threshold, precision)
         limit = None if choice is None else choice.threshold
         classes = list(members)
         files = [path for name in classes for path in members[name]]
         labels = np.array([i for i, name in enumerate(classes) for _ in members[name]])
         support_vectors = self.embed_files(files)
-        vectors, failed = self._embed_each(asked)
-        kept = [i for i in range(len(asked)) if i not in failed]
         best, distances, deciding = nearest_classes(vectors, support_vectors, labels, prototype)
-        found = {}
-        for row, i in enumerate(kept):
-            name = classes[int(best[row])]
+        results = []
+        for row, name in enumerate(names):
+            nearest = classes[int(best[row])]
             within = limit is None or decide(float(distances[row]), limit)
-            found[i] = Classification(asked[i], name if within else None, name, float(distances[row]),
-                                      None if deciding[row] < 0 else files[int(deciding[row])])
-        return [found.get(i) or Classification(query, None, None, None, None, failed[i])
-                for i, query in enumerate(asked)]
+            results.append(Classification(name, nearest if within else None, nearest, float(distances[row]),
+                                          None if deciding[row] < 0 else files[int(deciding[row])]))
+        return results
 
     def _require_index(self) -> SimilarityIndex:
         if self.index is None:

@@ -211,8 +211,8 @@ class PostgresBackend(Backend):
     name = "postgresql"
 
     def __init__(self, url: URL) -> None:
-        # No server-side prepared statements: the generic plan PostgreSQL settles on for `IN (500 values)` after five
-        # runs scans the whole table (seconds a batch once it holds 100k rows), where each custom plan uses the index.
+        # No server-side prepared statements: once psycopg prepared the `IN (500 values)` lookup (after five runs),
+        # its plan made the lookups of a 20k-row ingest take 3.1 s instead of 0.15 s (benchmarks/store_ingest.py).
         engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS,
                                                                       "prepare_threshold": None})
         super().__init__(url, engine)

@@ -434,6 +434,12 @@ class IndexStore:
         with self.reading() as session:
             return list(session.execute(query))
 
+    def vector_of_path(self, path: str) -> bytes | None:
+        """The served vector (float32 bytes) of the indexed image at `path`, if there is one."""
+        with self.reading() as session:
+            return session.scalar(select(VectorRecord.data).join(ImageRecord, ImageRecord.vector_id == VectorRecord.id)
+                                  .where(ImageRecord.path == path, ImageRecord.status == STATUS_OK))
+
     def export_rows(self) -> list[dict[str, object]]:
         """Every indexed image as an export writes it: path, image_id, label, width, height, size, mtime_ns,
         content_hash and its vector_id, by path."""

@@ -1,0 +1,1 @@
+"""The HTTP service beside `cli/`: the same library, the model loaded once."""
