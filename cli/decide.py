@@ -95,9 +95,17 @@ def dedup_command(
     = False,
     stdin: Annotated[bool, typer.Option("--stdin", help="Read paths from stdin, one a line; write a JSON line "
                                                         "for each, with `duplicate_of` when it matches.")] = False,
+    keep: Annotated[str, typer.Option(help="Keeper rules in order: largest, smallest, oldest, newest, "
+                                           "shortest-path, longest-path, prefer:DIR, format:EXT.")]
+    = "largest,oldest,shortest-path",
+    reference: Annotated[Optional[Path], typer.Option(
+        help="A protected folder: its images keep and are never proposed; only others are checked against it.")]
+    = None,
     device: DeviceOption = None,
 ) -> None:
-    """Near-duplicate groups, each with a suggested keeper (most pixels, then oldest, then shortest path).
+    """Near-duplicate groups, each with a suggested keeper (by --keep: most pixels, then oldest, then shortest
+    path) and every member within the threshold of it; exact copies are marked apart from near-duplicates, and
+    pairs decided "not duplicates" (`simsearch not-duplicates A B`) never group.
 
     Nothing is ever deleted: `--print0` lists the others so that `xargs -0 rm` stays your explicit choice.
     """
@@ -111,7 +119,7 @@ def dedup_command(
         unindexed = index_first(paths, index_dir, db, device) if paths else 0
         collection = open_for_decisions(index_dir, db, None, device)
         choice = collection.threshold_choice(threshold, precision)
-        found = collection.find_duplicates(choice.threshold, paths or None)
+        found = collection.find_duplicates(choice.threshold, paths or None, keep=keep, reference=reference)
         groups = found.groups
     except SimsearchError as exc:
         raise fail(str(exc)) from None
@@ -248,3 +256,31 @@ def classify_command(
         if r.error is not None:
             print_error(r.error)
     exit_for_failures(sum(r.error is not None for r in results), len(results))
+
+
+def not_duplicates_command(
+    first: Annotated[Path, typer.Argument(metavar="A", help="An indexed image.")],
+    second: Annotated[Path, typer.Argument(metavar="B", help="Another indexed image.")],
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+) -> None:
+    """Record that A and B are not duplicates: by their content, so the decision holds after moves and
+    re-indexing, for every later dedup (here and in the server)."""
+    try:
+        new = open_for_decisions(index_dir, db, None, None).mark_distinct([(first, second)])
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    err.print("recorded: not duplicates" if new else "already recorded: not duplicates")
+
+
+def decisions_command(
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+) -> None:
+    """Every "not duplicates" decision, as JSON (content hashes, when, and the paths that hold them now)."""
+    try:
+        collection = open_for_decisions(index_dir, db, None, None)
+        write_json(collection.decisions())
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+

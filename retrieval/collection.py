@@ -23,9 +23,10 @@ from retrieval.calibration import DEFAULT_PRECISION, decide, level_at
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, DuplicateSearch, index_duplicates
+from retrieval.keeper_rules import DEFAULT_RULES, parse_rules
 from retrieval.sources.embed import embed_sources
 from retrieval.embedding import Embedder, pick_device
-from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InvalidArgumentError,
+from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InputPathError, InvalidArgumentError,
                               ModelMismatchError)
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import identify_file
@@ -216,14 +217,49 @@ class Collection:
         return self.find_duplicates(threshold, roots, precision).groups
 
     def find_duplicates(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
-                        precision: float | None = None) -> DuplicateSearch:
-        """As `dedup`, with how the pairs were found: exactly, or (a large index) by a kNN graph whose pair recall
-        is measured."""
+                        precision: float | None = None, keep: str = DEFAULT_RULES,
+                        reference: Path | str | None = None) -> DuplicateSearch:
+        """As `dedup`, with how the pairs were found (exactly, or in a large index by a kNN graph whose pair recall
+        is measured); `keep`: the keeper rules in order (`retrieval.keeper_rules`); `reference`: a folder whose
+        images are protected (only images outside it are proposed, each as a duplicate of one inside)."""
         index = self._require_searchable_index()
+        rules = parse_rules(keep)
         limit = self.threshold(threshold, precision)
         under = [] if roots is None else [os.path.abspath(Path(root).expanduser())
                                           for root in path_arguments(roots, "roots")]
-        return index_duplicates(index, limit, under or None)
+        protected = None if reference is None else os.path.abspath(Path(path_argument(reference, "reference"))
+                                                                  .expanduser())
+        return index_duplicates(index, limit, under or None, rules, protected)
+
+    def decisions(self) -> list[dict[str, object]]:
+        """Every "not duplicates" decision: the two contents, when, and the indexed paths holding each now."""
+        index = self._require_index()
+        paths: dict[str, list[str]] = {}
+        for row in index.store.indexed_images():
+            paths.setdefault(row.content_hash, []).append(row.path)
+        return [{"first_hash": first, "second_hash": second, "decided_at": when.isoformat(),
+                 "first_paths": sorted(paths.get(first, [])), "second_paths": sorted(paths.get(second, []))}
+                for first, second, when in index.store.distinct_pairs()]
+
+    def mark_distinct(self, pairs: Sequence[tuple[Path | str, Path | str]]) -> int:
+        """Record that each pair of indexed images is not a duplicate (by content: it holds after moves and
+        re-indexing, for every later dedup); how many decisions are new. `InputPathError` for a path that is not
+        indexed."""
+        index = self._require_index()
+        hashes = []
+        for pair in pairs:
+            digests = []
+            for path in pair:
+                absolute = os.path.abspath(Path(path_argument(path, "path")).expanduser())
+                row = index.store.known_images([absolute], 0, everything=False).get(absolute)
+                if row is None or row.content_hash is None:
+                    raise InputPathError(f"not an indexed image: {path}")
+                digests.append(row.content_hash)
+            if digests[0] == digests[1]:
+                raise InvalidArgumentError(f"{pair[0]} and {pair[1]} hold the same content: exact copies are "
+                                           "duplicates by definition")
+            hashes.append((digests[0], digests[1]))
+        return index.store.mark_distinct(hashes)
 
     def stream_duplicates(self, paths: Iterable[str], threshold: float | None = None,
                           precision: float | None = None) -> Iterator[StreamMatch]:

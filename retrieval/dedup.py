@@ -14,13 +14,14 @@ path's, and a symbolic link is never the keeper of a group that holds its target
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
+from retrieval.keeper_rules import DEFAULT, KeeperRule, deciding_rule, order_key
 from retrieval.neighbour_graph import GRAPH_NEIGHBOURS, PairSearch, graph_pairs, pair_recall
 from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, radius_for_threshold, squared_l2_from_scores
 
@@ -41,6 +42,7 @@ class Candidate:
     file_id: str | None = None
     size: int | None = None
     """With `mtime_ns`: the file as it was indexed, to tell whether its path still holds it."""
+    content_hash: str | None = None
 
     @property
     def pixels(self) -> int:
@@ -52,16 +54,27 @@ class Candidate:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """A keeper and the others; `distances[i]` is the distance of `others[i]` to the keeper."""
+    """A keeper and the others, each within the threshold of the keeper (groups do not chain); `distances[i]` is
+    the distance of `others[i]` to the keeper, `copies[i]` whether it is an exact copy (the same content), and
+    `decided_by` the keeper rule that chose the keeper."""
 
     keeper: Candidate
     others: list[Candidate]
     distances: list[float]
+    copies: list[bool] = field(default_factory=list)
+    decided_by: str = "path"
+
+    @property
+    def weakest_link(self) -> float:
+        """The largest distance to the keeper: how near the least near member is."""
+        return max(self.distances, default=0.0)
 
     def to_dict(self) -> dict[str, object]:
-        return {"keeper": self.keeper.to_dict(),
-                "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS)}
-                               for other, distance in zip(self.others, self.distances)]}
+        copies = self.copies or [False] * len(self.others)
+        return {"keeper": self.keeper.to_dict(), "decided_by": self.decided_by,
+                "weakest_link": round(self.weakest_link, DISTANCE_DIGITS),
+                "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS), "copy": copy}
+                               for other, distance, copy in zip(self.others, self.distances, copies)]}
 
 
 CSV_HEADER = ["group", "role", "path", "distance", "width", "height", "image_id"]
@@ -73,15 +86,29 @@ def csv_rows(groups: Sequence[DuplicateGroup]) -> Iterator[list[object]]:
     for number, group in enumerate(groups, 1):
         keeper = group.keeper
         yield [number, "keeper", keeper.path, 0.0, keeper.width, keeper.height, keeper.image_id]
-        for other, distance in zip(group.others, group.distances):
-            yield [number, "duplicate", other.path, round(distance, DISTANCE_DIGITS), other.width, other.height,
-                   other.image_id]
+        copies = group.copies or [False] * len(group.others)
+        for other, distance, copy in zip(group.others, group.distances, copies):
+            yield [number, "copy" if copy else "duplicate", other.path, round(distance, DISTANCE_DIGITS), other.width,
+                   other.height, other.image_id]
 
 
-def keeper_order(candidate: Candidate) -> tuple[int, int, int, str]:
-    """Sort key: most pixels first, then oldest, then shortest path (then the path, for a stable answer)."""
-    mtime = candidate.mtime_ns if candidate.mtime_ns is not None else np.iinfo(np.int64).max
-    return (-candidate.pixels, mtime, len(candidate.path), candidate.path)
+def keeper_order(candidate: Candidate) -> tuple[object, ...]:
+    """Sort key of the default rules: most pixels first, then oldest, then shortest path (then the path)."""
+    return order_key(DEFAULT)(candidate)
+
+
+@dataclass(frozen=True)
+class GroupingRules:
+    """How groups are formed: the keeper rules in order; contents decided not to be duplicates (SHA-256 pairs,
+    first < second); with `protected`, a reference mode: only a protected image keeps, and none is proposed."""
+
+    keep: tuple[KeeperRule, ...] = DEFAULT
+    distinct: frozenset[tuple[str, str]] = frozenset()
+    protected: Callable[[str], bool] | None = None
+
+    def apart(self, first: Candidate, second: Candidate) -> bool:
+        a, b = first.content_hash, second.content_hash
+        return a is not None and b is not None and (min(a, b), max(a, b)) in self.distinct
 
 
 def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,14 +145,20 @@ def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[
 
 def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float,
                      identify: Callable[[str], FileIdentity | None] = identify_file,
-                     pairs: tuple[np.ndarray, np.ndarray] | None = None) -> list[DuplicateGroup]:
+                     pairs: tuple[np.ndarray, np.ndarray] | None = None,
+                     rules: GroupingRules | None = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate images; `owners[i]` are the images whose vector is `vectors[i]` (copies of one
     file share a vector, and are duplicates of each other at distance 0). Largest groups first.
+
+    Within each set of images linked by close pairs, the image the keeper rules prefer keeps, those within the
+    threshold of it (and not decided apart from it) join it, and the rest form groups of their own in the same
+    way: no member is ever further than the threshold from its keeper.
 
     `identify` tells what each member's path reaches now (one path per file is kept; see the module's doc).
     `pairs` (rows i, j within the threshold) found otherwise (`retrieval.neighbour_graph`); else every pair is
     searched exactly.
     """
+    rules = rules or GroupingRules()
     first, second = pairs if pairs is not None else pairs_within(vectors, threshold)[:2]
     linked = set(np.concatenate([first, second]).tolist())
     components = connected_groups(len(vectors), first, second)
@@ -133,14 +166,36 @@ def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]],
     groups = []
     for members in components:
         images = _one_path_per_file([(image, int(row)) for row in members for image in owners[int(row)]], identify)
-        if len(images) < 2:
-            continue
-        images.sort(key=lambda pair: keeper_order(pair[0]))
-        (keeper, keeper_row), rest = images[0], images[1:]
-        anchor = vectors[keeper_row]
-        distances = [0.0 if row == keeper_row else distance_between(vectors[row], anchor) for _, row in rest]
-        groups.append(DuplicateGroup(keeper, [image for image, _ in rest], distances))
+        groups += _groups_around_keepers(images, vectors, threshold, rules)
     groups.sort(key=lambda group: (-len(group.others), group.keeper.path))
+    return groups
+
+
+def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndarray, threshold: float,
+                           rules: GroupingRules) -> list[DuplicateGroup]:
+    protected = rules.protected
+    key = order_key(rules.keep)
+    remaining = sorted(images, key=lambda pair: (0 if protected and protected(pair[0].path) else 1, key(pair[0])))
+    groups = []
+    while len(remaining) > 1:
+        (keeper, keeper_row), rest = remaining[0], remaining[1:]
+        if protected is not None and not protected(keeper.path):
+            break  # reference mode: what is left has no protected image to be a duplicate of
+        joined, left = [], []
+        for image, row in rest:
+            distance = 0.0 if row == keeper_row else distance_between(vectors[row], vectors[keeper_row])
+            eligible = protected is None or not protected(image.path)
+            if distance <= threshold and eligible and not rules.apart(keeper, image):
+                joined.append((image, row, distance))
+            else:
+                left.append((image, row))
+        if joined:
+            runner_up = min((image for image, _, _ in joined), key=key)
+            decided = "protected" if protected is not None else deciding_rule(rules.keep, keeper, runner_up)
+            groups.append(DuplicateGroup(keeper, [image for image, _, _ in joined],
+                                         [distance for _, _, distance in joined],
+                                         [row == keeper_row for _, row, _ in joined], decided))
+        remaining = left
     return groups
 
 
@@ -168,26 +223,34 @@ class DuplicateSearch:
         return {"groups": [group.to_dict() for group in self.groups], "pairs": self.pairs.to_dict()}
 
 
-def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None
-                     ) -> DuplicateSearch:
-    """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given).
+def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None,
+                     keep: Sequence[KeeperRule] = DEFAULT, reference: str | None = None) -> DuplicateSearch:
+    """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given),
+    kept by the rules `keep`, honouring every "not duplicates" decision stored. With `reference` (an absolute
+    folder), its images are protected: they keep, and only images outside it are proposed.
+
     While the index's vector index is exact, every pair is searched; once it is approximate, through it as a kNN
     graph, whose pair recall is measured on a sample and reported."""
     ids, vectors = index.served_vectors()
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
-    for path, width, height, mtime_ns, vector_id, image_id, file_id, size in index.store.indexed_images(roots):
+    scope = None if roots is None else [*roots, *([reference] if reference else [])]
+    for path, width, height, mtime_ns, vector_id, image_id, file_id, size, digest in index.store.indexed_images(scope):
         row = row_of.get(int(vector_id))
         if row is not None:
-            owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size))
+            owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size, digest))
+    prefix = None if reference is None else reference.rstrip("/") + "/"
+    rules = GroupingRules(tuple(keep), frozenset((a, b) for a, b, _ in index.store.distinct_pairs()),
+                          None if prefix is None else (lambda path: path.startswith(prefix) or path == reference))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return DuplicateSearch([], PairSearch("exact"))
     info = index.vector_info()
     if info is None or info.description == EXACT:
-        return DuplicateSearch(duplicate_groups(vectors[used], [owners[row] for row in used], threshold),
-                               PairSearch("exact"))
+        return DuplicateSearch(duplicate_groups(vectors[used], [owners[row] for row in used], threshold,
+                                                rules=rules), PairSearch("exact"))
     first, second, _ = graph_pairs(index.vector_index(), ids[used], vectors[used], threshold)
     recall, sampled = pair_recall(vectors[used], first, second, threshold, seed=len(used))
-    groups = duplicate_groups(vectors[used], [owners[row] for row in used], threshold, pairs=(first, second))
+    groups = duplicate_groups(vectors[used], [owners[row] for row in used], threshold, pairs=(first, second),
+                              rules=rules)
     return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled))

@@ -28,6 +28,7 @@ from retrieval.errors import (ArgumentTypeError, CalibrationError, DecodeError, 
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import SimilarityIndex, open_index
 from retrieval.inputs import k_argument
+from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.search import QueryResult
 from server.batching import EmbedBatcher
 
@@ -210,18 +211,35 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
 
     @app.get("/api/duplicates")
     async def duplicates(threshold: float | None = None, precision: float | None = None, page: int = 1,
-                         per_page: int = 50) -> dict[str, object]:
+                         per_page: int = 50, keep: str = DEFAULT_RULES,
+                         reference: str | None = None) -> dict[str, object]:
         """Near-duplicate groups, largest first, a page at a time, with the threshold used and how the pairs were
-        found."""
+        found; `keep` and `reference` as `simsearch dedup` takes them; "not duplicates" decisions honoured."""
         if page < 1 or not 1 <= per_page <= limits.max_page:
             raise HTTPException(422, f"page must be 1 or more and per_page 1 to {limits.max_page}")
         collection, _ = served.collection()
         choice = collection.threshold_choice(threshold, precision)
-        found = collection.find_duplicates(choice.threshold)
+        found = collection.find_duplicates(choice.threshold, keep=keep, reference=reference)
         start = (page - 1) * per_page
         return {**choice.to_dict(), "pairs": found.pairs.to_dict(), "page": page, "per_page": per_page,
                 "total": len(found.groups),
                 "groups": [group.to_dict() for group in found.groups[start:start + per_page]]}
+
+    @app.post("/api/decisions")
+    async def not_duplicates(request: Request) -> dict[str, object]:
+        """Record that two indexed images are not duplicates (`{"a": path, "b": path}`): by content, for every
+        later dedup."""
+        body = await request.json()
+        if not isinstance(body, dict) or not all(isinstance(body.get(key), str) for key in ("a", "b")):
+            raise HTTPException(422, 'send {"a": "<an indexed image>", "b": "<another>"}')
+        collection, _ = served.collection()
+        return {"new": collection.mark_distinct([(body["a"], body["b"])]) == 1}
+
+    @app.get("/api/decisions")
+    async def decisions() -> list[dict[str, object]]:
+        """Every "not duplicates" decision, with the paths that hold each content now."""
+        collection, _ = served.collection()
+        return collection.decisions()
 
     @app.post("/api/images")
     async def add_images(request: Request) -> dict[str, object]:

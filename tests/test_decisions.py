@@ -94,7 +94,7 @@ def test_dedup_groups_copies_with_the_largest_as_keeper(collection: Path) -> Non
     listed = invoke("dedup", "--threshold", threshold, "--print0", cwd=collection).stdout
     assert listed.endswith("\0") and len(listed.split("\0")) == 3
     rows = list(csv.DictReader(io.StringIO(invoke("dedup", "--threshold", threshold, "--csv", cwd=collection).stdout)))
-    assert [row["role"] for row in rows] == ["keeper", "duplicate", "duplicate"]
+    assert [row["role"] for row in rows] == ["keeper", "copy", "duplicate"], "the exact copy is named as one"
     ids = [groups[0]["keeper"]["image_id"], *(d["image_id"] for d in groups[0]["duplicates"])]
     assert len(set(ids)) == 3 and all(isinstance(i, int) for i in ids), "each image is named by its id"
     assert sorted(int(row["image_id"]) for row in rows) == sorted(ids), "CSV and JSON name the same images"
@@ -187,3 +187,49 @@ def test_classify_refuses_a_support_class_without_images(collection: Path) -> No
     (support / "beta").mkdir()
     assert_one_line_error(invoke("classify", "--support", "support", "photos/a.png", cwd=collection),
                           "support class 'beta' has no images")
+
+
+def test_not_duplicates_holds_by_content_across_moves_cli_and_server(tmp_path: Path, tiny_model_file: Path) -> None:
+    """Two near copies group; once decided apart they never do again, after a move and a re-index too, and the
+    server honours the same decision; exact copies are marked as such; decisions export as JSON."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    photo(0, (96, 72)).save(folder / "a.png")
+    photo(0, (80, 60)).save(folder / "a-small.png")
+    (folder / "a-copy.png").write_bytes((folder / "a.png").read_bytes())
+    photo(5).save(folder / "other.png")
+    index = ["--index", "idx"]
+    assert invoke("index", "p", *index, "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
+
+    def groups() -> list[dict[str, object]]:
+        result = invoke("dedup", *index, "--threshold", "0.05", "--json", cwd=tmp_path)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    [group] = groups()
+    kinds = {Path(d["path"]).name: d["copy"] for d in group["duplicates"]}  # type: ignore[index, union-attr]
+    assert kinds == {"a-copy.png": True, "a-small.png": False} and group["decided_by"] == "oldest"  # the copy is as large: written later
+    assert invoke("not-duplicates", "p/a.png", "p/a-small.png", *index, cwd=tmp_path).exit_code == 0
+    [group] = groups()
+    assert [Path(d["path"]).name for d in group["duplicates"]] == ["a-copy.png"]  # type: ignore[index, union-attr]
+    (folder / "a-small.png").rename(folder / "moved.png")
+    assert invoke("index", "p", *index, "--workers", "0", cwd=tmp_path).exit_code == 0
+    assert [Path(d["path"]).name for d in groups()[0]["duplicates"]] == ["a-copy.png"]  # type: ignore[index, union-attr]
+    [decision] = json.loads(invoke("decisions", *index, cwd=tmp_path).stdout)
+    assert decision["second_paths"] + decision["first_paths"] and str(folder / "moved.png") in (
+        decision["first_paths"] + decision["second_paths"])
+    assert_one_line_error(invoke("not-duplicates", "p/a.png", "p/nowhere.png", *index, cwd=tmp_path),
+                          "not an indexed image")
+    pytest.importorskip("fastapi", reason="the server's extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    with TestClient(create_app(tmp_path / "idx")) as api:
+        page = api.get("/api/duplicates", params={"threshold": 0.05}).json()
+        assert [Path(d["path"]).name for d in page["groups"][0]["duplicates"]] == ["a-copy.png"]
+        same = api.post("/api/decisions", json={"a": str(folder / "a.png"), "b": str(folder / "a-copy.png")})
+        assert same.status_code == 422 and "exact copies are duplicates" in same.json()["detail"]
+        assert api.post("/api/decisions", json={"a": str(folder / "a.png"), "b": str(folder / "other.png")}).json() \
+            == {"new": True}
+        assert len(api.get("/api/decisions").json()) == 2

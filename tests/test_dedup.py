@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from retrieval.errors import InvalidArgumentError
 from retrieval.dedup import Candidate, connected_groups, duplicate_groups, keeper_order, pairs_within
 from retrieval.file_identity import FileIdentity
 
@@ -92,7 +94,7 @@ def test_paths_to_one_file_are_one_member_and_a_link_never_keeps_its_target() ->
 
     groups = duplicate_groups(vectors, owners, 0.025, identify)
     assert [(g.keeper.path, sorted(o.path for o in g.others)) for g in groups] == [
-        ("/c/0.jpg", ["/c/1.jpg", "/c/2.jpg"]),
+        ("/c/0.jpg", ["/c/1.jpg"]),  # /c/2.jpg is near /c/1.jpg, not near the keeper: groups do not chain
         ("/c/3.jpg", ["/c/4.jpg"]),
     ]
 
@@ -103,3 +105,50 @@ def test_a_file_and_its_links_alone_are_no_group() -> None:
               [Candidate("/c.jpg", 1, 1, 0)]]
     same = {"/a.jpg": FileIdentity("a", False), "/l/a.jpg": FileIdentity("a", True)}
     assert duplicate_groups(vectors, owners, 0.5, lambda p: same.get(p) or distinct_files(p)) == []
+
+
+def test_groups_do_not_chain_and_name_their_weakest_link_rule_and_copies() -> None:
+    """0-1-2 is a chain (0 and 2 are not near each other): the keeper takes only those near it."""
+    vectors = near_copies()
+    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]
+    owners[3].append(Candidate("/c/3-copy.jpg", 100, 100, 9, content_hash="h3"))
+    groups = duplicate_groups(vectors, owners, 0.025, distinct_files)
+    chained = next(g for g in groups if g.keeper.path == "/c/0.jpg")
+    assert [o.path for o in chained.others] == ["/c/1.jpg"] and chained.weakest_link == max(chained.distances)
+    assert chained.decided_by == "oldest", "same pixels: the older one keeps"
+    threes = next(g for g in groups if g.keeper.path == "/c/3.jpg")
+    assert dict(zip((o.path for o in threes.others), threes.copies)) == {"/c/3-copy.jpg": True, "/c/4.jpg": False}
+    assert threes.to_dict()["duplicates"][0]["copy"] in (True, False) and "weakest_link" in threes.to_dict()
+
+
+def test_keeper_rules_in_order_and_the_rule_that_decided() -> None:
+    from retrieval.dedup import GroupingRules
+    from retrieval.keeper_rules import parse_rules
+
+    vectors = near_copies()
+    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
+    owners[4] = [Candidate("/keep/4.png", 100, 100, 40)]
+    [group] = [g for g in duplicate_groups(vectors, owners, 0.025, distinct_files,
+                                           rules=GroupingRules(parse_rules("format:png,oldest")))
+               if g.keeper.path.endswith("4.png")]
+    assert group.decided_by == "format:png" and [o.path for o in group.others] == ["/c/3.jpg"]
+    [group] = [g for g in duplicate_groups(vectors, owners, 0.025, distinct_files,
+                                           rules=GroupingRules(parse_rules("prefer:/keep"))) if "4" in g.keeper.path]
+    assert group.decided_by == "prefer:/keep"
+    with pytest.raises(InvalidArgumentError, match="'biggest' is not a rule"):
+        parse_rules("biggest,oldest")
+
+
+def test_decided_apart_pairs_and_a_protected_reference_folder() -> None:
+    from retrieval.dedup import GroupingRules
+
+    vectors = near_copies()
+    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]
+    apart = GroupingRules(distinct=frozenset({("h3", "h4")}))
+    assert all(g.keeper.path != "/c/3.jpg" for g in duplicate_groups(vectors, owners, 0.025, distinct_files,
+                                                                     rules=apart)), "3 and 4 were decided apart"
+    owners[4] = [Candidate("/ref/4.jpg", 10, 10, 99, content_hash="h4")]
+    reference = GroupingRules(protected=lambda path: path.startswith("/ref/"))
+    groups = duplicate_groups(vectors, owners, 0.025, distinct_files, rules=reference)
+    assert [(g.keeper.path, [o.path for o in g.others], g.decided_by) for g in groups] == [
+        ("/ref/4.jpg", ["/c/3.jpg"], "protected")], "only images outside the reference are proposed"

@@ -29,8 +29,8 @@ from retrieval.errors import IndexUnavailableError, IndexWriteError
 from retrieval.model_spec import PrecisionLevel
 from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
 from retrieval.store.queries import images_under
-from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ImageRecord, IndexState, ModelRecord,
-                                    VectorRecord, utcnow)
+from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, DistinctPair, ImageRecord, IndexState,
+                                    ModelRecord, VectorRecord, utcnow)
 
 CHUNK = 500
 """Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters."""
@@ -358,6 +358,27 @@ class IndexStore:
                                                                VectorRecord.id.not_in(referenced)))
         return True
 
+    # --- decisions ---------------------------------------------------------------------------------------
+
+    def mark_distinct(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Record that each pair of contents (SHA-256s) is not a duplicate; how many were new."""
+        ordered = {tuple(sorted(pair)) for pair in pairs if pair[0] != pair[1]}
+        if not ordered:
+            return 0
+        with self._writing() as session:
+            before = session.scalar(select(func.count()).select_from(DistinctPair)) or 0
+            self.backend.upsert_rows(session, DistinctPair.__table__, [  # type: ignore[arg-type]
+                {"first_hash": first, "second_hash": second, "decided_at": utcnow()} for first, second in ordered],
+                ["first_hash", "second_hash"], update=False)
+            return (session.scalar(select(func.count()).select_from(DistinctPair)) or 0) - before
+
+    def distinct_pairs(self) -> list[tuple[str, str, datetime]]:
+        """Every "not duplicates" decision: (first hash, second hash, when), first < second."""
+        with self.reading() as session:
+            return [(row.first_hash, row.second_hash, row.decided_at) for row in session.execute(
+                select(DistinctPair.first_hash, DistinctPair.second_hash, DistinctPair.decided_at)
+                .order_by(DistinctPair.decided_at, DistinctPair.id))]
+
     # --- calibrations ------------------------------------------------------------------------------------
 
     def save_calibration(self, model_id: int, model_hash: str, criterion: str, threshold: float,
@@ -424,10 +445,11 @@ class IndexStore:
             select(VectorRecord.id, VectorRecord.data).where(self._served(state)))]
 
     def indexed_images(self, roots: Sequence[str] | None = None) -> list[Row[Any]]:
-        """(path, width, height, mtime_ns, vector_id, id, file_id, size) of every indexed image, or of those at
-        or under `roots` (absolute paths)."""
+        """(path, width, height, mtime_ns, vector_id, id, file_id, size, content_hash) of every indexed image, or
+        of those at or under `roots` (absolute paths)."""
         query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
-                       ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size).where(
+                       ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size,
+                       ImageRecord.content_hash).where(
             ImageRecord.status == STATUS_OK)
         if roots:
             query = query.where(images_under(roots))
@@ -471,10 +493,11 @@ class CopySummary:
     vectors: int
     images: int
     calibrations: int
+    decisions: int = 0
 
 
 COPY_CHUNK = 2000
-_COPIED = (ModelRecord, VectorRecord, ImageRecord, CalibrationRecord)
+_COPIED = (ModelRecord, VectorRecord, ImageRecord, CalibrationRecord, DistinctPair)
 """Tables in an order that satisfies their foreign keys."""
 
 
@@ -508,4 +531,5 @@ def copy_index_database(source: IndexStore, target: IndexStore) -> CopySummary:
             session.execute(update(IndexState).where(IndexState.id == 1).values(
                 model_id=state.model_id, generation=state.generation + 1))
             target.backend.after_explicit_ids(session, [model.__tablename__ for model in _COPIED])
-    return CopySummary(counts["models"], counts["vectors"], counts["images"], counts["calibrations"])
+    return CopySummary(counts["models"], counts["vectors"], counts["images"], counts["calibrations"],
+                       counts["distinct_pairs"])

@@ -99,6 +99,20 @@ class CalibrationRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DistinctPair(Base):
+    """A person's decision that two file contents are not duplicates: by content, so it survives moves,
+    copies and re-indexing, and every later dedup honours it."""
+
+    __tablename__ = "distinct_pairs"
+    __table_args__ = (UniqueConstraint("first_hash", "second_hash"),
+                      CheckConstraint("first_hash < second_hash", name="ck_distinct_pairs_ordered"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    first_hash: Mapped[str] = mapped_column(String(64))
+    second_hash: Mapped[str] = mapped_column(String(64))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IndexState(Base):
     """The single row that says which model the index serves and which FAISS file matches it.
 
