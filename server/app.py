@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from retrieval.collection import Collection
@@ -31,6 +31,9 @@ from retrieval.inputs import k_argument
 from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.search import QueryResult
 from server.batching import EmbedBatcher
+from server.thumbnails import thumbnail
+
+STATIC = Path(__file__).parent / "static"
 
 STATUS_OF: list[tuple[type[SimsearchError], int]] = [
     (IndexNotFoundError, 404), (ModelMismatchError, 409), (CalibrationError, 409), (IndexUnavailableError, 503),
@@ -98,6 +101,8 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         path = request.url.path
         if token is not None and path.startswith("/api/") and path != "/api/health":
             given = request.headers.get("authorization", "")
+            if path.startswith("/api/thumbnail/") and "token" in request.query_params:  # an <img> sends no header
+                given = f"Bearer {request.query_params['token']}"
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return JSONResponse({"detail": "a bearer token is needed (Authorization: Bearer <token>)"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
@@ -143,6 +148,17 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
             return kind(value)  # type: ignore[no-any-return]
         except (TypeError, ValueError):
             raise HTTPException(422, f"{name} must be a number, not {str(value)[:40]!r}") from None
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: search by an image, review duplicate groups and decide."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/api/thumbnail/{image_id}", include_in_schema=True)
+    async def thumbnail_of(image_id: int) -> FileResponse:
+        """A small JPEG of an indexed image (made once, cached by content); 404 once its file changed."""
+        return FileResponse(thumbnail(served.index, image_id), media_type="image/jpeg",
+                            headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/api/health")
     async def health() -> dict[str, str]:

@@ -456,6 +456,12 @@ class IndexStore:
         with self.reading() as session:
             return list(session.execute(query))
 
+    def image_by_id(self, image_id: int) -> ImageRecord | None:
+        """The indexed image `image_id` (None if there is none, or it failed)."""
+        with self.reading() as session:
+            image = session.get(ImageRecord, image_id)
+            return image if image is not None and image.status == STATUS_OK else None
+
     def vector_of_path(self, path: str) -> bytes | None:
         """The served vector (float32 bytes) of the indexed image at `path`, if there is one."""
         with self.reading() as session:
