@@ -33,6 +33,10 @@ def serve_command(
         help=f"Bearer token every /api request must carry (default: ${TOKEN_ENV_VAR}).")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")]
     = None,
+    max_in_flight: Annotated[int, typer.Option(min=1, help="Requests handled at once; beyond, 503.")] = 64,
+    batch_window_ms: Annotated[float, typer.Option(
+        min=0.0, help="How long an upload waits for others to share its model batch.")] = 5.0,
+    max_batch: Annotated[int, typer.Option(min=1, help="Uploads embedded in one batch at most.")] = 32,
 ) -> None:
     """Serve the index over HTTP until interrupted: query, verify, classify, dedup groups, adding and removing
     images."""
@@ -42,14 +46,15 @@ def serve_command(
     try:
         import uvicorn
 
-        from server.app import create_app
+        from server.app import Limits, create_app
     except ImportError as exc:
         raise fail(f"the server needs its extra: pip install 'simsearch[server]' ({exc.name} is missing)") from None
     from cli.vectors import open_existing
 
     try:
         root = open_existing(index_dir, db).root
-        app = create_app(root, db, token, device)
+        app = create_app(root, db, token, device, Limits(max_in_flight=max_in_flight,
+                                                        batch_window=batch_window_ms / 1000, max_batch=max_batch))
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     err.print(f"serving {root} on http://{host}:{port} (API docs at /docs)", soft_wrap=True)

@@ -30,7 +30,7 @@ from retrieval.index import SimilarityIndex, open_index
 from retrieval.inputs import k_argument
 from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.search import QueryResult
-from server.batching import EmbedBatcher
+from server.batching import MAX_BATCH, WINDOW_SECONDS, EmbedBatcher
 from server.thumbnails import thumbnail
 
 STATIC = Path(__file__).parent / "static"
@@ -50,6 +50,9 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_in_flight: int = 64
     max_page: int = 500
+    batch_window: float = WINDOW_SECONDS
+    """Seconds a request waits for others to share its model batch (0: none wait)."""
+    max_batch: int = MAX_BATCH
 
 
 class _Served:
@@ -69,7 +72,8 @@ class _Served:
                 raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
             if self._collection is None or self._collection.model.content_hash != served.content_hash:
                 self._collection = Collection(self.index, None, self.device)
-                self._batcher = EmbedBatcher(self._collection.embedder, self.limits.max_pixels)
+                self._batcher = EmbedBatcher(self._collection.embedder, self.limits.max_pixels,
+                                             self.limits.batch_window, self.limits.max_batch)
             assert self._batcher is not None
             return self._collection, self._batcher
 
