@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from rich.console import Console
-from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from benchmarks.index_throughput import git_commit  # noqa: E402
-from benchmarks.vector_scale import measure_kinds  # noqa: E402
+from benchmarks.vector_scale import kinds_table, measure_kinds  # noqa: E402
 from idx_files import read_idx  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
@@ -116,7 +115,7 @@ def main() -> None:
     count, dim = collection.shape
     lists = list_count(count)
     kinds = [EXACT, f"IVF{lists},Flat", f"IVF{lists},PQ{dim // 8}"]
-    table = Table(title=f"{count:,} real {dim}-d embeddings (default model), 1000 held-out real queries")
+    table = kinds_table(f"{count:,} real {dim}-d embeddings (default model), 1000 held-out real queries")
     record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(REPO),
               "count": count, "dim": dim, "kinds": measure_kinds(collection, queries, kinds, table)}
     Console(width=150).print(table)

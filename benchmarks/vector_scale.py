@@ -89,6 +89,14 @@ def bands(vectors: np.ndarray, queries: np.ndarray, table: Table) -> dict[str, o
     return measure_kinds(vectors, queries, kinds, table)
 
 
+def kinds_table(title: str) -> Table:
+    table = Table(title=title)
+    for column in ("index", "build s", "memory MiB", "nprobe", "recall@1", "recall@10", "1 query ms",
+                   "batched ms/q"):
+        table.add_column(column, justify="left" if column == "index" else "right")
+    return table
+
+
 def measure_kinds(vectors: np.ndarray, queries: np.ndarray, kinds: list[str], table: Table) -> dict[str, object]:
     """Build, tune (recall@10 >= 0.95 on the collection's own held-out queries) and measure each kind on
     `queries` against exact search; a row of `table` each."""
@@ -168,10 +176,7 @@ def main() -> None:
                                  "commit": git_commit(REPO), "count": args.count, "dim": DIM}
     vectors, queries = collection(args.count)
     console = Console(width=150)
-    table = Table(title=f"{args.count:,} x {DIM} clustered vectors, 1000 held-out queries")
-    for column in ("index", "build s", "memory MiB", "nprobe", "recall@1", "recall@10", "1 query ms",
-                   "batched ms/q"):
-        table.add_column(column, justify="left" if column == "index" else "right")
+    table = kinds_table(f"{args.count:,} x {DIM} clustered vectors, 1000 held-out queries")
     record["bands"] = bands(vectors, queries, table)
     console.print(table)
     with tempfile.TemporaryDirectory(dir=REPO / "benchmarks" / ".cache") as tmp:

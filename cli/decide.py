@@ -273,11 +273,25 @@ def not_duplicates_command(
     err.print("recorded: not duplicates" if new else "already recorded: not duplicates")
 
 
+def keep_command(
+    path: Annotated[Path, typer.Argument(help="An indexed image to keep wherever it has duplicates.")],
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+) -> None:
+    """Choose this image as the keeper of its duplicate groups: by content, before the keeper rules, for every
+    later dedup (here and in the server)."""
+    try:
+        new = open_for_decisions(index_dir, db, None, None).mark_kept(path)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+    err.print("recorded: keep" if new else "already recorded: keep")
+
+
 def decisions_command(
     index_dir: IndexOption = None,
     db: DbOption = None,
 ) -> None:
-    """Every "not duplicates" decision, as JSON (content hashes, when, and the paths that hold them now)."""
+    """Every decision ("not duplicates", "keep") as JSON: the contents, when, and the paths that hold them now."""
     try:
         collection = open_for_decisions(index_dir, db, None, None)
         write_json(collection.decisions())

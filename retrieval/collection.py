@@ -232,14 +232,31 @@ class Collection:
         return index_duplicates(index, limit, under or None, rules, protected)
 
     def decisions(self) -> list[dict[str, object]]:
-        """Every "not duplicates" decision: the two contents, when, and the indexed paths holding each now."""
+        """Every decision: "not duplicates" (the two contents) and "keep" (a content), when, and the indexed
+        paths holding each now."""
         index = self._require_index()
         paths: dict[str, list[str]] = {}
         for row in index.store.indexed_images():
             paths.setdefault(row.content_hash, []).append(row.path)
-        return [{"first_hash": first, "second_hash": second, "decided_at": when.isoformat(),
-                 "first_paths": sorted(paths.get(first, [])), "second_paths": sorted(paths.get(second, []))}
-                for first, second, when in index.store.distinct_pairs()]
+        apart = [{"decision": "not-duplicates", "first_hash": first, "second_hash": second,
+                  "decided_at": when.isoformat(), "first_paths": sorted(paths.get(first, [])),
+                  "second_paths": sorted(paths.get(second, []))}
+                 for first, second, when in index.store.distinct_pairs()]
+        kept = [{"decision": "keep", "content_hash": digest, "decided_at": when.isoformat(),
+                 "paths": sorted(paths.get(digest, []))} for digest, when in index.store.chosen_keepers()]
+        return apart + kept
+
+    def mark_kept(self, path: Path | str) -> bool:
+        """Record that the indexed image at `path` keeps in its duplicate groups (by content: after moves and
+        re-indexing, for every later dedup, before the keeper rules); whether the decision is new."""
+        return self._require_index().store.mark_kept(self._content_of(path))
+
+    def _content_of(self, path: Path | str) -> str:
+        absolute = os.path.abspath(Path(path_argument(path, "path")).expanduser())
+        row = self._require_index().store.known_images([absolute], 0, everything=False).get(absolute)
+        if row is None or row.content_hash is None:
+            raise InputPathError(f"not an indexed image: {path}")
+        return row.content_hash
 
     def mark_distinct(self, pairs: Sequence[tuple[Path | str, Path | str]]) -> int:
         """Record that each pair of indexed images is not a duplicate (by content: it holds after moves and
@@ -248,13 +265,7 @@ class Collection:
         index = self._require_index()
         hashes = []
         for pair in pairs:
-            digests = []
-            for path in pair:
-                absolute = os.path.abspath(Path(path_argument(path, "path")).expanduser())
-                row = index.store.known_images([absolute], 0, everything=False).get(absolute)
-                if row is None or row.content_hash is None:
-                    raise InputPathError(f"not an indexed image: {path}")
-                digests.append(row.content_hash)
+            digests = [self._content_of(path) for path in pair]
             if digests[0] == digests[1]:
                 raise InvalidArgumentError(f"{pair[0]} and {pair[1]} hold the same content: exact copies are "
                                            "duplicates by definition")

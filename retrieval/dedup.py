@@ -105,6 +105,11 @@ class GroupingRules:
     keep: tuple[KeeperRule, ...] = DEFAULT
     distinct: frozenset[tuple[str, str]] = frozenset()
     protected: Callable[[str], bool] | None = None
+    chosen: frozenset[str] = frozenset()
+    """Contents a person chose to keep: they keep before any rule."""
+
+    def is_chosen(self, image: Candidate) -> bool:
+        return image.content_hash is not None and image.content_hash in self.chosen
 
     def apart(self, first: Candidate, second: Candidate) -> bool:
         a, b = first.content_hash, second.content_hash
@@ -175,7 +180,8 @@ def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndar
                            rules: GroupingRules) -> list[DuplicateGroup]:
     protected = rules.protected
     key = order_key(rules.keep)
-    remaining = sorted(images, key=lambda pair: (0 if protected and protected(pair[0].path) else 1, key(pair[0])))
+    remaining = sorted(images, key=lambda pair: (0 if protected and protected(pair[0].path) else 1,
+                                                 0 if rules.is_chosen(pair[0]) else 1, key(pair[0])))
     groups = []
     while len(remaining) > 1:
         (keeper, keeper_row), rest = remaining[0], remaining[1:]
@@ -191,7 +197,12 @@ def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndar
                 left.append((image, row))
         if joined:
             runner_up = min((image for image, _, _ in joined), key=key)
-            decided = "protected" if protected is not None else deciding_rule(rules.keep, keeper, runner_up)
+            if protected is not None:
+                decided = "protected"
+            elif rules.is_chosen(keeper) and not rules.is_chosen(runner_up):
+                decided = "chosen"
+            else:
+                decided = deciding_rule(rules.keep, keeper, runner_up)
             groups.append(DuplicateGroup(keeper, [image for image, _, _ in joined],
                                          [distance for _, _, distance in joined],
                                          [row == keeper_row for _, row, _ in joined], decided))
@@ -241,7 +252,8 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
             owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size, digest))
     prefix = None if reference is None else reference.rstrip("/") + "/"
     rules = GroupingRules(tuple(keep), frozenset((a, b) for a, b, _ in index.store.distinct_pairs()),
-                          None if prefix is None else (lambda path: path.startswith(prefix) or path == reference))
+                          None if prefix is None else (lambda path: path.startswith(prefix) or path == reference),
+                          frozenset(digest for digest, _ in index.store.chosen_keepers()))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return DuplicateSearch([], PairSearch("exact"))

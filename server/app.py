@@ -255,9 +255,19 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         collection, _ = served.collection()
         return {"new": collection.mark_distinct([(body["a"], body["b"])]) == 1}
 
+    @app.post("/api/keepers")
+    async def keeper(request: Request) -> dict[str, object]:
+        """Choose an indexed image (`{"path": ...}`) as the keeper of its groups, by content, for every later
+        dedup."""
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+            raise HTTPException(422, 'send {"path": "<an indexed image>"}')
+        collection, _ = served.collection()
+        return {"new": collection.mark_kept(body["path"])}
+
     @app.get("/api/decisions")
     async def decisions() -> list[dict[str, object]]:
-        """Every "not duplicates" decision, with the paths that hold each content now."""
+        """Every decision ("not duplicates", "keep"), with the paths that hold each content now."""
         collection, _ = served.collection()
         return collection.decisions()
 

@@ -209,15 +209,19 @@ def test_not_duplicates_holds_by_content_across_moves_cli_and_server(tmp_path: P
     [group] = groups()
     kinds = {Path(d["path"]).name: d["copy"] for d in group["duplicates"]}  # type: ignore[index, union-attr]
     assert kinds == {"a-copy.png": True, "a-small.png": False} and group["decided_by"] == "oldest"  # the copy is as large: written later
+    assert invoke("keep", "p/a-small.png", *index, cwd=tmp_path).exit_code == 0
+    [group] = groups()
+    assert Path(group["keeper"]["path"]).name == "a-small.png" and group["decided_by"] == "chosen"  # type: ignore[index]
     assert invoke("not-duplicates", "p/a.png", "p/a-small.png", *index, cwd=tmp_path).exit_code == 0
     [group] = groups()
     assert [Path(d["path"]).name for d in group["duplicates"]] == ["a-copy.png"]  # type: ignore[index, union-attr]
     (folder / "a-small.png").rename(folder / "moved.png")
     assert invoke("index", "p", *index, "--workers", "0", cwd=tmp_path).exit_code == 0
     assert [Path(d["path"]).name for d in groups()[0]["duplicates"]] == ["a-copy.png"]  # type: ignore[index, union-attr]
-    [decision] = json.loads(invoke("decisions", *index, cwd=tmp_path).stdout)
-    assert decision["second_paths"] + decision["first_paths"] and str(folder / "moved.png") in (
+    decision, kept = json.loads(invoke("decisions", *index, cwd=tmp_path).stdout)
+    assert decision["decision"] == "not-duplicates" and str(folder / "moved.png") in (
         decision["first_paths"] + decision["second_paths"])
+    assert kept["decision"] == "keep" and [Path(p).name for p in kept["paths"]] == ["moved.png"]
     assert_one_line_error(invoke("not-duplicates", "p/a.png", "p/nowhere.png", *index, cwd=tmp_path),
                           "not an indexed image")
     pytest.importorskip("fastapi", reason="the server's extra is not installed")
@@ -232,4 +236,6 @@ def test_not_duplicates_holds_by_content_across_moves_cli_and_server(tmp_path: P
         assert same.status_code == 422 and "exact copies are duplicates" in same.json()["detail"]
         assert api.post("/api/decisions", json={"a": str(folder / "a.png"), "b": str(folder / "other.png")}).json() \
             == {"new": True}
-        assert len(api.get("/api/decisions").json()) == 2
+        assert len(api.get("/api/decisions").json()) == 3
+        assert api.post("/api/keepers", json={"path": str(folder / "moved.png")}).json() == {"new": False}, \
+            "moved.png holds the content already chosen"

@@ -110,11 +110,15 @@ def test_duplicate_groups_and_a_not_duplicates_decision_that_lasts(site: tuple[s
     assert "exact copy" in group.text
     screenshot(browser, "duplicates")
     [near] = [f for f in browser.find_elements(By.CSS_SELECTOR, "figure") if "near duplicate" in f.text]
+    near.find_element(By.CSS_SELECTOR, "button.keep").click()  # keep the smaller one instead, by its content
+    wait.until(lambda d: "by chosen" in d.find_element(By.CSS_SELECTOR, ".group h3").text)
+    assert browser.find_element(By.CSS_SELECTOR, ".group h3").text.startswith(f"keep {root / 'p' / 'img0000.png'}")
+    near = next(f for f in browser.find_elements(By.CSS_SELECTOR, "figure") if "near duplicate" in f.text)
     target = near.find_element(By.CSS_SELECTOR, "button.decide")
     target.click()
     wait.until(lambda d: "recorded" in target.text)
     assert len(open_index(root / "idx").store.distinct_pairs()) == 1
     browser.find_element(By.ID, "refresh").click()
     wait.until(lambda d: "groups at threshold" in d.find_element(By.ID, "dup-summary").text)
-    assert all("near duplicate" not in f.text for f in browser.find_elements(By.CSS_SELECTOR, "figure")), \
-        "the pair decided apart does not come back"
+    assert all("img0000.png" not in f.text for f in browser.find_elements(By.CSS_SELECTOR, ".group figure")), \
+        "the content decided apart from the keeper's does not come back"

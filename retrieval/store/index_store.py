@@ -29,8 +29,8 @@ from retrieval.errors import IndexUnavailableError, IndexWriteError
 from retrieval.model_spec import PrecisionLevel
 from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
 from retrieval.store.queries import images_under
-from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, DistinctPair, ImageRecord, IndexState,
-                                    ModelRecord, VectorRecord, utcnow)
+from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ChosenKeeper, DistinctPair, ImageRecord,
+                                    IndexState, ModelRecord, VectorRecord, utcnow)
 
 CHUNK = 500
 """Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters."""
@@ -379,6 +379,19 @@ class IndexStore:
                 select(DistinctPair.first_hash, DistinctPair.second_hash, DistinctPair.decided_at)
                 .order_by(DistinctPair.decided_at, DistinctPair.id))]
 
+    def mark_kept(self, content_hash: str) -> bool:
+        """Record that this content keeps in its duplicate groups; whether the decision is new."""
+        with self._writing() as session:
+            before = session.scalar(select(func.count()).select_from(ChosenKeeper)) or 0
+            self.backend.upsert_rows(session, ChosenKeeper.__table__, [  # type: ignore[arg-type]
+                {"content_hash": content_hash, "decided_at": utcnow()}], ["content_hash"], update=False)
+            return (session.scalar(select(func.count()).select_from(ChosenKeeper)) or 0) > before
+
+    def chosen_keepers(self) -> list[tuple[str, datetime]]:
+        with self.reading() as session:
+            return [(row.content_hash, row.decided_at) for row in session.execute(
+                select(ChosenKeeper.content_hash, ChosenKeeper.decided_at).order_by(ChosenKeeper.id))]
+
     # --- calibrations ------------------------------------------------------------------------------------
 
     def save_calibration(self, model_id: int, model_hash: str, criterion: str, threshold: float,
@@ -503,7 +516,7 @@ class CopySummary:
 
 
 COPY_CHUNK = 2000
-_COPIED = (ModelRecord, VectorRecord, ImageRecord, CalibrationRecord, DistinctPair)
+_COPIED = (ModelRecord, VectorRecord, ImageRecord, CalibrationRecord, DistinctPair, ChosenKeeper)
 """Tables in an order that satisfies their foreign keys."""
 
 

@@ -113,6 +113,16 @@ class DistinctPair(Base):
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ChosenKeeper(Base):
+    """A content a person chose to keep where it has duplicates: it keeps in every later dedup, before the rules."""
+
+    __tablename__ = "chosen_keepers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IndexState(Base):
     """The single row that says which model the index serves and which FAISS file matches it.
 
