@@ -239,3 +239,20 @@ def test_not_duplicates_holds_by_content_across_moves_cli_and_server(tmp_path: P
         assert len(api.get("/api/decisions").json()) == 3
         assert api.post("/api/keepers", json={"path": str(folder / "moved.png")}).json() == {"new": False}, \
             "moved.png holds the content already chosen"
+
+
+def test_keep_rules_and_a_reference_folder_from_the_cli(tmp_path: Path, tiny_model_file: Path) -> None:
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "new").mkdir()
+    photo(0, (64, 48)).save(tmp_path / "archive" / "a.png")
+    photo(0, (96, 72)).save(tmp_path / "new" / "a-large.jpg", quality=95)
+    photo(0, (80, 60)).save(tmp_path / "new" / "a-mid.png")
+    index = ["--index", "idx", "--threshold", "0.1", "--json"]
+    assert invoke("index", "archive", "new", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
+                  cwd=tmp_path).exit_code == 0
+    [group] = json.loads(invoke("dedup", *index, "--keep", "format:png,largest", cwd=tmp_path).stdout)
+    assert Path(group["keeper"]["path"]).name == "a-mid.png" and group["decided_by"] == "largest"
+    [group] = json.loads(invoke("dedup", *index, "--reference", "archive", cwd=tmp_path).stdout)
+    assert Path(group["keeper"]["path"]).parent.name == "archive" and group["decided_by"] == "protected"
+    assert sorted(Path(d["path"]).name for d in group["duplicates"]) == ["a-large.jpg", "a-mid.png"]
+    assert_one_line_error(invoke("dedup", *index, "--keep", "biggest", cwd=tmp_path), "'biggest' is not a rule")

@@ -178,3 +178,26 @@ def test_an_inverted_file_trained_on_the_gpu_searches_as_one_trained_on_the_cpu(
     monkeypatch.setattr(vector_index, "gpus", lambda: 0)
     on_cpu = tune(VectorIndex.build(64, ids, data, "IVF256,Flat"), ids, data, 0.95)
     assert on_gpu.recall_at_10 >= 0.95 and abs(on_gpu.recall_at_10 - on_cpu.recall_at_10) < 0.03
+
+
+def test_searches_run_on_the_gpus_and_find_what_the_cpu_finds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flat and IVF searches on a GPU copy of the index (the saved index stays the CPU one)."""
+    from retrieval.store import vector_index
+    from retrieval.store.vector_index import VectorIndex, gpus
+
+    if gpus() == 0:
+        pytest.skip("faiss has no GPU here (a faiss-cpu build)")
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((30_000, 64)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.arange(len(data), dtype=np.int64) * 3
+    for kind in ("Flat", "IVF128,Flat"):
+        index = VectorIndex.build(64, ids, data, kind)
+        index.set_nprobe(16 if kind != "Flat" else None)
+        _, on_gpu = index.search(data[:200], 10)
+        assert index._searcher() is not index._index  # noqa: SLF001
+        monkeypatch.setattr(vector_index, "gpus", lambda: 0)
+        index.set_nprobe(index.nprobe)
+        _, on_cpu = index.search(data[:200], 10)
+        monkeypatch.undo()
+        assert (on_gpu[:, 0] == on_cpu[:, 0]).mean() > 0.99

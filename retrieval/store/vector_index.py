@@ -42,6 +42,7 @@ class VectorIndex:
 
     def __init__(self, index: faiss.Index, nprobe: int | None = None) -> None:
         self._index = index
+        self._on_gpus: faiss.Index | None = None
         self.nprobe = nprobe
         set_search_breadth(index, nprobe)
 
@@ -105,13 +106,29 @@ class VectorIndex:
                  for i in range(lists.nlist) if lists.list_size(i)]
         return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.empty(0, np.int64)
 
+    def _searcher(self) -> faiss.Index:
+        """The index searches run on: with a GPU build of faiss, a copy on the GPUs (made at the first search after
+        a change); else the CPU index itself, which is also the one saved."""
+        if gpus() == 0:
+            return self._index
+        if self._on_gpus is None:
+            try:
+                self._on_gpus = faiss.index_cpu_to_all_gpus(self._index)
+            except RuntimeError:  # a kind faiss cannot move to a GPU: it is searched on the CPU
+                self._on_gpus = self._index
+            if self.nprobe is not None and self._on_gpus is not self._index:
+                faiss.GpuParameterSpace().set_index_parameter(self._on_gpus, "nprobe", self.nprobe)
+        return self._on_gpus
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._on_gpus = None
         data = np.ascontiguousarray(vectors, dtype=np.float32)
         for start in range(0, len(ids), ADD_BLOCK):
             self._index.add_with_ids(data[start:start + ADD_BLOCK],
                                      np.ascontiguousarray(ids[start:start + ADD_BLOCK], dtype=np.int64))
 
     def remove(self, ids: np.ndarray) -> None:
+        self._on_gpus = None
         if len(ids):
             self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
 
@@ -128,6 +145,7 @@ class VectorIndex:
     def set_nprobe(self, nprobe: int | None) -> None:
         self.nprobe = nprobe
         set_search_breadth(self._index, nprobe)
+        self._on_gpus = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Squared L2 distances and vector ids of the `k` nearest, nearest first; id -1 pads."""
@@ -135,7 +153,7 @@ class VectorIndex:
         if k == 0:
             empty = np.empty((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        scores, ids = self._searcher().search(np.ascontiguousarray(queries, dtype=np.float32), k)
         distances = squared_l2_from_scores(np.where(ids >= 0, scores, 0.0))
         distances[ids < 0] = np.inf  # fewer found than asked (an inverted file searched narrowly)
         return distances.astype(np.float32), ids
