@@ -53,6 +53,9 @@ def index_command(
     max_memory: Annotated[Optional[str], typer.Option(
         help="Memory the vector index may hold, e.g. 2G: compressed codes beyond it; `none`: no limit (default: "
              "as it was).")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Decode and embed as a Ray job: a cluster's address (as ray.init takes it), or `local` for a "
+                      "Ray of this machine.")] = None,
 ) -> None:
     """Add the images under PATHS to the index, or bring it up to date with them."""
     from indexer.pipeline import IndexOptions, index_paths
@@ -75,7 +78,7 @@ def index_command(
         is_new = not root.exists()
         index = create_index(root, db)
         options = IndexOptions(batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
-                               reembed=reembed, **search_options(index_type, max_memory))
+                               reembed=reembed, ray=ray, **search_options(index_type, max_memory))
         with RichReporter(err) as reporter:
             summary = index_paths(index, paths, model, options, reporter)
     except SimsearchError as exc:

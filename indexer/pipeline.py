@@ -12,7 +12,7 @@ costs a scan and a few queries, not a model load.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -55,6 +55,8 @@ class IndexOptions:
     """A FAISS factory string for the vector index from now on; None: chosen by size again; UNSET: as it was."""
     max_memory: int | None | Unset = UNSET
     """Bytes the vector index may hold from now on; None: no limit; UNSET: as it was."""
+    ray: str | None = None
+    """Decode and embed as a Ray job: a cluster's address, or "local" for a Ray of this machine; None: locally."""
 
 
 class _Target:
@@ -86,6 +88,10 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
     options = options or IndexOptions()
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
+    if options.ray:  # reached before anything is planned or written: a wrong address costs nothing
+        from indexer.ray_embed import start_ray
+
+        start_ray(None if options.ray == "local" else options.ray)
     scanned = scan(paths)
     store = index.store
     with store.writer(exclusive=options.reembed):
@@ -288,6 +294,25 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
         return
     started = time.perf_counter()
     sources = [Source(i, path=work.file.path, content_hash=work.content_hash) for i, work in enumerate(works)]
+    batches = _ray_results(index, target, sources, options) if options.ray else _local_results(target, sources,
+                                                                                              options)
+    reporter.start("embedding", len(works))
+    try:
+        for number, results in enumerate(batches):
+            changes, vectors = _batch_changes(target, [(works[result.key], result) for result in results], summary,
+                                              reporter)
+            if options.ray:
+                _write_shard(index, target, number, changes, vectors)
+            index.store.write_images(target.model_id, changes, vectors)
+            summary.embedded += sum(result.vector is not None for result in results)
+            reporter.advance(len(results))
+    finally:
+        batches.close()  # a run stopped early stops its decoding (worker processes, a Ray job) now
+    summary.embed_seconds = time.perf_counter() - started
+
+
+def _local_results(target: _Target, sources: list[Source], options: IndexOptions) -> Generator[list[SourceResult]]:
+    """Decoded in worker processes (the first files by a head start while torch loads), embedded here."""
     head = HeadStart(sources, target.preprocessing, options.max_pixels) if options.workers != 0 else None
     with head or nullcontext():  # decoding starts now; torch and the model load meanwhile
         from retrieval.embedding import Embedder, pick_device, pins_memory
@@ -302,15 +327,41 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
     rest = iter(loader)  # its workers decode while the embedder is prepared and the early files are embedded
     embedder = Embedder(model, device)
     early_batches = (collate(early[i:i + options.batch_size]) for i in range(0, len(early), options.batch_size))
-    reporter.start("embedding", len(works))
-    for results in embed_decoded(chain(early_batches, rest), embedder, workers=workers,
-                                 batch_size=options.batch_size):
-        changes, vectors = _batch_changes(target, [(works[result.key], result) for result in results], summary,
-                                          reporter)
-        index.store.write_images(target.model_id, changes, vectors)
-        summary.embedded += sum(result.vector is not None for result in results)
-        reporter.advance(len(results))
-    summary.embed_seconds = time.perf_counter() - started
+    yield from embed_decoded(chain(early_batches, rest), embedder, workers=workers, batch_size=options.batch_size)
+
+
+def _ray_results(index: SimilarityIndex, target: _Target, sources: list[Source],
+                 options: IndexOptions) -> Generator[list[SourceResult]]:
+    """Decoded by Ray tasks and embedded by Ray model actors (`indexer.ray_embed`), with the index's copy of the
+    model shipped to them."""
+    from indexer.ray_embed import ray_results
+
+    record = index.store.model_by_id(target.model_id)
+    assert record is not None
+    yield from ray_results(sources, index.model_path(record.content_hash), target.preprocessing,
+                           address=None if options.ray == "local" else options.ray, batch_size=options.batch_size,
+                           max_pixels=options.max_pixels, device=options.device)
+
+
+def _write_shard(index: SimilarityIndex, target: _Target, number: int, changes: list[ImageChange],
+                 vectors: list[tuple[str, bytes]]) -> None:
+    """The batch as the shard a distributed job hands over (the format `simsearch import` reads), written before the
+    driver imports it through the store: `ray-shards/shard-<n>.parquet` in the index directory."""
+    from retrieval.embedding_files import Embeddings, write_parquet
+
+    data = dict(vectors)
+    rows = [change for change in changes if change.status == STATUS_OK and change.content_hash in data]
+    if not rows:
+        return
+    record = index.store.model_by_id(target.model_id)
+    assert record is not None
+    metadata = [{"path": c.path, "image_id": None, "label": c.label, "width": c.width, "height": c.height,
+                 "size": c.size, "mtime_ns": c.mtime_ns, "content_hash": c.content_hash} for c in rows]
+    stacked = np.stack([np.frombuffer(data[c.content_hash], np.float32) for c in rows])  # type: ignore[index]
+    folder = index.root / "ray-shards"
+    folder.mkdir(exist_ok=True)
+    write_parquet(folder / f"shard-{number:06d}.parquet", Embeddings(record.content_hash, record.name, metadata,
+                                                                      stacked))
 
 
 def _batch_changes(target: _Target, batch: list[tuple[Work, SourceResult]], summary: IndexSummary,

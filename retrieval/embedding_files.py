@@ -73,14 +73,12 @@ def export_embeddings(index: SimilarityIndex, out: Path, layout: str = "parquet"
     if layout not in FORMATS:
         raise InputPathError(f"--format must be one of {', '.join(FORMATS)}, not {layout!r}")
     found = _exported(index)
-    dim = found.vectors.shape[1]
-    tag = _tag(found.model_hash, found.model_name, dim)
-    table = pa.Table.from_pylist(found.metadata, schema=_schema()).replace_schema_metadata(tag)
     if layout == "parquet":
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(found.vectors.reshape(-1), pa.float32()), dim)
-        table = table.append_column("vector", vectors).replace_schema_metadata(tag)
-        atomic_write(out, lambda temporary: pq.write_table(table, temporary), "embeddings file")
+        write_parquet(out, found)
         return len(found.metadata), [out]
+    dim = found.vectors.shape[1]
+    table = pa.Table.from_pylist(found.metadata, schema=_schema()).replace_schema_metadata(
+        _tag(found.model_hash, found.model_name, dim))
     written = []
     for number, start in enumerate(range(0, max(1, len(found.metadata)), SHARD_ROWS)):
         shard = table.slice(start, SHARD_ROWS)
@@ -93,6 +91,20 @@ def export_embeddings(index: SimilarityIndex, out: Path, layout: str = "parquet"
         atomic_write(metadata_path, lambda temporary, t=shard: pq.write_table(t, temporary), "metadata shard")
         written += [vectors_path, metadata_path]
     return len(found.metadata), written
+
+
+def write_parquet(out: Path, found: Embeddings) -> None:
+    """One Parquet file of rows and vectors, tagged with their model (what `read_embeddings` reads): an export, or
+    a shard a distributed embedding job hands over."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = found.vectors.shape[1]
+    tag = _tag(found.model_hash, found.model_name, dim)
+    table = pa.Table.from_pylist(found.metadata, schema=_schema())
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(found.vectors.reshape(-1), pa.float32()), dim)
+    table = table.append_column("vector", vectors).replace_schema_metadata(tag)
+    atomic_write(out, lambda temporary: pq.write_table(table, temporary), "embeddings file")
 
 
 def _save_npy(path: Path, vectors: np.ndarray) -> None:

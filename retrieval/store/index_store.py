@@ -181,6 +181,10 @@ class IndexStore:
 
     # --- models ------------------------------------------------------------------------------------------
 
+    def model_by_id(self, model_id: int) -> ModelRecord | None:
+        with self.reading() as session:
+            return session.get(ModelRecord, model_id)
+
     def model_row(self, content_hash: str) -> ModelRecord | None:
         with self.reading() as session:
             return session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))

@@ -1,0 +1,93 @@
+"""`simsearch index --ray`: the same rows and vectors as a local run, from a real local Ray cluster (2 CPUs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+
+from conftest import assert_one_line_error, invoke  # noqa: E402
+from indexer import pipeline  # noqa: E402
+from retrieval.embedding_files import read_embeddings  # noqa: E402
+from retrieval.index import open_index  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def rows(index_dir: Path) -> dict[str, tuple[object, ...]]:
+    index = open_index(index_dir)
+    known = index.store.known_images(["/"], 0, everything=True)
+    return {Path(path).name: (row.status, row.content_hash, row.width, row.height, row.error, row.label)
+            for path, row in known.items()}
+
+
+def vectors(index_dir: Path) -> dict[str, np.ndarray]:
+    index = open_index(index_dir)
+    ids, data = index.served_vectors()
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    return {Path(row.path).name: data[row_of[int(row.vector_id)]] for row in index.store.indexed_images()}
+
+
+def test_a_ray_run_gives_the_rows_and_vectors_of_a_local_run(tmp_path: Path, tiny_model_file: Path, make_photos,  # type: ignore[no-untyped-def]
+                                                            local_ray: None) -> None:
+    make_photos(tmp_path / "p" / "cats", 7)
+    (tmp_path / "p" / "cats" / "broken.png").write_bytes(b"not an image")
+    base = ["index", "p", "--model", str(tiny_model_file), "--batch-size", "3"]
+    local = invoke(*base, "--index", "local", "--workers", "0", cwd=tmp_path)
+    assert local.exit_code == 1, local.output  # one file failed
+    remote = invoke(*base, "--index", "ray", "--ray", "local", cwd=tmp_path)
+    assert remote.exit_code == 1, remote.output
+    assert "added 7" in remote.output and "failed 1" in remote.output
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local")
+    mine, theirs = vectors(tmp_path / "local"), vectors(tmp_path / "ray")
+    assert mine.keys() == theirs.keys() and len(mine) == 7
+    for name in mine:
+        np.testing.assert_allclose(theirs[name], mine[name], atol=1e-5)
+    shards = sorted((tmp_path / "ray" / "ray-shards").glob("shard-*.parquet"))
+    assert sum(len(read_embeddings([shard]).metadata) for shard in shards) == 7, "shards as `import` reads them"
+    again = invoke(*base, "--index", "ray", "--ray", "local", cwd=tmp_path)
+    assert "skipped 7 unchanged" in again.output, "incremental as a local run"
+
+
+def test_a_driver_killed_mid_job_leaves_whole_batches_and_a_rerun_finishes(
+        tmp_path: Path, tiny_model_file: Path, make_photos, local_ray: None,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    make_photos(tmp_path / "p", 9)
+    base = ["index", "p", "--index", "idx", "--model", str(tiny_model_file), "--batch-size", "3", "--ray", "local"]
+    real = pipeline._write_shard
+    written = []
+
+    def dies_after_two(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the driver killed between two batches
+        written.append(1)
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "_write_shard", dies_after_two)
+        killed = invoke(*base, cwd=tmp_path)
+    assert killed.exit_code != 0
+    assert len(rows(tmp_path / "idx")) == 6, "the two whole batches the driver imported"
+    finished = invoke(*base, cwd=tmp_path)
+    assert finished.exit_code == 0, finished.output
+    assert "added 3" in finished.output and "skipped 6 unchanged" in finished.output
+    assert len(vectors(tmp_path / "idx")) == 9
+
+
+def test_an_address_with_no_cluster_is_one_line(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    if ray.is_initialized():
+        ray.shutdown()
+    make_photos(tmp_path / "p", 2)
+    result = invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", "127.0.0.1:1",
+                    cwd=tmp_path)
+    assert_one_line_error(result, "no Ray cluster at 127.0.0.1:1")
+    assert not (tmp_path / "idx").exists(), "nothing half-written"
