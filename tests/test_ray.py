@@ -91,3 +91,37 @@ def test_an_address_with_no_cluster_is_one_line(tmp_path: Path, tiny_model_file:
                     cwd=tmp_path)
     assert_one_line_error(result, "no Ray cluster at 127.0.0.1:1")
     assert not (tmp_path / "idx").exists(), "nothing half-written"
+
+
+def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
+        tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the model actor's process while the job runs (a separate `simsearch index` process with its own
+    local Ray): Ray restarts it and retries its batch; every image is indexed once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    if ray.is_initialized():
+        ray.shutdown()
+    make_photos(tmp_path / "p", 60)
+    run = subprocess.Popen([sys.executable, "-m", "cli", "index", str(tmp_path / "p"), "--index",
+                            str(tmp_path / "idx"), "--model", str(tiny_model_file), "--batch-size", "2",
+                            "--ray", "local"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = None, time.monotonic() + 120
+    while killed is None and run.poll() is None and time.monotonic() < deadline:
+        listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_Embed)" in line]
+        shards = list((tmp_path / "idx" / "ray-shards").glob("*.parquet")) if (tmp_path / "idx").exists() else []
+        if actors and shards:  # the actor has embedded a batch: kill it mid-job
+            os.kill(actors[0], signal.SIGKILL)
+            killed = actors[0]
+        time.sleep(0.05)
+    out, err = run.communicate(timeout=300)
+    assert killed is not None, "the job ended before its actor could be killed"
+    assert run.returncode == 0, err
+    assert "added 60" in err
+    assert len(rows(tmp_path / "idx")) == 60 and len(vectors(tmp_path / "idx")) == 60
