@@ -10,29 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from retrieval.index import create_index
-from retrieval.store.database import create_sqlite_engine, current_revision, head_revision, migrations_config, upgrade_to_head
+from retrieval.store.database import current_revision, head_revision, migrations_config, upgrade_to_head
 from retrieval.store.schema import Base
-
-
-def test_empty_database_upgrades_to_head_matching_the_models(tmp_path: Path) -> None:
-    engine = create_sqlite_engine(tmp_path / "index.db")
-    upgrade_to_head(engine)
-    assert current_revision(engine) == head_revision()
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    assert diff == []
-
-
-def test_chain_downgrades_to_base_and_up_again(tmp_path: Path) -> None:
-    engine = create_sqlite_engine(tmp_path / "index.db")
-    upgrade_to_head(engine)
-    config = migrations_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "base")
-    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
-    upgrade_to_head(engine)
-    assert {"images", "vectors", "models", "calibrations", "index_state"} <= set(inspect(engine).get_table_names())
 
 
 def test_declared_head_is_the_head_of_the_chain() -> None:
