@@ -234,7 +234,11 @@ def _open(root: Path, url: URL, backend: Backend | None = None) -> SimilarityInd
         raise IndexUnavailableError(f"cannot read index directory {root}: permission denied")
     backend = backend or open_backend(root, url)
     try:
-        if not is_at_head(backend.engine):
+        try:
+            at_head = is_at_head(backend.engine)
+        except IndexUnavailableError:
+            at_head = False  # another process may be creating it this moment: look again under its lock
+        if not at_head:
             with backend.migration_lock():
                 upgrade_to_head(backend.engine)
     except (OperationalError, DatabaseError) as exc:
