@@ -9,6 +9,7 @@ by another process is seen without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -281,7 +282,8 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         if missing:
             raise HTTPException(404, f"no such file or directory: {missing[0]}")
         collection, _ = served.collection()
-        summary = index_paths(served.index, paths, collection.model, IndexOptions(workers=0))
+        summary = await asyncio.to_thread(index_paths, served.index, paths, collection.model,
+                                          IndexOptions(workers=0))  # the event loop keeps answering meanwhile
         return summary.to_dict()
 
     @app.delete("/api/images")
