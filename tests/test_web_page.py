@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no headless b
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the server's extra is not installed: pip install -e '.[server]'")
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -82,7 +83,7 @@ def test_search_by_an_image_shows_the_nearest_with_thumbnails(site: tuple[str, P
     url, root = site
     browser.get(url)
     browser.find_element(By.ID, "file").send_keys(str(root / "p" / "img0003.png"))
-    wait = WebDriverWait(browser, WAIT_SECONDS)
+    wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure")) >= 3)
     captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#results figcaption")]
     assert captions[0].startswith("#1 0.0000") and captions[0].endswith("img0003.png")
@@ -103,7 +104,7 @@ def test_duplicate_groups_and_a_not_duplicates_decision_that_lasts(site: tuple[s
     threshold = browser.find_element(By.ID, "threshold")
     threshold.send_keys("0.05")
     browser.find_element(By.ID, "refresh").click()
-    wait = WebDriverWait(browser, WAIT_SECONDS)
+    wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".group figure"))
     group = browser.find_element(By.CSS_SELECTOR, ".group")
     assert "weakest link" in group.find_element(By.TAG_NAME, "h3").text
