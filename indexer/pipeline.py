@@ -36,7 +36,7 @@ from retrieval.index import SimilarityIndex
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
 from retrieval.sources.decode import Source, SourceResult
 from retrieval.store.index_store import UNSET, ImageChange, Unset
-from retrieval.store.schema import STATUS_ERROR, STATUS_OK
+from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ModelRecord
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
@@ -103,8 +103,7 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
             raise InputPathError(f"no image files found under {', '.join(scanned.roots)}")
         files = scanned.files + _outside_files(known, scanned) if not target.serving else scanned.files
         plan = make_plan(files, known, sizes, problem_paths)
-        new = len(plan.to_embed) + sum(1 for work in plan.to_hash if work.known is None)
-        _configure_search(index, target, index.store.indexed_count() + new, options)
+        _configure_search(index, target, plan, options)
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
                                aliases=len(scanned.aliases))
         _drop_aliases_of_indexed(index, plan, known, summary)
@@ -149,11 +148,13 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
     return _Target(lambda: requested, record.id, requested.spec, serving=False)
 
 
-def _configure_search(index: SimilarityIndex, target: _Target, most: int, options: IndexOptions) -> None:
-    """Record the vector index asked for, once it is known to suit the model and, at most `most` vectors, the
-    memory allowed: before anything is embedded, so that a refusal leaves the index as it was."""
+def _configure_search(index: SimilarityIndex, target: _Target, plan: Plan, options: IndexOptions) -> None:
+    """Record the vector index asked for, once it is known to suit the model and, at most the vectors the index will
+    hold after `plan`, the memory allowed: before anything is embedded, so that a refusal leaves the index as it
+    was."""
     if options.index_type is UNSET and options.max_memory is UNSET:
         return
+    most = index.store.indexed_count() + len(plan.to_embed) + sum(1 for work in plan.to_hash if work.known is None)
     state = index.search_settings()
     index_type = state.index_type if options.index_type is UNSET else options.index_type
     max_memory = state.max_memory if options.max_memory is UNSET else options.max_memory
@@ -294,15 +295,17 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
         return
     started = time.perf_counter()
     sources = [Source(i, path=work.file.path, content_hash=work.content_hash) for i, work in enumerate(works)]
-    batches = _ray_results(index, target, sources, options) if options.ray else _local_results(target, sources,
-                                                                                              options)
+    shipped = index.store.model_by_id(target.model_id) if options.ray else None  # the model Ray workers get
+    assert shipped is not None or not options.ray
+    batches = (_ray_results(index, shipped, target, sources, options) if shipped is not None
+               else _local_results(target, sources, options))
     reporter.start("embedding", len(works))
     try:
         for number, results in enumerate(batches):
             changes, vectors = _batch_changes(target, [(works[result.key], result) for result in results], summary,
                                               reporter)
-            if options.ray:
-                _write_shard(index, target, number, changes, vectors)
+            if shipped is not None:
+                _write_shard(index, shipped, number, changes, vectors)
             index.store.write_images(target.model_id, changes, vectors)
             summary.embedded += sum(result.vector is not None for result in results)
             reporter.advance(len(results))
@@ -330,20 +333,18 @@ def _local_results(target: _Target, sources: list[Source], options: IndexOptions
     yield from embed_decoded(chain(early_batches, rest), embedder, workers=workers, batch_size=options.batch_size)
 
 
-def _ray_results(index: SimilarityIndex, target: _Target, sources: list[Source],
+def _ray_results(index: SimilarityIndex, model: ModelRecord, target: _Target, sources: list[Source],
                  options: IndexOptions) -> Generator[list[SourceResult]]:
-    """Decoded by Ray tasks and embedded by Ray model actors (`indexer.ray_embed`), with the index's copy of the
-    model shipped to them."""
+    """Decoded by Ray tasks and embedded by Ray model actors (`indexer.ray_embed`), with the index's copy of
+    `model` shipped to them."""
     from indexer.ray_embed import ray_results
 
-    record = index.store.model_by_id(target.model_id)
-    assert record is not None
-    yield from ray_results(sources, index.model_path(record.content_hash), target.preprocessing,
+    yield from ray_results(sources, index.model_path(model.content_hash), target.preprocessing,
                            address=None if options.ray == "local" else options.ray, batch_size=options.batch_size,
                            max_pixels=options.max_pixels, device=options.device)
 
 
-def _write_shard(index: SimilarityIndex, target: _Target, number: int, changes: list[ImageChange],
+def _write_shard(index: SimilarityIndex, model: ModelRecord, number: int, changes: list[ImageChange],
                  vectors: list[tuple[str, bytes]]) -> None:
     """The batch as the shard a distributed job hands over (the format `simsearch import` reads), written before the
     driver imports it through the store: `ray-shards/shard-<n>.parquet` in the index directory."""
@@ -353,14 +354,12 @@ def _write_shard(index: SimilarityIndex, target: _Target, number: int, changes: 
     rows = [change for change in changes if change.status == STATUS_OK and change.content_hash in data]
     if not rows:
         return
-    record = index.store.model_by_id(target.model_id)
-    assert record is not None
     metadata = [{"path": c.path, "image_id": None, "label": c.label, "width": c.width, "height": c.height,
                  "size": c.size, "mtime_ns": c.mtime_ns, "content_hash": c.content_hash} for c in rows]
     stacked = np.stack([np.frombuffer(data[c.content_hash], np.float32) for c in rows])  # type: ignore[index]
     folder = index.root / "ray-shards"
     folder.mkdir(exist_ok=True)
-    write_parquet(folder / f"shard-{number:06d}.parquet", Embeddings(record.content_hash, record.name, metadata,
+    write_parquet(folder / f"shard-{number:06d}.parquet", Embeddings(model.content_hash, model.name, metadata,
                                                                       stacked))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from retrieval.sources.embed import embed_sources
 WINDOW_SECONDS = 0.005
 """How long the first request of a batch waits for others: a few milliseconds against a 10-60 ms model run."""
 MAX_BATCH = 32
+BATCHES_KEPT = 1000
 
 
 @dataclass
@@ -31,7 +33,8 @@ class EmbedBatcher:
         self.max_pixels = max_pixels
         self.window = window
         self.max_batch = max_batch
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=BATCHES_KEPT)
+        """The sizes of the latest batches (what batching achieves, for a look or a test)."""
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="simsearch-embed")

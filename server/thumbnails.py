@@ -1,9 +1,9 @@
 """Small JPEG thumbnails of indexed images for the web page, made once and cached by content.
 
 The browser never gets the full file (a 12-MP photo is several MB): a thumbnail at most `SIZE` pixels on its long
-side, oriented as the photo is, cached in the index directory under `thumbnails/<sha256>-<size>.jpg`. A path that
-no longer holds the file indexed there gets no thumbnail: nothing is served from a file that does not match its
-database.
+side, oriented as the photo is, cached in the index directory under `thumbnails/<sha256>-<size>.jpg`. None is made
+from a path that no longer holds the file indexed there: nothing is read from a file that does not match its
+database, and a cached thumbnail shows the content the database holds.
 """
 
 from __future__ import annotations
