@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +27,29 @@ from retrieval.errors import SimsearchError
 from retrieval.images import Preprocessing
 from retrieval.sources.decode import Source, SourceResult, decode_source
 
+logger = logging.getLogger(__name__)
+_MISSING_MODULE = re.compile(r"No module named '[^']+'")
+
 LOCAL_CPUS = None
 """A local Ray (no address given) takes every core, as a local run does."""
 CONNECT_SECONDS = 5
+RETRIES = 3
+"""A decode task or a model actor that dies is retried or restarted this many times, then the job fails."""
+RAY_ENVIRONMENT = {
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_BACKEND_LOG_LEVEL": "fatal",  # Ray's C++ notices (retries, a constructor in the object store) stay off
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",  # a failed task's traceback: the job's failure says it in a line
+    "RAY_task_oom_retries": str(RETRIES),  # a task killed for memory then fails: by default Ray retries it forever
+}
+"""Set for `ray.init` unless the user has set them: the driver reads them, and so does a local Ray it starts."""
 
 
 class RayUnavailableError(SimsearchError):
-    """No Ray cluster at the address given, or Ray is not installed, or a worker failed for good."""
+    """No Ray cluster at the address given, or Ray is not installed."""
+
+
+class RayJobError(SimsearchError):
+    """The cluster could not run the job: a worker failed for good."""
 
 
 def _decode(batch: dict[str, np.ndarray], prep: Preprocessing, max_pixels: int) -> dict[str, np.ndarray]:
@@ -77,8 +97,8 @@ class _Embed:
 
 
 def start_ray(address: str | None) -> Any:
-    """`ray.init` at `address` (a local Ray of this machine's cores when None); `RayUnavailableError` in one line
-    for an address with no cluster behind it, or no Ray installed."""
+    """`ray.init` at `address` (a new local Ray of this machine's cores when None); `RayUnavailableError` in one
+    line for an address with no cluster behind it, or no Ray installed."""
     try:
         import ray
     except ImportError as exc:
@@ -87,16 +107,54 @@ def start_ray(address: str | None) -> Any:
         return ray
     if address:
         _check_reachable(address)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for name, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     try:
-        if address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        else:
-            ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        with _quiet_stderr():
+            _init(ray, address)
+        _quiet_cluster_notices(ray)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RayUnavailableError(f"no Ray cluster at {address or 'a local Ray'}: "
-                                  f"{' '.join(str(exc).split())[:200]}") from exc
+        detail = " ".join(str(exc).split())[:200]
+        if not address:
+            raise RayUnavailableError(f"could not start a local Ray: {detail}") from exc
+        raise RayUnavailableError(  # something answers at the address, but no Ray this driver may join
+            f"could not join the Ray cluster at {address}: {detail} (a cluster with token authentication needs "
+            "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN)") from exc
     return ray
+
+
+def _init(ray: Any, address: str | None) -> None:
+    if address:
+        ray.init(address=address, logging_level=logging.CRITICAL, log_to_driver=False)
+    else:  # "local" starts one for this run, never joining a cluster that happens to run here
+        ray.init(address="local", num_cpus=LOCAL_CPUS, include_dashboard=False, logging_level=logging.CRITICAL,
+                 log_to_driver=False)
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """This process's standard error (the descriptor, which Ray's C++ core writes to) sent to /dev/null: while
+    connecting, Ray's core prints its log level and retries in lines of its own; what failed is the run's own
+    one-line error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _quiet_cluster_notices(ray: Any) -> None:
+    """Ray prints each notice the cluster sends this driver (a task retried, a worker killed for memory: dozens of
+    lines each) to standard output from a thread of its own. They go to this module's log instead: the run's
+    progress and its one-line error say what became of the job."""
+    from ray._private import worker
+
+    if hasattr(worker, "print_to_stdstream"):
+        worker.print_to_stdstream = lambda data, ignore_prefix=False: logger.debug("%s", data.get("lines"))
 
 
 def _check_reachable(address: str) -> None:
@@ -115,27 +173,34 @@ def _check_reachable(address: str) -> None:
 def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing, *, address: str | None,
                 batch_size: int, max_pixels: int, device: str | None = None) -> Iterator[list[SourceResult]]:
     """The results of `sources`, decoded by Ray tasks and embedded by a pool of model actors, batch by batch in
-    order. `RayUnavailableError` when the cluster cannot run the job (a worker without simsearch, one that ran
-    out of memory)."""
+    order. `RayJobError` when the cluster cannot run the job (a worker without simsearch, one that ran out of
+    memory)."""
     ray = start_ray(address)
     from ray import data as ray_data
+    from ray.util.annotations import RayDeprecationWarning
 
     ray_data.DataContext.get_current().enable_progress_bars = False  # the driver draws the run's own progress
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures are the job's one-line error
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     actors = gpus if gpus else max(1, cpus // 2)
     threads = 1 if gpus else max(1, cpus // (2 * actors))
     items = [{"key": s.key, "path": s.path or "", "content_hash": s.content_hash or ""} for s in sources]
-    blocks = max(1, min(len(items), 4 * cpus, max(1, len(items) // batch_size)))
-    data = ray_data.from_items(items, override_num_blocks=blocks)
-    decoded = data.map_batches(_decode, fn_kwargs={"prep": prep, "max_pixels": max_pixels}, batch_size=batch_size,
-                               batch_format="numpy", num_cpus=1, max_retries=3)
-    embedded = decoded.map_batches(
-        _Embed, fn_constructor_args=(ray.put(model_file.read_bytes()), device if gpus else "cpu", threads),
-        batch_size=batch_size, batch_format="numpy", concurrency=actors, num_gpus=1 if gpus else 0,
-        num_cpus=0 if gpus else threads, max_restarts=3, max_task_retries=3)
+    batches = -(-len(items) // batch_size)
+    data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(4 * cpus, batches // 8))))
+    # A task decodes a block of up to 8 batches (Ray Data waits about 0.1 s between one task and the next), and
+    # hands each batch on as its own block once decoded: without this, a block's batches wait for the last.
+    data.context.target_max_block_size = batch_size * prep.size[0] * prep.size[1] * prep.channels // 2
+    with warnings.catch_warnings():  # Ray 2.60 deprecates passing retry limits so, and names no other way
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        decoded = data.map_batches(_decode, fn_kwargs={"prep": prep, "max_pixels": max_pixels},
+                                   batch_size=batch_size, batch_format="numpy", num_cpus=1, max_retries=RETRIES)
+        embedded = decoded.map_batches(
+            _Embed, fn_constructor_args=(ray.put(model_file.read_bytes()), device if gpus else "cpu", threads),
+            batch_size=batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads, max_restarts=RETRIES,
+            max_task_retries=RETRIES)
     try:
         for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield [SourceResult(int(key), str(digest) or None, int(width) or None, int(height) or None,
@@ -146,4 +211,34 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
     except Exception as exc:  # Ray reports a worker's failure as its own exception types
         if isinstance(exc, SimsearchError):
             raise
-        raise RayUnavailableError(f"the Ray job failed: {' '.join(str(exc).split())[:300]}") from exc
+        raise job_failure(exc) from exc
+
+
+def job_failure(exc: BaseException) -> RayJobError:
+    """What stopped the job, in one line: a worker out of memory, workers without simsearch, or Ray's own words."""
+    from ray.exceptions import OutOfMemoryError
+
+    causes = list(_causes(exc))
+    if any(isinstance(cause, OutOfMemoryError) for cause in causes):
+        return RayJobError("a Ray worker ran out of memory (killed by Ray's memory monitor and retried "
+                           f"{RETRIES} times): give the workers more memory, or lower --batch-size or --max-pixels")
+    missing = next((found for cause in causes if (found := _MISSING_MODULE.search(str(cause)))), None)
+    if missing is not None:  # Ray reports a worker's failed import as a system error with the import's words
+        return RayJobError(f"the Ray workers cannot import simsearch ({missing.group(0)}): install the same "
+                           "simsearch on every node of the cluster")
+    return RayJobError(f"the Ray job failed: {_one_line(causes[-1])}")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: Ray's `cause` of a worker's exception, Python's chain, to the innermost."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join((text[-1] if text else type(exc).__name__).split())[:300]

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
@@ -18,7 +25,7 @@ from retrieval.index import open_index  # noqa: E402
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -97,12 +104,6 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
         tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL the model actor's process while the job runs (a separate `simsearch index` process with its own
     local Ray): Ray restarts it and retries its batch; every image is indexed once."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from conftest import REPO
 
     if ray.is_initialized():
@@ -125,3 +126,84 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
     assert run.returncode == 0, err
     assert "added 60" in err
     assert len(rows(tmp_path / "idx")) == 60 and len(vectors(tmp_path / "idx")) == 60
+
+
+def run_index(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+              timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`simsearch index ARGS` in a process of its own (its own Ray driver), from `cwd`."""
+    return subprocess.run([sys.executable, "-m", "cli", "index", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_one_line_failure(run: subprocess.CompletedProcess[str], text: str) -> None:
+    """Exit 2 and, beside the progress bar, one line: the error, naming `text`."""
+    output = run.stdout + run.stderr
+    lines = [line for line in output.splitlines() if line.strip() and " embedding " not in line]
+    assert run.returncode == 2, output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], output
+    assert "Traceback" not in output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def cluster_without_simsearch(tmp_path: Path) -> Iterator[str]:
+    """A Ray head whose workers run a Python with Ray, torch and numpy but not simsearch: a venv that borrows this
+    one's packages through a path file (such a path's own `.pth` files, simsearch's editable install among them,
+    are not read)."""
+    venv = tmp_path / "venv-without-simsearch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site_packages,) = (venv / "lib").glob("python*/site-packages")
+    (site_packages / "borrowed.pth").write_text(next(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    python = venv / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import indexer"], cwd=tmp_path, capture_output=True).returncode != 0
+    port = free_port()
+    head = subprocess.Popen([str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port",
+                             str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
+                            cwd=tmp_path, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head, its GCS, raylet and workers: a session of their own
+        head.wait(timeout=60)
+
+
+def test_a_cluster_without_simsearch_on_its_workers_is_one_line(
+        tmp_path: Path, tiny_model_file: Path, make_photos, cluster_without_simsearch: str) -> None:  # type: ignore[no-untyped-def]
+    make_photos(tmp_path / "p", 6)
+    run = run_index(["p", "--index", "idx", "--model", str(tiny_model_file), "--ray", cluster_without_simsearch],
+                    cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
+    assert_one_line_failure(run, "the Ray workers cannot import simsearch (No module named ")
+    assert not (tmp_path / "idx").exists(), "nothing half-written"
+
+
+def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
+        tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """A decode worker grows by 1.2 GB (a 400-megapixel PNG, allowed by --max-pixels) on a local Ray whose memory
+    monitor kills beyond what this machine uses now plus 1.5 GB: the task is killed, retried and killed again."""
+    make_photos(tmp_path / "p", 8)
+    Image.new("RGB", (20_000, 20_000), (120, 30, 200)).save(tmp_path / "p" / "zz-huge.png")
+    total, available = (int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                        if line.startswith(("MemTotal:", "MemAvailable:")))
+    threshold = (total - available + 1.5e9) / total
+    run = run_index(["p", "--index", "idx", "--model", str(tiny_model_file), "--batch-size", "4",
+                     "--max-pixels", "500000000", "--ray", "local"], cwd=tmp_path,
+                    env={"RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100",
+                         "RAY_task_oom_retry_delay_base_ms": "100"})
+    assert_one_line_failure(run, "a Ray worker ran out of memory")
+    if (tmp_path / "idx").exists():  # whole batches imported before the failure, if any, and nothing else
+        assert set(rows(tmp_path / "idx")) == set(vectors(tmp_path / "idx"))
+        assert "zz-huge.png" not in rows(tmp_path / "idx")
