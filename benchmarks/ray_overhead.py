@@ -1,19 +1,33 @@
-"""What Ray costs on one machine: `simsearch index` locally and with `--ray local` on the same 2 cores, runs
-interleaved, on the folder of 12-megapixel JPEGs that `index_throughput.py` builds (default 500; the engine's own
-overhead, start-up included, is the measure). Results are appended to `benchmarks/results/ray_overhead.jsonl`.
+"""What Ray costs on one machine: `simsearch index` of the same folder of 12-megapixel JPEGs (the one
+`index_throughput.py` builds; default 2,000) on the same 2 cores, run in turn, round after round:
 
-    python benchmarks/ray_overhead.py --images 500 --rounds 3
+- `local`: the local pipeline;
+- `ray-local`: `--ray local`, a Ray started for the run and stopped after it;
+- `ray-cluster`: `--ray ADDRESS` of a running one-node Ray of 2 CPUs (a cluster is up before its jobs);
+- `ray-2-nodes`: `--ray ADDRESS` of a running cluster of two nodes of 1 CPU each on this machine (a head and a
+  worker, each with its own raylet and object store): the multi-worker case, batches crossing between nodes.
+
+The measure is the whole command's wall time, start-up included: what a user waits. Results are appended to
+`benchmarks/results/ray_overhead.jsonl`.
+
+    python benchmarks/ray_overhead.py --images 2000 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,35 +37,102 @@ sys.path.insert(0, str(REPO))
 from benchmarks.index_throughput import build_folder, git_commit, warm_page_cache  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ray_overhead.jsonl"
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the benchmark's own loopback clusters
+ENGINES = ("local", "ray-local", "ray-cluster", "ray-2-nodes")
 
 
-def index_seconds(folder: Path, ray: bool) -> float:
+def index_seconds(folder: Path, ray: str | None) -> tuple[float, float]:
+    """The wall time of one `simsearch index` into a new index, and the embedding rate it reports."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "cli", "index", str(folder), "--index", str(Path(tmp) / "index")]
         started = time.perf_counter()
-        subprocess.run(command + (["--ray", "local"] if ray else []), cwd=REPO, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        run = subprocess.run(command + (["--ray", ray] if ray else []), cwd=REPO, env=RAY_ENV, check=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - started
+    rate = re.search(r"([\d.]+) images/s; index:", run.stderr)
+    return seconds, float(rate.group(1)) if rate else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ray_node(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
+                             *args], env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+@contextmanager
+def running_cluster(cpus_per_node: list[int]) -> Iterator[str]:
+    """A Ray cluster on this machine, one node per entry (the first the head), until the block ends."""
+    port = free_port()
+    nodes = [ray_node("--head", "--include-dashboard=false", "--port", str(port), "--num-cpus", str(cpus_per_node[0]))]
+    try:
+        deadline = time.monotonic() + 60
+        while not answers(port):
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(0.5)
+        for cpus in cpus_per_node[1:]:
+            nodes.append(ray_node("--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus)))
+        wait_for_cpus(f"127.0.0.1:{port}", sum(cpus_per_node))
+        yield f"127.0.0.1:{port}"
+    finally:
+        for node in reversed(nodes):
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_for_cpus(address: str, cpus: int) -> None:
+    probe = f"import ray, time; ray.init(address='{address}', logging_level='ERROR')\n" \
+            f"while ray.cluster_resources().get('CPU', 0) < {cpus}: time.sleep(0.5)"
+    subprocess.run([sys.executable, "-c", probe], env=RAY_ENV, check=True, capture_output=True, timeout=120)
+
+
+@contextmanager
+def cluster_for(engine: str) -> Iterator[str | None]:
+    """The `--ray` argument of `engine`, with the running cluster it names, if any."""
+    if engine in ("local", "ray-local"):
+        yield None if engine == "local" else "local"
+        return
+    with running_cluster([2] if engine == "ray-cluster" else [1, 1]) as address:
+        yield address
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     folder = build_folder(args.images)
     warm_page_cache(folder)
-    seconds: dict[str, list[float]] = {"local": [], "ray": []}
+    seconds: dict[str, list[float]] = {name: [] for name in ENGINES}
+    rates: dict[str, list[float]] = {name: [] for name in ENGINES}
     for round_ in range(args.rounds):
-        for name in (("local", "ray") if round_ % 2 == 0 else ("ray", "local")):
-            seconds[name].append(round(index_seconds(folder, name == "ray"), 2))
-            print(f"{name:6} {seconds[name][-1]:.2f} s", flush=True)
-    local, ray = statistics.median(seconds["local"]), statistics.median(seconds["ray"])
-    print(f"median local {local:.2f} s ({args.images / local:.1f} images/s), --ray local {ray:.2f} s "
-          f"({args.images / ray:.1f} images/s): Ray takes {ray / local:.0%} of the local time")
+        for name in ENGINES if round_ % 2 == 0 else tuple(reversed(ENGINES)):
+            with cluster_for(name) as address:  # up before the run and down after it: idle, it would load the others
+                wall, rate = index_seconds(folder, address)
+            seconds[name].append(round(wall, 2))
+            rates[name].append(rate)
+            print(f"{name:12} {wall:6.2f} s  (embedding {rate:.1f} images/s)", flush=True)
+    local = statistics.median(seconds["local"])
+    print(f"\n{'engine':12} {'median s':>9} {'images/s':>9} {'x local':>8}")
+    for name in ENGINES:
+        median = statistics.median(seconds[name])
+        print(f"{name:12} {median:9.2f} {args.images / median:9.1f} {median / local:8.2f}")
     record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(REPO),
-              "images": args.images, "local_seconds": seconds["local"], "ray_seconds": seconds["ray"],
-              "ray_over_local": round(ray / local, 3)}
+              "images": args.images, "cores": os.cpu_count(), "seconds": seconds, "embedding_rates": rates,
+              "over_local": {name: round(statistics.median(seconds[name]) / local, 3) for name in ENGINES}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as handle:
         handle.write(json.dumps(record) + "\n")

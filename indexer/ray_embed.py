@@ -16,8 +16,9 @@ import socket
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ LOCAL_CPUS = None
 """A local Ray (no address given) takes every core, as a local run does."""
 CONNECT_SECONDS = 5
 RETRIES = 3
+GPU_BATCH_SIZE = 256
+"""Images a GPU model actor embeds a call (256 x 224 x 224 x 3 bytes of pixels is 39 MB): a GPU's batch, where a
+CPU's is the run's --batch-size. Not yet measured on a GPU."""
 """A decode task or a model actor that dies is retried or restarted this many times, then the job fails."""
 RAY_ENVIRONMENT = {
     "RAY_DEDUP_LOGS": "0",
@@ -170,6 +174,28 @@ def _check_reachable(address: str) -> None:
         raise RayUnavailableError(f"no Ray cluster at {address}: {exc.strerror or exc}") from exc
 
 
+@dataclass(frozen=True)
+class ActorPlan:
+    """The pool of model actors for a cluster: how many, what each asks of Ray, its torch threads and batch."""
+
+    actors: int
+    gpus: int
+    cpus: int
+    threads: int
+    batch_size: int
+
+
+def plan_actors(resources: Mapping[str, float], batch_size: int) -> ActorPlan:
+    """One actor a GPU, each embedding `GPU_BATCH_SIZE` images a call (Ray Data gathers the decoded batches) unless
+    `batch_size` is larger, with every CPU left to decoding. Without GPUs, half the CPUs embed (as locally,
+    decoding a camera JPEG costs about what embedding it does), in actors of one thread each."""
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return ActorPlan(actors=gpus, gpus=1, cpus=0, threads=1, batch_size=max(batch_size, GPU_BATCH_SIZE))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    return ActorPlan(actors=max(1, cpus // 2), gpus=0, cpus=1, threads=1, batch_size=batch_size)
+
+
 def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing, *, address: str | None,
                 batch_size: int, max_pixels: int, device: str | None = None) -> Iterator[list[SourceResult]]:
     """The results of `sources`, decoded by Ray tasks and embedded by a pool of model actors, batch by batch in
@@ -182,10 +208,8 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
     ray_data.DataContext.get_current().enable_progress_bars = False  # the driver draws the run's own progress
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures are the job's one-line error
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
-    actors = gpus if gpus else max(1, cpus // 2)
-    threads = 1 if gpus else max(1, cpus // (2 * actors))
+    plan = plan_actors(resources, batch_size)
     items = [{"key": s.key, "path": s.path or "", "content_hash": s.content_hash or ""} for s in sources]
     batches = -(-len(items) // batch_size)
     data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(4 * cpus, batches // 8))))
@@ -197,10 +221,10 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
         decoded = data.map_batches(_decode, fn_kwargs={"prep": prep, "max_pixels": max_pixels},
                                    batch_size=batch_size, batch_format="numpy", num_cpus=1, max_retries=RETRIES)
         embedded = decoded.map_batches(
-            _Embed, fn_constructor_args=(ray.put(model_file.read_bytes()), device if gpus else "cpu", threads),
-            batch_size=batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else threads, max_restarts=RETRIES,
-            max_task_retries=RETRIES)
+            _Embed, fn_constructor_args=(ray.put(model_file.read_bytes()), device if plan.gpus else "cpu",
+                                         plan.threads),
+            batch_size=plan.batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(size=plan.actors),
+            num_gpus=plan.gpus, num_cpus=plan.cpus, max_restarts=RETRIES, max_task_retries=RETRIES)
     try:
         for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield [SourceResult(int(key), str(digest) or None, int(width) or None, int(height) or None,

@@ -207,3 +207,14 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
     if (tmp_path / "idx").exists():  # whole batches imported before the failure, if any, and nothing else
         assert set(rows(tmp_path / "idx")) == set(vectors(tmp_path / "idx"))
         assert "zz-huge.png" not in rows(tmp_path / "idx")
+
+
+def test_model_actors_follow_the_cluster() -> None:
+    """One actor a GPU with a GPU's batch and the CPUs left to decoding; without GPUs, half the CPUs embed."""
+    from indexer.ray_embed import GPU_BATCH_SIZE, ActorPlan, plan_actors
+
+    assert plan_actors({"CPU": 2.0}, 32) == ActorPlan(actors=1, gpus=0, cpus=1, threads=1, batch_size=32)
+    assert plan_actors({"CPU": 16.0}, 32) == ActorPlan(actors=8, gpus=0, cpus=1, threads=1, batch_size=32)
+    assert plan_actors({"CPU": 128.0, "GPU": 8.0}, 32) == ActorPlan(actors=8, gpus=1, cpus=0, threads=1,
+                                                                   batch_size=GPU_BATCH_SIZE)
+    assert plan_actors({"CPU": 8.0, "GPU": 1.0}, 512).batch_size == 512, "a larger --batch-size is kept"
