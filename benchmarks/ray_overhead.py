@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.index_throughput import build_folder, git_commit, warm_page_cache  # noqa: E402
+from benchmarks.server_load import free_port  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ray_overhead.jsonl"
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the benchmark's own loopback clusters
@@ -51,12 +52,6 @@ def index_seconds(folder: Path, ray: str | None) -> tuple[float, float]:
         seconds = time.perf_counter() - started
     rate = re.search(r"([\d.]+) images/s; index:", run.stderr)
     return seconds, float(rate.group(1)) if rate else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def ray_node(*args: str) -> subprocess.Popen[bytes]:

@@ -39,7 +39,8 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server a test starts)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -53,7 +54,7 @@ class PostgresServer:
         assert binaries is not None, missing_reason()
         self._bin = binaries
         self._dir = Path(tempfile.mkdtemp(prefix="simsearch-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._as_postgres = os.geteuid() == 0
         data = self._dir / "data"
         password_file = self._dir / "password"

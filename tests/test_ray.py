@@ -18,6 +18,7 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
 from conftest import assert_one_line_error, invoke  # noqa: E402
+from postgres_server import free_port  # noqa: E402
 from indexer import pipeline  # noqa: E402
 from retrieval.embedding_files import read_embeddings  # noqa: E402
 from retrieval.index import open_index  # noqa: E402
@@ -142,12 +143,6 @@ def assert_one_line_failure(run: subprocess.CompletedProcess[str], text: str) ->
     assert run.returncode == 2, output
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], output
     assert "Traceback" not in output
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
