@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -145,21 +146,13 @@ def assert_one_line_failure(run: subprocess.CompletedProcess[str], text: str) ->
     assert "Traceback" not in output
 
 
-@pytest.fixture
-def cluster_without_simsearch(tmp_path: Path) -> Iterator[str]:
-    """A Ray head whose workers run a Python with Ray, torch and numpy but not simsearch: a venv that borrows this
-    one's packages through a path file (such a path's own `.pth` files, simsearch's editable install among them,
-    are not read)."""
-    venv = tmp_path / "venv-without-simsearch"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    (site_packages,) = (venv / "lib").glob("python*/site-packages")
-    (site_packages / "borrowed.pth").write_text(next(p for p in sys.path if p.endswith("site-packages")) + "\n")
-    python = venv / "bin" / "python"
-    assert subprocess.run([str(python), "-c", "import indexer"], cwd=tmp_path, capture_output=True).returncode != 0
+@contextmanager
+def ray_head(python: Path | str, cwd: Path, auth: str = "disabled") -> Iterator[str]:
+    """A Ray head of 2 CPUs run by `python` (`RAY_AUTH_MODE=auth`), its address while the block runs."""
     port = free_port()
     head = subprocess.Popen([str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port",
                              str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
-                            cwd=tmp_path, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                            cwd=cwd, env={**os.environ, "RAY_AUTH_MODE": auth},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -174,6 +167,33 @@ def cluster_without_simsearch(tmp_path: Path) -> Iterator[str]:
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head, its GCS, raylet and workers: a session of their own
         head.wait(timeout=60)
+
+
+@pytest.fixture
+def cluster_without_simsearch(tmp_path: Path) -> Iterator[str]:
+    """A Ray head whose workers run a Python with Ray, torch and numpy but not simsearch: a venv that borrows this
+    one's packages through a path file (such a path's own `.pth` files, simsearch's editable install among them,
+    are not read)."""
+    venv = tmp_path / "venv-without-simsearch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site_packages,) = (venv / "lib").glob("python*/site-packages")
+    (site_packages / "borrowed.pth").write_text(next(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    python = venv / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import indexer"], cwd=tmp_path, capture_output=True).returncode != 0
+    with ray_head(python, tmp_path) as address:
+        yield address
+
+
+def test_a_cluster_that_refuses_the_driver_names_the_token_settings(
+        tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """A head with token authentication (Ray's default for `ray start` since 2.59), a driver without the token."""
+    make_photos(tmp_path / "p", 2)
+    with ray_head(sys.executable, tmp_path, auth="token") as address:
+        run = run_index(["p", "--index", "idx", "--model", str(tiny_model_file), "--ray", address], cwd=tmp_path,
+                        env={"RAY_AUTH_MODE": "disabled"})
+    assert_one_line_failure(run, f"could not join the Ray cluster at {address}")
+    assert "RAY_AUTH_TOKEN" in run.stderr
+    assert not (tmp_path / "idx").exists(), "nothing half-written"
 
 
 def test_a_cluster_without_simsearch_on_its_workers_is_one_line(
