@@ -35,10 +35,10 @@ LOCAL_CPUS = None
 """A local Ray (no address given) takes every core, as a local run does."""
 CONNECT_SECONDS = 5
 RETRIES = 3
+"""A decode task or a model actor that dies is retried or restarted this many times, then the job fails."""
 GPU_BATCH_SIZE = 256
 """Images a GPU model actor embeds a call (256 x 224 x 224 x 3 bytes of pixels is 39 MB): a GPU's batch, where a
 CPU's is the run's --batch-size. Not yet measured on a GPU."""
-"""A decode task or a model actor that dies is retried or restarted this many times, then the job fails."""
 RAY_ENVIRONMENT = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_BACKEND_LOG_LEVEL": "fatal",  # Ray's C++ notices (retries, a constructor in the object store) stay off
@@ -235,10 +235,10 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
     except Exception as exc:  # Ray reports a worker's failure as its own exception types
         if isinstance(exc, SimsearchError):
             raise
-        raise job_failure(exc) from exc
+        raise _job_failure(exc) from exc
 
 
-def job_failure(exc: BaseException) -> RayJobError:
+def _job_failure(exc: BaseException) -> RayJobError:
     """What stopped the job, in one line: a worker out of memory, workers without simsearch, or Ray's own words."""
     from ray.exceptions import OutOfMemoryError
 
