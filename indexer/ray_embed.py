@@ -40,7 +40,6 @@ GPU_BATCH_SIZE = 256
 """Images a GPU model actor embeds a call (256 x 224 x 224 x 3 bytes of pixels is 39 MB): a GPU's batch, where a
 CPU's is the run's --batch-size. Not yet measured on a GPU."""
 RAY_ENVIRONMENT = {
-    "RAY_DEDUP_LOGS": "0",
     "RAY_BACKEND_LOG_LEVEL": "fatal",  # Ray's C++ notices (retries, a constructor in the object store) stay off
     "RAY_IGNORE_UNHANDLED_ERRORS": "1",  # a failed task's traceback: the job's failure says it in a line
     "RAY_task_oom_retries": str(RETRIES),  # a task killed for memory then fails: by default Ray retries it forever
@@ -192,8 +191,12 @@ def plan_actors(resources: Mapping[str, float], batch_size: int) -> ActorPlan:
     gpus = int(resources.get("GPU", 0))
     if gpus:
         return ActorPlan(actors=gpus, gpus=1, cpus=0, threads=1, batch_size=max(batch_size, GPU_BATCH_SIZE))
-    cpus = max(1, int(resources.get("CPU", 1)))
+    cpus = _cpus(resources)
     return ActorPlan(actors=max(1, cpus // 2), gpus=0, cpus=1, threads=1, batch_size=batch_size)
+
+
+def _cpus(resources: Mapping[str, float]) -> int:
+    return max(1, int(resources.get("CPU", 1)))
 
 
 def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing, *, address: str | None,
@@ -208,7 +211,7 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
     ray_data.DataContext.get_current().enable_progress_bars = False  # the driver draws the run's own progress
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures are the job's one-line error
     resources = ray.cluster_resources()
-    cpus = max(1, int(resources.get("CPU", 1)))
+    cpus = _cpus(resources)
     plan = plan_actors(resources, batch_size)
     items = [{"key": s.key, "path": s.path or "", "content_hash": s.content_hash or ""} for s in sources]
     batches = -(-len(items) // batch_size)

@@ -3,9 +3,12 @@ as a user meets it, and a fast indexing run. Tests import these from here, never
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,11 +106,24 @@ def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str 
         return runner.invoke(app, list(args), env=env, input=input)
 
 
+def simsearch(*args: str, cwd: Path, env: dict[str, str] | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `simsearch` command in a process of its own, from `cwd`: what a user's shell runs."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=timeout)
+
+
 def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.output
-    assert "Traceback" not in result.output
+    assert_one_line_output(result.exit_code, result.output, text)
+
+
+def assert_one_line_output(exit_code: int, output: str, text: str, beside: str | None = None) -> None:
+    """Exit 2 and one line of output, the error, naming `text` (lines containing `beside`, such as a progress bar,
+    aside); no traceback."""
+    assert exit_code == 2, output
+    lines = [line for line in output.splitlines() if line.strip() and (beside is None or beside not in line)]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], output
+    assert "Traceback" not in output
 
 
 # --- labelled folders and tensors for training -----------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, select
 
-from conftest import REPO, save_tiny_model
+from conftest import REPO, save_tiny_model, simsearch
 from indexer.pipeline import IndexOptions, index_paths
 from retrieval.embedding import Embedder
 from retrieval.errors import IndexWriteError
@@ -61,11 +61,6 @@ from cli.main import main
 sys.argv = ["simsearch", *sys.argv[1:]]
 main()
 """
-
-
-def simsearch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], text: str, code: int = 2) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
-from conftest import assert_one_line_error, invoke  # noqa: E402
+from conftest import assert_one_line_error, assert_one_line_output, invoke, simsearch  # noqa: E402
 from postgres_server import free_port  # noqa: E402
 from indexer import pipeline  # noqa: E402
 from retrieval.embedding_files import read_embeddings  # noqa: E402
@@ -130,20 +130,9 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
     assert len(rows(tmp_path / "idx")) == 60 and len(vectors(tmp_path / "idx")) == 60
 
 
-def run_index(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-              timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`simsearch index ARGS` in a process of its own (its own Ray driver), from `cwd`."""
-    return subprocess.run([sys.executable, "-m", "cli", "index", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
 def assert_one_line_failure(run: subprocess.CompletedProcess[str], text: str) -> None:
     """Exit 2 and, beside the progress bar, one line: the error, naming `text`."""
-    output = run.stdout + run.stderr
-    lines = [line for line in output.splitlines() if line.strip() and " embedding " not in line]
-    assert run.returncode == 2, output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], output
-    assert "Traceback" not in output
+    assert_one_line_output(run.returncode, run.stdout + run.stderr, text, beside=" embedding ")
 
 
 @contextmanager
@@ -189,8 +178,8 @@ def test_a_cluster_that_refuses_the_driver_names_the_token_settings(
     """A head with token authentication (Ray's default for `ray start` since 2.59), a driver without the token."""
     make_photos(tmp_path / "p", 2)
     with ray_head(sys.executable, tmp_path, auth="token") as address:
-        run = run_index(["p", "--index", "idx", "--model", str(tiny_model_file), "--ray", address], cwd=tmp_path,
-                        env={"RAY_AUTH_MODE": "disabled"})
+        run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", address,
+                        cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
     assert_one_line_failure(run, f"could not join the Ray cluster at {address}")
     assert "RAY_AUTH_TOKEN" in run.stderr
     assert not (tmp_path / "idx").exists(), "nothing half-written"
@@ -199,8 +188,8 @@ def test_a_cluster_that_refuses_the_driver_names_the_token_settings(
 def test_a_cluster_without_simsearch_on_its_workers_is_one_line(
         tmp_path: Path, tiny_model_file: Path, make_photos, cluster_without_simsearch: str) -> None:  # type: ignore[no-untyped-def]
     make_photos(tmp_path / "p", 6)
-    run = run_index(["p", "--index", "idx", "--model", str(tiny_model_file), "--ray", cluster_without_simsearch],
-                    cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
+    run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray",
+                    cluster_without_simsearch, cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
     assert_one_line_failure(run, "the Ray workers cannot import simsearch (No module named ")
     assert not (tmp_path / "idx").exists(), "nothing half-written"
 
@@ -214,8 +203,8 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
     total, available = (int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                         if line.startswith(("MemTotal:", "MemAvailable:")))
     threshold = (total - available + 1.5e9) / total
-    run = run_index(["p", "--index", "idx", "--model", str(tiny_model_file), "--batch-size", "4",
-                     "--max-pixels", "500000000", "--ray", "local"], cwd=tmp_path,
+    run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--batch-size", "4",
+                    "--max-pixels", "500000000", "--ray", "local", cwd=tmp_path,
                     env={"RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100",
                          "RAY_task_oom_retry_delay_base_ms": "100"})
     assert_one_line_failure(run, "a Ray worker ran out of memory")
