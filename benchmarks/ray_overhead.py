@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,9 +31,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.index_throughput import build_folder, git_commit, warm_page_cache  # noqa: E402
-from benchmarks.server_load import free_port  # noqa: E402
+from ray_cluster import ray_cluster  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ray_overhead.jsonl"
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the benchmark's own loopback clusters
@@ -54,53 +53,13 @@ def index_seconds(folder: Path, ray: str | None) -> tuple[float, float]:
     return seconds, float(rate.group(1)) if rate else 0.0
 
 
-def ray_node(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
-                             *args], env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-@contextmanager
-def running_cluster(cpus_per_node: list[int]) -> Iterator[str]:
-    """A Ray cluster on this machine, one node per entry (the first the head), until the block ends."""
-    port = free_port()
-    nodes = [ray_node("--head", "--include-dashboard=false", "--port", str(port), "--num-cpus", str(cpus_per_node[0]))]
-    try:
-        deadline = time.monotonic() + 60
-        while not answers(port):
-            assert time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(0.5)
-        for cpus in cpus_per_node[1:]:
-            nodes.append(ray_node("--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus)))
-        wait_for_cpus(f"127.0.0.1:{port}", sum(cpus_per_node))
-        yield f"127.0.0.1:{port}"
-    finally:
-        for node in reversed(nodes):
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
-
-
-def answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def wait_for_cpus(address: str, cpus: int) -> None:
-    probe = f"import ray, time; ray.init(address='{address}', logging_level='ERROR')\n" \
-            f"while ray.cluster_resources().get('CPU', 0) < {cpus}: time.sleep(0.5)"
-    subprocess.run([sys.executable, "-c", probe], env=RAY_ENV, check=True, capture_output=True, timeout=120)
-
-
 @contextmanager
 def cluster_for(engine: str) -> Iterator[str | None]:
     """The `--ray` argument of `engine`, with the running cluster it names, if any."""
     if engine in ("local", "ray-local"):
         yield None if engine == "local" else "local"
         return
-    with running_cluster([2] if engine == "ray-cluster" else [1, 1]) as address:
+    with ray_cluster([2] if engine == "ray-cluster" else [1, 1]) as address:
         yield address
 
 

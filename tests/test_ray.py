@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
 from conftest import assert_one_line_error, assert_one_line_output, invoke, simsearch  # noqa: E402
-from postgres_server import free_port  # noqa: E402
+from ray_cluster import ray_cluster  # noqa: E402
 from indexer import pipeline  # noqa: E402
 from retrieval.embedding_files import read_embeddings  # noqa: E402
 from retrieval.index import open_index  # noqa: E402
@@ -135,29 +133,6 @@ def assert_one_line_failure(run: subprocess.CompletedProcess[str], text: str) ->
     assert_one_line_output(run.returncode, run.stdout + run.stderr, text, beside=" embedding ")
 
 
-@contextmanager
-def ray_head(python: Path | str, cwd: Path, auth: str = "disabled") -> Iterator[str]:
-    """A Ray head of 2 CPUs run by `python` (`RAY_AUTH_MODE=auth`), its address while the block runs."""
-    port = free_port()
-    head = subprocess.Popen([str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port",
-                             str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
-                            cwd=cwd, env={**os.environ, "RAY_AUTH_MODE": auth},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
-                time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(head.pid, signal.SIGKILL)  # the head, its GCS, raylet and workers: a session of their own
-        head.wait(timeout=60)
-
-
 @pytest.fixture
 def cluster_without_simsearch(tmp_path: Path) -> Iterator[str]:
     """A Ray head whose workers run a Python with Ray, torch and numpy but not simsearch: a venv that borrows this
@@ -169,7 +144,7 @@ def cluster_without_simsearch(tmp_path: Path) -> Iterator[str]:
     (site_packages / "borrowed.pth").write_text(next(p for p in sys.path if p.endswith("site-packages")) + "\n")
     python = venv / "bin" / "python"
     assert subprocess.run([str(python), "-c", "import indexer"], cwd=tmp_path, capture_output=True).returncode != 0
-    with ray_head(python, tmp_path) as address:
+    with ray_cluster(python=python, cwd=tmp_path) as address:
         yield address
 
 
@@ -177,7 +152,7 @@ def test_a_cluster_that_refuses_the_driver_names_the_token_settings(
         tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     """A head with token authentication (Ray's default for `ray start` since 2.59), a driver without the token."""
     make_photos(tmp_path / "p", 2)
-    with ray_head(sys.executable, tmp_path, auth="token") as address:
+    with ray_cluster(cwd=tmp_path, auth="token") as address:
         run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", address,
                         cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
     assert_one_line_failure(run, f"could not join the Ray cluster at {address}")

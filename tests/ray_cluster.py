@@ -1,0 +1,64 @@
+"""Real Ray clusters on this machine for the Ray tests and `benchmarks/ray_overhead.py`: `ray start --block` for
+each node, in sessions of their own, killed whole when the block ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from postgres_server import free_port
+
+START_SECONDS = 60
+
+
+@contextmanager
+def ray_cluster(cpus_per_node: Sequence[int] = (2,), python: Path | str = sys.executable, cwd: Path | None = None,
+                auth: str = "disabled") -> Iterator[str]:
+    """A cluster of one node per entry (the first the head), run by `python` with `RAY_AUTH_MODE=auth`; its
+    address, once every node has joined, while the block runs."""
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": auth}
+    nodes = [_node(python, cwd, env, "--head", "--include-dashboard=false", "--port", str(port), "--num-cpus",
+                   str(cpus_per_node[0]))]
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while not _answers(port):
+            assert nodes[0].poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(0.2)
+        address = f"127.0.0.1:{port}"
+        for cpus in cpus_per_node[1:]:
+            nodes.append(_node(python, cwd, env, "--address", address, "--num-cpus", str(cpus)))
+        if len(nodes) > 1:
+            _wait_for_cpus(python, env, address, sum(cpus_per_node))
+        yield address
+    finally:
+        for node in reversed(nodes):
+            os.killpg(node.pid, signal.SIGKILL)  # the node, its raylet (and GCS) and workers: a session of their own
+            node.wait(timeout=60)
+
+
+def _node(python: Path | str, cwd: Path | None, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(python), "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
+                             *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait_for_cpus(python: Path | str, env: dict[str, str], address: str, cpus: int) -> None:
+    probe = f"import ray, time; ray.init(address='{address}', logging_level='ERROR')\n" \
+            f"while ray.cluster_resources().get('CPU', 0) < {cpus}: time.sleep(0.5)"
+    subprocess.run([str(python), "-c", probe], env=env, check=True, capture_output=True, timeout=120)
