@@ -257,12 +257,11 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
         return DuplicateSearch([], PairSearch("exact"))
+    subset, members = vectors[used], [owners[row] for row in used]
     info = index.vector_info()
     if info is None or info.description == EXACT:
-        return DuplicateSearch(duplicate_groups(vectors[used], [owners[row] for row in used], threshold,
-                                                rules=rules), PairSearch("exact"))
-    first, second, _ = graph_pairs(index.vector_index(), ids[used], vectors[used], threshold)
-    recall, sampled = pair_recall(vectors[used], first, second, threshold, seed=len(used))
-    groups = duplicate_groups(vectors[used], [owners[row] for row in used], threshold, pairs=(first, second),
-                              rules=rules)
+        return DuplicateSearch(duplicate_groups(subset, members, threshold, rules=rules), PairSearch("exact"))
+    first, second, _ = graph_pairs(index.vector_index(), ids[used], subset, threshold)
+    recall, sampled = pair_recall(subset, first, second, threshold, seed=len(used))
+    groups = duplicate_groups(subset, members, threshold, pairs=(first, second), rules=rules)
     return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled))
