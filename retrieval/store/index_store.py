@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, select, update
@@ -32,8 +32,15 @@ from retrieval.store.queries import images_under
 from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ChosenKeeper, DistinctPair, ImageRecord,
                                     IndexState, ModelRecord, VectorRecord, utcnow)
 
+T = TypeVar("T")
 CHUNK = 500
 """Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters."""
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of at most `CHUNK`, one IN (...) list each."""
+    for start in range(0, len(items), CHUNK):
+        yield items[start:start + CHUNK]
 
 
 class Unset(enum.Enum):
@@ -242,21 +249,16 @@ class IndexStore:
         ids = sorted(set(file_ids))
         found: list[tuple[str, str]] = []
         with self.reading() as session:
-            for start in range(0, len(ids), CHUNK):
+            for chunk in _chunks(ids):
                 found += [(path, file_id) for path, file_id in session.execute(select(
-                    ImageRecord.path, ImageRecord.file_id).where(ImageRecord.file_id.in_(ids[start:start + CHUNK]),
+                    ImageRecord.path, ImageRecord.file_id).where(ImageRecord.file_id.in_(chunk),
                                                                 ImageRecord.status == STATUS_OK))]
         return found
 
     def stored_hashes(self, model_id: int, hashes: Iterable[str]) -> set[str]:
         """Which of these contents have a vector of `model_id` already."""
-        wanted = sorted(set(hashes))
-        found: set[str] = set()
         with self.reading() as session:
-            for start in range(0, len(wanted), CHUNK):
-                found.update(session.scalars(select(VectorRecord.content_hash).where(
-                    VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(wanted[start:start + CHUNK]))))
-        return found
+            return set(self._vector_ids(session, model_id, set(hashes)))
 
     # --- writes of the index pipeline -------------------------------------------------------------------
 
@@ -281,26 +283,26 @@ class IndexStore:
                     ["model_id", "content_hash"], update=False)
             wanted = {change.vector_hash for change in changes if change.vector_hash and not change.keep_vector}
             vector_ids = self._vector_ids(session, model_id, wanted)
-            served_before = self._ok_rows(session, [change.row_id for change in changes if change.row_id])
+            # Whether the served set changes: asked of the rows before they change, and only when the batch adds
+            # none that is served (nearly every embedded batch does).
+            bump = any(change.status == STATUS_OK for change in changes) or \
+                self._ok_rows(session, [change.row_id for change in changes if change.row_id])
             self._apply(session, changes, vector_ids)
-            if served_before or any(change.status == STATUS_OK for change in changes):
+            if bump:
                 self._bump(session)
 
     def _vector_ids(self, session: Session, model_id: int, hashes: set[str]) -> dict[str, int]:
         ordered = sorted(hashes)
         ids: dict[str, int] = {}
-        for start in range(0, len(ordered), CHUNK):
+        for chunk in _chunks(ordered):
             ids.update(session.execute(select(VectorRecord.content_hash, VectorRecord.id).where(
-                VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(ordered[start:start + CHUNK]))).all())
+                VectorRecord.model_id == model_id, VectorRecord.content_hash.in_(chunk))).all())
         return ids
 
     @staticmethod
     def _ok_rows(session: Session, ids: list[int]) -> bool:
-        for start in range(0, len(ids), CHUNK):
-            if session.scalar(select(func.count()).select_from(ImageRecord).where(
-                    ImageRecord.id.in_(ids[start:start + CHUNK]), ImageRecord.status == STATUS_OK)):
-                return True
-        return False
+        return any(session.scalar(select(func.count()).select_from(ImageRecord).where(
+            ImageRecord.id.in_(chunk), ImageRecord.status == STATUS_OK)) for chunk in _chunks(ids))
 
     def _apply(self, session: Session, changes: Sequence[ImageChange], vector_ids: dict[str, int]) -> None:
         """Updates by id in two executemany groups (with and without a new vector), new paths as one upsert."""
@@ -334,8 +336,8 @@ class IndexStore:
         if not ids:
             return
         with self._writing() as session:
-            for start in range(0, len(ids), CHUNK):
-                session.execute(delete(ImageRecord).where(ImageRecord.id.in_(ids[start:start + CHUNK])))
+            for chunk in _chunks(ids):
+                session.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
             self._bump(session)
 
     def finish(self, model_id: int, serving: bool) -> bool:
@@ -441,9 +443,9 @@ class IndexStore:
         """(vector id, float32 bytes) of these vectors."""
         rows: list[tuple[int, bytes]] = []
         ordered = sorted(ids)
-        for start in range(0, len(ordered), CHUNK):
+        for chunk in _chunks(ordered):
             rows += [(row.id, row.data) for row in session.execute(select(VectorRecord.id, VectorRecord.data).where(
-                VectorRecord.id.in_(ordered[start:start + CHUNK])))]
+                VectorRecord.id.in_(chunk)))]
         return rows
 
     def set_search_settings(self, *, index_type: str | None | Unset = UNSET, max_memory: int | None | Unset = UNSET,
@@ -499,9 +501,9 @@ class IndexStore:
         found: dict[int, list[ImageRecord]] = {}
         ordered = sorted(set(vector_ids))
         with self.reading() as session:
-            for start in range(0, len(ordered), CHUNK):
+            for chunk in _chunks(ordered):
                 for image in session.scalars(select(ImageRecord).where(
-                        ImageRecord.vector_id.in_(ordered[start:start + CHUNK]), ImageRecord.status == STATUS_OK)):
+                        ImageRecord.vector_id.in_(chunk), ImageRecord.status == STATUS_OK)):
                     found.setdefault(image.vector_id, []).append(image)  # type: ignore[arg-type]
         for images in found.values():
             images.sort(key=lambda image: image.path)
