@@ -131,9 +131,8 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
             raise HTTPException(422, f"{upload.filename or 'the upload'} is empty")
         return data
 
-    async def embedded(upload: UploadFile) -> tuple[str, np.ndarray]:
+    async def embedded(upload: UploadFile, batcher: EmbedBatcher) -> tuple[str, np.ndarray]:
         name = upload.filename or "upload"
-        _, batcher = served.collection()
         result = await batcher.embed(await upload_bytes(upload))
         if result.error is not None:
             raise HTTPException(422, f"{name}: {result.error}")
@@ -197,7 +196,7 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         else:
             form = await request.form()
             k = k_argument(number(form.get("k", 5), "k", int))
-            name, vector = await embedded(upload_field(form, "image"))
+            name, vector = await embedded(upload_field(form, "image"), served.collection()[1])
         [neighbours] = served.index.search(vector[None], k)
         return QueryResult(name, neighbours).to_dict()
 
@@ -205,10 +204,16 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
     async def verify(request: Request) -> dict[str, object]:
         """Same or different: multipart files `a` and `b`; optional `threshold` or `precision`."""
         form = await request.form()
-        collection, _ = served.collection()
+        collection, batcher = served.collection()
         choice = collection.threshold_choice(number(form.get("threshold"), "threshold"),  # type: ignore[arg-type]
                                              number(form.get("precision"), "precision"))  # type: ignore[arg-type]
-        (_, first), (_, second) = [await embedded(upload_field(form, field)) for field in ("a", "b")]
+        uploads = [upload_field(form, field) for field in ("a", "b")]
+        # Both in one model batch; of two failures, `a`'s is the one reported.
+        both = await asyncio.gather(*(embedded(upload, batcher) for upload in uploads), return_exceptions=True)
+        for outcome in both:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        (_, first), (_, second) = both  # type: ignore[misc]
         return collection.verdict(first, second, choice).to_dict()
 
     @app.post("/api/classify")
@@ -222,12 +227,14 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         if not isinstance(support, str) or not support:
             raise HTTPException(422, "send `support`: a folder of class subfolders on the server")
         classes = support_from_folder(Path(support))
-        name, vector = await embedded(upload_field(form, "image"))
-        collection, _ = served.collection()
-        [result] = collection.classify_vectors(classes, vector[None], [name],
-                                               str(form.get("prototype", "")).lower() in ("1", "true", "yes"),
-                                               number(form.get("threshold"), "threshold"),  # type: ignore[arg-type]
-                                               number(form.get("precision"), "precision"))  # type: ignore[arg-type]
+        collection, batcher = served.collection()
+        name, vector = await embedded(upload_field(form, "image"), batcher)
+        # Embedding the support folder takes the model for a while: in a thread, so the event loop keeps answering.
+        [result] = await asyncio.to_thread(
+            collection.classify_vectors, classes, vector[None], [name],
+            str(form.get("prototype", "")).lower() in ("1", "true", "yes"),
+            number(form.get("threshold"), "threshold"),  # type: ignore[arg-type]
+            number(form.get("precision"), "precision"))  # type: ignore[arg-type]
         return result.to_dict()
 
     @app.get("/api/duplicates")

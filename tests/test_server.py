@@ -53,6 +53,11 @@ def test_verify_classify_and_duplicate_pages(tmp_path: Path, indexed: list[Path]
         same = api.post("/api/verify", files={"a": ("a.png", indexed[1].read_bytes()),
                                               "b": ("b.png", indexed[1].read_bytes())}, data={"threshold": "0.1"})
         assert same.status_code == 200 and same.json()["same"] is True and same.json()["distance"] == 0.0
+        good = indexed[1].read_bytes()
+        for a, b, named in ((b"not an image", good, "a.png"), (good, b"not an image", "b.png"),
+                            (b"not an image", b"nor this", "a.png")):  # of two failures, a's is reported
+            pair = api.post("/api/verify", files={"a": ("a.png", a), "b": ("b.png", b)}, data={"threshold": "0.1"})
+            assert pair.status_code == 422 and pair.json()["detail"].startswith(f"{named}: "), pair.text
         buffer = io.BytesIO()
         photo(2).save(buffer, format="PNG")
         classified = api.post("/api/classify", files={"image": ("q.png", buffer.getvalue())},
