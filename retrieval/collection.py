@@ -339,11 +339,11 @@ class Collection:
         """The nearest support class of each query file (by nearest support image, or by class mean with
         `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one."""
         asked = path_arguments(queries, "queries")
+        support_argument(support)  # before anything is embedded, and even when no query can be
         vectors, failed = self._embed_each(asked)
         kept = [i for i in range(len(asked)) if i not in failed]
         found = dict(zip(kept, self.classify_vectors(support, vectors, [asked[i] for i in kept], prototype,
                                                      threshold, precision))) if kept else {}
-        support_argument(support)  # checked even when no query could be embedded
         return [found.get(i) or Classification(query, None, None, None, None, failed[i])
                 for i, query in enumerate(asked)]
 
