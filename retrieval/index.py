@@ -158,10 +158,7 @@ class SimilarityIndex:
             state = self.store.state(session)
             if state.model is None:
                 raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
-            rows = self.store.served_rows(session, state)
-            dim = state.model.embedding_dim
-        ids = np.fromiter((vector_id for vector_id, _ in rows), dtype=np.int64, count=len(rows))
-        return ids, np.frombuffer(b"".join(data for _, data in rows), dtype=np.float32).reshape(len(rows), dim)
+            return self.store.served_arrays(session, state)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
         """The `k` nearest indexed images of each query vector, nearest first.

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError, InvalidArgumentError, OutputWriteError
 from retrieval.faiss_factory import choose_description, training_size
-from retrieval.store.index_store import IndexStore
+from retrieval.store.index_store import IndexStore, vector_arrays
 from retrieval.store.schema import IndexState
 from retrieval.store.vector_index import VectorIndex
 from retrieval.vector_tuning import DEFAULT_TARGET_RECALL, Tuning, tune
@@ -170,7 +170,7 @@ class VectorCache:
         rows = self.store.rows_of_vectors(session, added.tolist())
         vectors.remove(np.setdiff1d(held, ids, assume_unique=True))
         if rows:
-            vectors.add(np.array([vector_id for vector_id, _ in rows], np.int64), _stack(rows, info.dim))
+            vectors.add(*vector_arrays(rows, info.dim))
         grown = replace(info, generation=state.generation, count=len(vectors))
         self._save(vectors, grown)
         return vectors, grown
@@ -178,12 +178,10 @@ class VectorCache:
     def _built(self, session: Session, state: IndexState) -> tuple[VectorIndex, VectorFileInfo]:
         """A new index of the kind the collection calls for, trained on a random sample and tuned."""
         assert state.model is not None
-        rows = self.store.served_rows(session, state)
+        ids, data = self.store.served_arrays(session, state)
         dim = state.model.embedding_dim
-        ids = np.array([vector_id for vector_id, _ in rows], np.int64)
-        data = _stack(rows, dim)
         description, chosen_by = self._description(state, len(ids))
-        seed = int(state.database_id[:8], 16)
+        seed = _seed(state)
         try:
             vectors = VectorIndex.build(dim, ids, data, description, seed=seed)
         except InvalidArgumentError:
@@ -214,10 +212,9 @@ class VectorCache:
                info: VectorFileInfo) -> tuple[VectorIndex, VectorFileInfo]:
         """The same index tuned to the target recall now asked for (its file is unchanged: only how it is
         searched)."""
-        rows = self.store.served_rows(session, state)
-        ids = np.array([vector_id for vector_id, _ in rows], np.int64)
+        ids, data = self.store.served_arrays(session, state)
         settings = SearchSettings.of(state)
-        tuning = tune(vectors, ids, _stack(rows, info.dim), settings.recall, seed=int(state.database_id[:8], 16))
+        tuning = tune(vectors, ids, data, settings.recall, seed=_seed(state))
         tuned = replace(info, settings=settings, tuning=tuning, tuned_count=len(ids))
         tuned.write(self._path(state.database_id, state.generation, "json"))
         return vectors, tuned
@@ -236,6 +233,7 @@ class VectorCache:
                 path.unlink(missing_ok=True)
 
 
-def _stack(rows: list[tuple[int, bytes]], dim: int) -> np.ndarray:
-    return np.frombuffer(b"".join(data for _, data in rows), dtype=np.float32).reshape(len(rows), dim)
+def _seed(state: IndexState) -> int:
+    """The seed of an index's training sample and tuning queries: its database's, so a rebuild draws the same."""
+    return int(state.database_id[:8], 16)
 

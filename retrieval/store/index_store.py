@@ -37,6 +37,12 @@ CHUNK = 500
 """Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters."""
 
 
+def vector_arrays(rows: Sequence[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stored (vector id, float32 bytes) rows as an id array and a (len, dim) float32 array."""
+    ids = np.fromiter((vector_id for vector_id, _ in rows), dtype=np.int64, count=len(rows))
+    return ids, np.frombuffer(b"".join(data for _, data in rows), dtype=np.float32).reshape(len(rows), dim)
+
+
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     """`items` in consecutive slices of at most `CHUNK`, one IN (...) list each."""
     for start in range(0, len(items), CHUNK):
@@ -458,10 +464,11 @@ class IndexStore:
             with self._writing() as session:
                 session.execute(update(IndexState).where(IndexState.id == 1).values(**values))
 
-    def served_rows(self, session: Session, state: IndexState) -> list[tuple[int, bytes]]:
-        """(vector id, float32 bytes) of each served vector."""
-        return [(row.id, row.data) for row in session.execute(
-            select(VectorRecord.id, VectorRecord.data).where(self._served(state)))]
+    def served_arrays(self, session: Session, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and the rows (float32) of every served vector; `state` names a model."""
+        assert state.model is not None
+        return vector_arrays([(row.id, row.data) for row in session.execute(
+            select(VectorRecord.id, VectorRecord.data).where(self._served(state)))], state.model.embedding_dim)
 
     def indexed_images(self, roots: Sequence[str] | None = None) -> list[Row[Any]]:
         """(path, width, height, mtime_ns, vector_id, id, file_id, size, content_hash) of every indexed image, or
