@@ -82,6 +82,25 @@ def shown_path(path: str) -> str:
     return terminal_text(path if relative.startswith("..") else relative)
 
 
+def existing_index_dir(index_dir: Optional[Path]) -> Path:
+    """The index directory `--index` names, or the one found above the working directory; `fail` where there is
+    none."""
+    from retrieval.locate import find_index_dir
+
+    root = find_index_dir(index_dir)
+    if root is None:
+        raise fail("no index found (looked for .simsearch/ here and in parent folders); "
+                   "run `simsearch index PATH` first or pass --index")
+    return root
+
+
+def open_existing(index_dir: Optional[Path], db: Optional[str]) -> SimilarityIndex:
+    """The index that `--index` / `--db` name (or that is found); `fail` where there is none."""
+    from retrieval.index import open_index
+
+    return open_index(existing_index_dir(index_dir), db)
+
+
 def remove_if_empty(index: SimilarityIndex) -> None:
     """Remove an index that this run created when the run failed before recording any file in it; in doubt (the
     database cannot even say), keep it."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.common import DbOption, IndexOption, err, fail, plural
+from cli.common import DbOption, IndexOption, err, fail, open_existing, plural
 from retrieval.errors import SimsearchError
 
 db_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -23,16 +23,12 @@ def copy_command(
 ) -> None:
     """Copy every image, vector, model and calibration of the index into another database (ids kept, nothing
     re-embedded); use it with `--db URL` afterwards. The index directory's model files serve both."""
-    from retrieval.index import create_index, open_index
-    from retrieval.locate import find_index_dir
+    from retrieval.index import create_index
     from retrieval.store.index_store import copy_index_database
 
     try:
-        root = find_index_dir(index_dir)
-        if root is None:
-            raise fail("no index found (looked for .simsearch/ here and in parent folders); pass --index")
-        source = open_index(root, db)
-        target = create_index(root, to)
+        source = open_existing(index_dir, db)
+        target = create_index(source.root, to)
         if target.backend.url == source.backend.url:
             raise fail("--to names the database the index is in already")
         copied = copy_index_database(source.store, target.store)

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
+from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, open_existing, out,
                         print_error, remove_if_empty, shown_path)
 from cli.calibrate import calibrate_command
 from cli.database import db_app
@@ -109,15 +109,8 @@ def query_command(
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
 ) -> None:
     """Print the K nearest indexed images of each query image."""
-    from retrieval.index import open_index
-    from retrieval.locate import find_index_dir
-
     try:
-        root = find_index_dir(index_dir)
-        if root is None:
-            raise fail("no index found (looked for .simsearch/ here and in parent folders); "
-                       "run `simsearch index PATH` first or pass --index")
-        index = open_index(root, db)
+        index = open_existing(index_dir, db)
         from retrieval.embedding import Embedder, pick_device  # torch: only once there is an index to query
         from retrieval.search import query_files
 

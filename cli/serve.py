@@ -49,10 +49,10 @@ def serve_command(
         from server.app import Limits, create_app
     except ImportError as exc:
         raise fail(f"the server needs its extra: pip install 'simsearch[server]' ({exc.name} is missing)") from None
-    from cli.vectors import open_existing
+    from cli.common import existing_index_dir
 
     try:
-        root = open_existing(index_dir, db).root
+        root = existing_index_dir(index_dir)  # opened once, by the app
         app = create_app(root, db, token, device, Limits(max_in_flight=max_in_flight,
                                                         batch_window=batch_window_ms / 1000, max_batch=max_batch))
     except SimsearchError as exc:

@@ -22,7 +22,7 @@ def export_command(
     """Write every indexed image's path, metadata and vector, tagged with the model's hash."""
     from retrieval.embedding_files import FORMATS, export_embeddings
 
-    from cli.vectors import open_existing
+    from cli.common import open_existing
 
     if layout not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)} (got {layout!r})")
@@ -46,7 +46,7 @@ def import_command(
     """Add images with their vectors, made by the index's own model (its hash is checked), without decoding."""
     from retrieval.embedding_files import import_embeddings
 
-    from cli.vectors import open_existing
+    from cli.common import open_existing
 
     try:
         rows = import_embeddings(open_existing(index_dir, db), files)

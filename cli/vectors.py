@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import DbOption, IndexOption, fail, out, shown_path
+from cli.common import DbOption, IndexOption, fail, open_existing, out, shown_path
 from cli.output import write_json
 from retrieval.errors import SimsearchError
-
-if TYPE_CHECKING:
-    from retrieval.index import SimilarityIndex
 
 
 def search_options(index_type: Optional[str], max_memory: Optional[str]) -> dict[str, object]:
@@ -27,18 +23,6 @@ def search_options(index_type: Optional[str], max_memory: Optional[str]) -> dict
     if max_memory is not None:
         options["max_memory"] = None if max_memory.strip().lower() == "none" else byte_size_argument(max_memory)
     return options
-
-
-def open_existing(index_dir: Optional[Path], db: Optional[str]) -> SimilarityIndex:
-    """The index that `--index` / `--db` name (or that is found); `fail` where there is none."""
-    from retrieval.index import open_index
-    from retrieval.locate import find_index_dir
-
-    root = find_index_dir(index_dir)
-    if root is None:
-        raise fail("no index found (looked for .simsearch/ here and in parent folders); "
-                   "run `simsearch index PATH` first or pass --index")
-    return open_index(root, db)
 
 
 def info_command(
