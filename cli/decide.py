@@ -16,6 +16,7 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
                         plural, print_error, shown_path)
 from cli.output import terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
+from retrieval.keeper_rules import DEFAULT_RULES
 
 if TYPE_CHECKING:
     from retrieval.collection import Collection, ThresholdChoice
@@ -97,7 +98,7 @@ def dedup_command(
                                                         "for each, with `duplicate_of` when it matches.")] = False,
     keep: Annotated[str, typer.Option(help="Keeper rules in order: largest, smallest, oldest, newest, "
                                            "shortest-path, longest-path, prefer:DIR, format:EXT.")]
-    = "largest,oldest,shortest-path",
+    = DEFAULT_RULES,
     reference: Annotated[Optional[Path], typer.Option(
         help="A protected folder: its images keep and are never proposed; only others are checked against it.")]
     = None,

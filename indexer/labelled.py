@@ -14,7 +14,7 @@ from indexer.scan import scan
 from retrieval.classes import class_of
 from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError
-from retrieval.images import Preprocessing
+from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.sources.decode import Source, SourceResult
 from retrieval.sources.embed import embed_batches
 from retrieval.sources.workers import decoding_loader, default_workers
@@ -37,10 +37,6 @@ class LabelledImages:
     """int64 (N,); `classes[labels[i]]` is the class subfolder (or, for unlabelled data, the file)."""
     classes: list[str]
     paths: list[str]
-
-
-LABELLED_MAX_PIXELS = 100_000_000
-"""Training and evaluation data is the user's own, chosen for the job: a larger pixel limit than for indexing."""
 
 
 def _labelled_sources(root: Path, reporter: Reporter, need_classes: bool) -> tuple[list[Source], list[str]]:
@@ -79,8 +75,7 @@ def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 3
     reporter = reporter or SilentReporter()
     sources, names = _labelled_sources(root, reporter, need_classes=True)
     vectors, keys = [], []
-    for results in embed_batches(embedder, sources, batch_size=batch_size, workers=workers,
-                                 max_pixels=LABELLED_MAX_PIXELS):
+    for results in embed_batches(embedder, sources, batch_size=batch_size, workers=workers):
         vectors += [result.vector for result in results if result.vector is not None]
         keys += _decoded(results, sources, reporter)
     classes, labels = _class_labels(root, [names[key] for key in keys])
@@ -95,7 +90,7 @@ def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bo
     reporter = reporter or SilentReporter()
     workers = default_workers() if workers is None else workers
     sources, names = _labelled_sources(root, reporter, need_classes=not self_supervised)
-    loader = decoding_loader(sources, prep, batch_size=64, workers=workers, max_pixels=LABELLED_MAX_PIXELS,
+    loader = decoding_loader(sources, prep, batch_size=64, workers=workers, max_pixels=DEFAULT_MAX_PIXELS,
                              pin_memory=False)
     chunks, keys = [], []
     for batch in loader:
