@@ -14,7 +14,7 @@ path's, and a symbolic link is never the keeper of a group that holds its target
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,8 +61,8 @@ class DuplicateGroup:
     keeper: Candidate
     others: list[Candidate]
     distances: list[float]
-    copies: list[bool] = field(default_factory=list)
-    decided_by: str = "path"
+    copies: list[bool]
+    decided_by: str
 
     @property
     def weakest_link(self) -> float:
@@ -70,11 +70,10 @@ class DuplicateGroup:
         return max(self.distances, default=0.0)
 
     def to_dict(self) -> dict[str, object]:
-        copies = self.copies or [False] * len(self.others)
         return {"keeper": self.keeper.to_dict(), "decided_by": self.decided_by,
                 "weakest_link": round(self.weakest_link, DISTANCE_DIGITS),
                 "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS), "copy": copy}
-                               for other, distance, copy in zip(self.others, self.distances, copies)]}
+                               for other, distance, copy in zip(self.others, self.distances, self.copies)]}
 
 
 CSV_HEADER = ["group", "role", "path", "distance", "width", "height", "image_id"]
@@ -86,8 +85,7 @@ def csv_rows(groups: Sequence[DuplicateGroup]) -> Iterator[list[object]]:
     for number, group in enumerate(groups, 1):
         keeper = group.keeper
         yield [number, "keeper", keeper.path, 0.0, keeper.width, keeper.height, keeper.image_id]
-        copies = group.copies or [False] * len(group.others)
-        for other, distance, copy in zip(group.others, group.distances, copies):
+        for other, distance, copy in zip(group.others, group.distances, group.copies):
             yield [number, "copy" if copy else "duplicate", other.path, round(distance, DISTANCE_DIGITS), other.width,
                    other.height, other.image_id]
 

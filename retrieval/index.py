@@ -32,7 +32,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
-from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
+from retrieval.store.backends import Backend, database_url, open_backend, shown_url
 from retrieval.store.database import is_at_head, upgrade_to_head
 from retrieval.store.index_store import IndexStore
 from retrieval.store.schema import ModelRecord
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
     from retrieval.model_spec import ModelHeader, ModelSpec
 
-DB_NAME = SQLITE_NAME
 MODELS_DIR = "models"
 RERANK_CANDIDATES = 4
 """With compressed codes, this many times k candidates are re-ranked by their stored vectors."""

@@ -22,10 +22,6 @@ class DecodedBatch:
     pixels: torch.Tensor
     """uint8 (n_ok, H, W, C) for the inputs without error, in order."""
 
-    @property
-    def ok(self) -> list[SourceResult]:
-        return [result for result in self.results if result.error is None]
-
     def pin_memory(self) -> DecodedBatch:
         """A copy with the pixels in pinned memory: what the DataLoader's pinning thread calls (for a GPU)."""
         return dataclasses.replace(self, pixels=self.pixels.pin_memory())
