@@ -17,8 +17,8 @@ from indexer.pairs import read_pairs_csv
 from indexer.report import Reporter
 from retrieval.calibration import sample_calibration_pairs
 from retrieval.embedding import Embedder
-from retrieval.errors import DecodeError, InputPathError
-from retrieval.sources.embed import embed_sources
+from retrieval.errors import InputPathError
+from retrieval.sources.embed import embed_files
 from retrieval.unit_distance import paired_distances
 
 
@@ -37,11 +37,7 @@ def calibration_distances(data: Path, embedder: Embedder, *, negatives: int | No
     `InputPathError` for data that is neither, `DecodeError` naming a CSV's file that does not decode."""
     if data.is_file():
         pairs = read_pairs_csv(data)
-        results = embed_sources(embedder, pairs.files)
-        failed = next((f"{path}: {r.error}" for path, r in zip(pairs.files, results, strict=True) if r.error), None)
-        if failed is not None:
-            raise DecodeError(failed)
-        vectors = np.stack([r.vector for r in results])
+        vectors = embed_files(embedder, pairs.files)
         first, second, same = np.array(pairs.first), np.array(pairs.second), np.array(pairs.same)
     elif data.is_dir():
         found = embed_labelled_folder(embedder, data, workers=workers, reporter=reporter)

@@ -24,7 +24,7 @@ from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, DuplicateSearch, index_duplicates
 from retrieval.keeper_rules import DEFAULT_RULES, parse_rules
-from retrieval.sources.embed import embed_sources
+from retrieval.sources.embed import embed_each, embed_files
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InputPathError, InvalidArgumentError,
                               ModelMismatchError)
@@ -120,19 +120,7 @@ class Collection:
 
     def embed_files(self, paths: Sequence[Path | str]) -> np.ndarray:
         """L2-normalised embeddings of image files, in one batch; raises `DecodeError` naming a bad file."""
-        vectors, failed = self._embed_each(path_arguments(paths))
-        if failed:
-            raise DecodeError(next(iter(failed.values())))
-        return vectors
-
-    def _embed_each(self, paths: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
-        """Embeddings of the files that decode (in one batch, in order), and the error of each that does not."""
-        embedded = embed_sources(self.embedder, [Path(path) for path in paths])
-        failed = {i: f"{path}: {item.error}" for i, (path, item) in enumerate(zip(paths, embedded)) if item.error}
-        vectors = [item.vector for item in embedded if item.vector is not None]
-        if not vectors:
-            return np.empty((0, self.model.embedding_dim), np.float32), failed
-        return np.stack(vectors), failed
+        return embed_files(self.embedder, path_arguments(paths))
 
     def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
         """The k nearest indexed images of each file (a file that fails carries its error)."""
@@ -340,7 +328,7 @@ class Collection:
         `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one."""
         asked = path_arguments(queries, "queries")
         support_argument(support)  # before anything is embedded, and even when no query can be
-        vectors, failed = self._embed_each(asked)
+        vectors, failed = embed_each(self.embedder, asked)
         kept = [i for i in range(len(asked)) if i not in failed]
         found = dict(zip(kept, self.classify_vectors(support, vectors, [asked[i] for i in kept], prototype,
                                                      threshold, precision))) if kept else {}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from retrieval.embedding import Embedder
+from retrieval.errors import DecodeError
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.sources.decode import Source, SourceResult
 from retrieval.sources.read_ahead import ReadAhead
@@ -99,3 +100,22 @@ def embed_sources(embedder: Embedder, inputs: Sequence[Path | bytes], max_pixels
                for i, item in enumerate(inputs)]
     return [result for batch in embed_batches(embedder, sources, batch_size=batch_size, workers=workers,
                                               max_pixels=max_pixels) for result in batch]
+
+
+def embed_each(embedder: Embedder, paths: Sequence[Path | str]) -> tuple[np.ndarray, dict[int, str]]:
+    """Embeddings of the files that decode (in one batch, in order), and for each that does not, by its position,
+    its error: "path: reason"."""
+    embedded = embed_sources(embedder, [Path(path) for path in paths])
+    failed = {i: f"{path}: {item.error}" for i, (path, item) in enumerate(zip(paths, embedded)) if item.error}
+    vectors = [item.vector for item in embedded if item.vector is not None]
+    if not vectors:
+        return np.empty((0, embedder.model.embedding_dim), np.float32), failed
+    return np.stack(vectors), failed
+
+
+def embed_files(embedder: Embedder, paths: Sequence[Path | str]) -> np.ndarray:
+    """The embedding of every file, in order; `DecodeError` naming the first that does not decode."""
+    vectors, failed = embed_each(embedder, paths)
+    if failed:
+        raise DecodeError(next(iter(failed.values())))
+    return vectors
