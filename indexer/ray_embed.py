@@ -99,6 +99,20 @@ class _Embed:
         return {key: batch[key] for key in ("key", "content_hash", "width", "height", "error")} | {"vector": vectors}
 
 
+class _DecodeAndEmbed(_Embed):
+    """A model actor of a cluster without GPUs, which decodes its own batches: the same cores would decode them
+    anyway, and pixels handed between processes cost the copies, the object store and the waits between tasks."""
+
+    def __init__(self, model_bytes: Any, device: str | None, threads: int, prep: Preprocessing,
+                 max_pixels: int) -> None:
+        super().__init__(model_bytes, device, threads)
+        self.prep = prep
+        self.max_pixels = max_pixels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return super().__call__(_decode(batch, self.prep, self.max_pixels))
+
+
 def start_ray(address: str | None) -> Any:
     """`ray.init` at `address` (a new local Ray of this machine's cores when None); `RayUnavailableError` in one
     line for an address with no cluster behind it, or no Ray installed."""
@@ -182,17 +196,20 @@ class ActorPlan:
     cpus: int
     threads: int
     batch_size: int
+    decodes: bool
+    """The actors decode their own batches; otherwise Ray tasks decode them on the CPUs."""
 
 
 def plan_actors(resources: Mapping[str, float], batch_size: int) -> ActorPlan:
     """One actor a GPU, each embedding `GPU_BATCH_SIZE` images a call (Ray Data gathers the decoded batches) unless
-    `batch_size` is larger, with every CPU left to decoding. Without GPUs, half the CPUs embed (as locally,
-    decoding a camera JPEG costs about what embedding it does), in actors of one thread each."""
+    `batch_size` is larger, with every CPU left to decoding tasks. Without GPUs, one actor a CPU, of one thread,
+    decoding and embedding its own batches (`_DecodeAndEmbed`): on 2 cores that took 1.28x a local run's time with
+    decode tasks feeding one actor, where every core is busy with its own batch (`benchmarks/ray_overhead.py`)."""
     gpus = int(resources.get("GPU", 0))
     if gpus:
-        return ActorPlan(actors=gpus, gpus=1, cpus=0, threads=1, batch_size=max(batch_size, GPU_BATCH_SIZE))
-    cpus = _cpus(resources)
-    return ActorPlan(actors=max(1, cpus // 2), gpus=0, cpus=1, threads=1, batch_size=batch_size)
+        return ActorPlan(actors=gpus, gpus=1, cpus=0, threads=1, batch_size=max(batch_size, GPU_BATCH_SIZE),
+                         decodes=False)
+    return ActorPlan(actors=_cpus(resources), gpus=0, cpus=1, threads=1, batch_size=batch_size, decodes=True)
 
 
 def _cpus(resources: Mapping[str, float]) -> int:
@@ -201,33 +218,27 @@ def _cpus(resources: Mapping[str, float]) -> int:
 
 def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing, *, address: str | None,
                 batch_size: int, max_pixels: int, device: str | None = None) -> Iterator[list[SourceResult]]:
-    """The results of `sources`, decoded by Ray tasks and embedded by a pool of model actors, batch by batch in
+    """The results of `sources`, decoded and embedded on a Ray cluster as `plan_actors` lays out, batch by batch in
     order. `RayJobError` when the cluster cannot run the job (a worker without simsearch, one that ran out of
     memory)."""
     ray = start_ray(address)
     from ray import data as ray_data
-    from ray.util.annotations import RayDeprecationWarning
 
     ray_data.DataContext.get_current().enable_progress_bars = False  # the driver draws the run's own progress
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures are the job's one-line error
     resources = ray.cluster_resources()
-    cpus = _cpus(resources)
     plan = plan_actors(resources, batch_size)
     items = [{"key": s.key, "path": s.path or "", "content_hash": s.content_hash or ""} for s in sources]
-    batches = -(-len(items) // batch_size)
-    data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(4 * cpus, batches // 8))))
-    # A task decodes a block of up to 8 batches (Ray Data waits about 0.1 s between one task and the next), and
-    # hands each batch on as its own block once decoded: without this, a block's batches wait for the last.
-    data.context.target_max_block_size = batch_size * prep.size[0] * prep.size[1] * prep.channels // 2
+    model = ray.put(model_file.read_bytes())
     with warnings.catch_warnings():  # Ray 2.60 deprecates passing retry limits so, and names no other way
+        from ray.util.annotations import RayDeprecationWarning
+
         warnings.simplefilter("ignore", RayDeprecationWarning)
-        decoded = data.map_batches(_decode, fn_kwargs={"prep": prep, "max_pixels": max_pixels},
-                                   batch_size=batch_size, batch_format="numpy", num_cpus=1, max_retries=RETRIES)
-        embedded = decoded.map_batches(
-            _Embed, fn_constructor_args=(ray.put(model_file.read_bytes()), device if plan.gpus else "cpu",
-                                         plan.threads),
-            batch_size=plan.batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(size=plan.actors),
-            num_gpus=plan.gpus, num_cpus=plan.cpus, max_restarts=RETRIES, max_task_retries=RETRIES)
+        if plan.decodes:
+            embedded = _decode_and_embed(ray_data, items, model, plan, prep, max_pixels)
+        else:
+            embedded = _decode_then_embed(ray_data, items, model, plan, _cpus(resources), prep, max_pixels, device,
+                                          batch_size)
     try:
         for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield [SourceResult(int(key), str(digest) or None, int(width) or None, int(height) or None,
@@ -239,6 +250,36 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
         if isinstance(exc, SimsearchError):
             raise
         raise _job_failure(exc) from exc
+
+
+def _decode_and_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, plan: ActorPlan, prep: Preprocessing,
+                      max_pixels: int) -> Any:
+    """A cluster without GPUs: each actor decodes and embeds a block of batches at a time. Blocks of one batch
+    (of 8 for runs of over 512 batches a CPU) keep the last actor to finish from lagging the others by more."""
+    batches = -(-len(items) // plan.batch_size)
+    data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(64 * plan.actors,
+                                                                                   batches // 8))))
+    return data.map_batches(
+        _DecodeAndEmbed, fn_constructor_args=(model, "cpu", plan.threads, prep, max_pixels),
+        batch_size=plan.batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(
+            size=max(1, min(plan.actors, batches))), num_cpus=plan.cpus, max_restarts=RETRIES,
+        max_task_retries=RETRIES)
+
+
+def _decode_then_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, plan: ActorPlan, cpus: int,
+                       prep: Preprocessing, max_pixels: int, device: str | None, batch_size: int) -> Any:
+    """A cluster with GPUs: tasks decode on the CPUs, a block of up to 8 batches each (Ray Data waits about 0.1 s
+    between one task and the next), and hand each batch on to the GPUs' actors as its own block once decoded:
+    without that, a block's batches would wait for its last."""
+    batches = -(-len(items) // batch_size)
+    data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(4 * cpus, batches // 8))))
+    data.context.target_max_block_size = batch_size * prep.size[0] * prep.size[1] * prep.channels // 2
+    decoded = data.map_batches(_decode, fn_kwargs={"prep": prep, "max_pixels": max_pixels}, batch_size=batch_size,
+                               batch_format="numpy", num_cpus=1, max_retries=RETRIES)
+    return decoded.map_batches(
+        _Embed, fn_constructor_args=(model, device, plan.threads), batch_size=plan.batch_size, batch_format="numpy",
+        compute=ray_data.ActorPoolStrategy(size=plan.actors), num_gpus=plan.gpus, num_cpus=plan.cpus,
+        max_restarts=RETRIES, max_task_retries=RETRIES)
 
 
 def _job_failure(exc: BaseException) -> RayJobError:

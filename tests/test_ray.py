@@ -44,11 +44,11 @@ def vectors(index_dir: Path) -> dict[str, np.ndarray]:
     return {Path(row.path).name: data[row_of[int(row.vector_id)]] for row in index.store.indexed_images()}
 
 
-def test_a_ray_run_gives_the_rows_and_vectors_of_a_local_run(tmp_path: Path, tiny_model_file: Path, make_photos,  # type: ignore[no-untyped-def]
-                                                            local_ray: None) -> None:
-    make_photos(tmp_path / "p" / "cats", 7)
+def index_locally_and_on_ray(tmp_path: Path, model: Path) -> list[str]:
+    """Index 7 photos and a broken file locally and with `--ray local` (joining this process's Ray), asserting the
+    same rows and vectors; the arguments both used."""
     (tmp_path / "p" / "cats" / "broken.png").write_bytes(b"not an image")
-    base = ["index", "p", "--model", str(tiny_model_file), "--batch-size", "3"]
+    base = ["index", "p", "--model", str(model), "--batch-size", "3"]
     local = invoke(*base, "--index", "local", "--workers", "0", cwd=tmp_path)
     assert local.exit_code == 1, local.output  # one file failed
     remote = invoke(*base, "--index", "ray", "--ray", "local", cwd=tmp_path)
@@ -59,6 +59,13 @@ def test_a_ray_run_gives_the_rows_and_vectors_of_a_local_run(tmp_path: Path, tin
     assert mine.keys() == theirs.keys() and len(mine) == 7
     for name in mine:
         np.testing.assert_allclose(theirs[name], mine[name], atol=1e-5)
+    return base
+
+
+def test_a_ray_run_gives_the_rows_and_vectors_of_a_local_run(tmp_path: Path, tiny_model_file: Path, make_photos,  # type: ignore[no-untyped-def]
+                                                            local_ray: None) -> None:
+    make_photos(tmp_path / "p" / "cats", 7)
+    base = index_locally_and_on_ray(tmp_path, tiny_model_file)
     shards = sorted((tmp_path / "ray" / "ray-shards").glob("shard-*.parquet"))
     assert sum(len(read_embeddings([shard]).metadata) for shard in shards) == 7, "shards as `import` reads them"
     again = invoke(*base, "--index", "ray", "--ray", "local", cwd=tmp_path)
@@ -100,6 +107,27 @@ def test_an_address_with_no_cluster_is_one_line(tmp_path: Path, tiny_model_file:
     assert not (tmp_path / "idx").exists(), "nothing half-written"
 
 
+def test_a_cluster_with_gpus_decodes_in_tasks_for_its_model_actors_with_the_same_results(  # type: ignore[no-untyped-def]
+        tmp_path: Path, tiny_model_file: Path, make_photos, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan for GPUs (decode tasks feeding one model actor a GPU) on a local Ray that declares a GPU it does
+    not have: the actor's torch sees none and embeds on the CPU, so the results must equal a local run's."""
+    from indexer import ray_embed
+
+    if ray.is_initialized():
+        ray.shutdown()
+    jobs = []
+    real = ray_embed._decode_then_embed
+    monkeypatch.setattr(ray_embed, "_decode_then_embed", lambda *args: jobs.append(1) or real(*args))
+    make_photos(tmp_path / "p" / "cats", 7)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    try:
+        index_locally_and_on_ray(tmp_path, tiny_model_file)
+    finally:
+        ray.shutdown()
+    assert jobs == [1], "the job ran as for a GPU"
+
+
 def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
         tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL the model actor's process while the job runs (a separate `simsearch index` process with its own
@@ -115,7 +143,7 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
     killed, deadline = None, time.monotonic() + 120
     while killed is None and run.poll() is None and time.monotonic() < deadline:
         listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_Embed)" in line]
+        actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_DecodeAndEmbed)" in line]
         shards = list((tmp_path / "idx" / "ray-shards").glob("*.parquet")) if (tmp_path / "idx").exists() else []
         if actors and shards:  # the actor has embedded a batch: kill it mid-job
             os.kill(actors[0], signal.SIGKILL)
@@ -171,8 +199,9 @@ def test_a_cluster_without_simsearch_on_its_workers_is_one_line(
 
 def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
         tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
-    """A decode worker grows by 1.2 GB (a 400-megapixel PNG, allowed by --max-pixels) on a local Ray whose memory
-    monitor kills beyond what this machine uses now plus 1.5 GB: the task is killed, retried and killed again."""
+    """The worker decoding a 400-megapixel PNG (allowed by --max-pixels) grows by 1.2 GB, on a local Ray whose
+    memory monitor kills beyond what this machine uses now plus 1.5 GB: it is killed, its batch retried and killed
+    again."""
     make_photos(tmp_path / "p", 8)
     Image.new("RGB", (20_000, 20_000), (120, 30, 200)).save(tmp_path / "p" / "zz-huge.png")
     total, available = (int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
@@ -189,11 +218,13 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
 
 
 def test_model_actors_follow_the_cluster() -> None:
-    """One actor a GPU with a GPU's batch and the CPUs left to decoding; without GPUs, half the CPUs embed."""
+    """One actor a GPU with a GPU's batch and the CPUs left to decoding; without GPUs, one actor a CPU that
+    decodes its own batches."""
     from indexer.ray_embed import GPU_BATCH_SIZE, ActorPlan, plan_actors
 
-    assert plan_actors({"CPU": 2.0}, 32) == ActorPlan(actors=1, gpus=0, cpus=1, threads=1, batch_size=32)
-    assert plan_actors({"CPU": 16.0}, 32) == ActorPlan(actors=8, gpus=0, cpus=1, threads=1, batch_size=32)
+    assert plan_actors({"CPU": 2.0}, 32) == ActorPlan(actors=2, gpus=0, cpus=1, threads=1, batch_size=32,
+                                                      decodes=True)
+    assert plan_actors({"CPU": 16.0}, 32).actors == 16
     assert plan_actors({"CPU": 128.0, "GPU": 8.0}, 32) == ActorPlan(actors=8, gpus=1, cpus=0, threads=1,
-                                                                   batch_size=GPU_BATCH_SIZE)
+                                                                   batch_size=GPU_BATCH_SIZE, decodes=False)
     assert plan_actors({"CPU": 8.0, "GPU": 1.0}, 512).batch_size == 512, "a larger --batch-size is kept"
