@@ -22,7 +22,7 @@ START_SECONDS = 60
 def ray_cluster(cpus_per_node: Sequence[int] = (2,), python: Path | str = sys.executable, cwd: Path | None = None,
                 auth: str = "disabled") -> Iterator[str]:
     """A cluster of one node per entry (the first the head), run by `python` with `RAY_AUTH_MODE=auth`; its
-    address, once every node has joined, while the block runs."""
+    address, once every node has joined and is ready for jobs, while the block runs."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": auth}
     nodes = [_node(python, cwd, env, "--head", "--include-dashboard=false", "--port", str(port), "--num-cpus",
@@ -35,8 +35,7 @@ def ray_cluster(cpus_per_node: Sequence[int] = (2,), python: Path | str = sys.ex
         address = f"127.0.0.1:{port}"
         for cpus in cpus_per_node[1:]:
             nodes.append(_node(python, cwd, env, "--address", address, "--num-cpus", str(cpus)))
-        if len(nodes) > 1:
-            _wait_for_cpus(python, env, address, sum(cpus_per_node))
+        _wait_for_cpus(python, env, address, sum(cpus_per_node))  # every raylet up: the head's port answers first
         yield address
     finally:
         for node in reversed(nodes):
