@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.allocator import ONE_ARENA
 from retrieval.errors import SimsearchError
 from retrieval.images import Preprocessing
 from retrieval.sources.decode import Source, SourceResult, decode_source
@@ -45,6 +46,8 @@ RAY_ENVIRONMENT = {
     "RAY_task_oom_retries": str(RETRIES),  # a task killed for memory then fails: by default Ray retries it forever
 }
 """Set for `ray.init` unless the user has set them: the driver reads them, and so does a local Ray it starts."""
+_ACTOR_ENVIRONMENT = {"env_vars": ONE_ARENA}
+"""A model actor's process starts with these: Ray Data calls it on a thread that is not the main one."""
 
 
 class RayUnavailableError(SimsearchError):
@@ -262,8 +265,8 @@ def _decode_and_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, pl
     return data.map_batches(
         _DecodeAndEmbed, fn_constructor_args=(model, "cpu", plan.threads, prep, max_pixels),
         batch_size=plan.batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(
-            size=max(1, min(plan.actors, batches))), num_cpus=plan.cpus, max_restarts=RETRIES,
-        max_task_retries=RETRIES)
+            size=max(1, min(plan.actors, batches))), num_cpus=plan.cpus, runtime_env=_ACTOR_ENVIRONMENT,
+        max_restarts=RETRIES, max_task_retries=RETRIES)
 
 
 def _decode_then_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, plan: ActorPlan, cpus: int,
@@ -279,7 +282,7 @@ def _decode_then_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, p
     return decoded.map_batches(
         _Embed, fn_constructor_args=(model, device, plan.threads), batch_size=plan.batch_size, batch_format="numpy",
         compute=ray_data.ActorPoolStrategy(size=plan.actors), num_gpus=plan.gpus, num_cpus=plan.cpus,
-        max_restarts=RETRIES, max_task_retries=RETRIES)
+        runtime_env=_ACTOR_ENVIRONMENT, max_restarts=RETRIES, max_task_retries=RETRIES)
 
 
 def _job_failure(exc: BaseException) -> RayJobError:

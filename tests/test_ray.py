@@ -146,6 +146,8 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
         actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_DecodeAndEmbed)" in line]
         shards = list((tmp_path / "idx" / "ray-shards").glob("*.parquet")) if (tmp_path / "idx").exists() else []
         if actors and shards:  # the actor has embedded a batch: kill it mid-job
+            environment = Path(f"/proc/{actors[0]}/environ").read_bytes().split(b"\0")
+            assert b"MALLOC_ARENA_MAX=1" in environment, "an actor embeds on a thread: one arena, or a fifth slower"
             os.kill(actors[0], signal.SIGKILL)
             killed = actors[0]
         time.sleep(0.05)
