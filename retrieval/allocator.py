@@ -10,9 +10,10 @@ exits, as PyTorch's CUDA caching allocator does with GPU memory.
 
 That holds for the main thread's heap. A thread other than the main one allocates from an arena of its own,
 which these settings do not reach, and embeds a fifth slower: 13.1 against 10.6 ms an image for the default
-model on one thread of a Ray model actor, timed with `time.thread_time` around its calls. A process that embeds on such a thread (a Ray Data model actor runs its calls on one) is started
-with `ONE_ARENA` in its environment: glibc fixes the number of arenas when a second thread first allocates, so
-only the environment at the process's start sets it in a process whose threads are already running.
+model on one thread of a Ray model actor, timed with `time.thread_time` around its calls. A process that embeds
+on such a thread (a Ray Data model actor runs its calls on one) is started with `ONE_ARENA` in its environment:
+glibc fixes the number of arenas when a second thread first allocates, so in a process whose threads are
+already running only the environment it started with can set it.
 """
 
 from __future__ import annotations
