@@ -1,10 +1,11 @@
 """Decode and embed on a Ray cluster (`simsearch index --ray [ADDRESS]`), with the local pipeline's own code.
 
 The driver (`indexer.pipeline`) plans exactly as a local run and consumes the results the same way. Here, a Ray
-Data job runs the two halves of `retrieval.sources`: tasks read, hash and decode files on CPUs
-(`decode_source`), and a pool of model actors embeds the decoded batches (`Embedder`), on GPUs where the cluster
-has them. Inputs and results are the same plain data as locally (`Source` in, `SourceResult` out), so the rows
-and vectors equal a local run's. Ray is an optional extra; nothing else imports it.
+Data job runs the two halves of `retrieval.sources`, reading, hashing and decoding files (`decode_source`) and
+embedding the decoded batches (`Embedder`): on a cluster with GPUs, tasks decode on the CPUs for one model actor
+a GPU; without GPUs, one model actor a CPU decodes its own batches (`plan_actors`). Inputs and results are the
+same plain data as locally (`Source` in, `SourceResult` out), so the rows and vectors equal a local run's. Ray is
+an optional extra; nothing else imports it.
 """
 
 from __future__ import annotations
@@ -258,8 +259,8 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
 
 def _decode_and_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, plan: ActorPlan, prep: Preprocessing,
                       max_pixels: int) -> Any:
-    """A cluster without GPUs: each actor decodes and embeds a block of batches at a time. Blocks of one batch
-    (of 8 for runs of over 512 batches a CPU) keep the last actor to finish from lagging the others by more."""
+    """A cluster without GPUs: each actor decodes and embeds a block of batches at a time. Blocks of one batch (up
+    to 8 in runs of over 64 batches an actor) keep the last actor to finish from lagging the others by more."""
     batches = -(-len(items) // plan.batch_size)
     data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(64 * plan.actors,
                                                                                    batches // 8))))
