@@ -139,11 +139,11 @@ def test_a_reader_sees_one_snapshot_whatever_commits_meanwhile(index: Similarity
     store.write_images(model, [indexed("/p/0.png", 0)], [vector(0)])
     with store.reading() as session:
         state = store.state(session)
-        before = store.served_count(session, state)
+        before = len(store.served_ids(session, state))
         store.write_images(model, [indexed("/p/1.png", 1)], [vector(1)])  # another transaction commits
-        assert store.served_count(session, state) == before == 1
+        assert len(store.served_ids(session, state)) == before == 1
     with store.reading() as session:
-        assert store.served_count(session, store.state(session)) == 2
+        assert len(store.served_ids(session, store.state(session))) == 2
 
 
 def test_a_reader_never_sees_half_a_batch(index: SimilarityIndex) -> None:
@@ -155,7 +155,7 @@ def test_a_reader_never_sees_half_a_batch(index: SimilarityIndex) -> None:
     def read() -> None:
         while not done.is_set():
             with store.reading() as session:
-                seen.append(store.served_count(session, store.state(session)))
+                seen.append(len(store.served_ids(session, store.state(session))))
 
     reader = threading.Thread(target=read)
     reader.start()

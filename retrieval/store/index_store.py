@@ -435,11 +435,6 @@ class IndexStore:
         used = exists().where(and_(ImageRecord.vector_id == VectorRecord.id, ImageRecord.status == STATUS_OK))
         return and_(VectorRecord.model_id == state.model_id, used)
 
-    def served_count(self, session: Session, state: IndexState) -> int:
-        if state.model is None:
-            return 0
-        return session.scalar(select(func.count()).select_from(VectorRecord).where(self._served(state))) or 0
-
     def served_ids(self, session: Session, state: IndexState) -> np.ndarray:
         """The ids of the served vectors, sorted (int64)."""
         ids = session.scalars(select(VectorRecord.id).where(self._served(state)).order_by(VectorRecord.id)).all()
