@@ -88,10 +88,20 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
     options = options or IndexOptions()
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
-    if options.ray:  # reached before anything is planned or written: a wrong address costs nothing
-        from indexer.ray_embed import start_ray
+    if not options.ray:
+        return _index_paths(index, paths, model, options, reporter, started)
+    from indexer.ray_embed import ray_session
 
-        start_ray(None if options.ray == "local" else options.ray)
+    with ray_session(_ray_address(options)):  # before anything is planned or written: a wrong address costs nothing
+        return _index_paths(index, paths, model, options, reporter, started)
+
+
+def _ray_address(options: IndexOptions) -> str | None:
+    return None if options.ray == "local" else options.ray
+
+
+def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None,
+                 options: IndexOptions, reporter: Reporter, started: float) -> IndexSummary:
     scanned = scan(paths)
     store = index.store
     with store.writer(exclusive=options.reembed):
@@ -335,12 +345,12 @@ def _local_results(target: _Target, sources: list[Source], options: IndexOptions
 
 def _ray_results(index: SimilarityIndex, model: ModelRecord, target: _Target, sources: list[Source],
                  options: IndexOptions) -> Generator[list[SourceResult]]:
-    """Decoded by Ray tasks and embedded by Ray model actors (`indexer.ray_embed`), with the index's copy of
-    `model` shipped to them."""
+    """Decoded and embedded on Ray (`indexer.ray_embed`), with the index's copy of `model` shipped to the model
+    actors."""
     from indexer.ray_embed import ray_results
 
     yield from ray_results(sources, index.model_path(model.content_hash), target.preprocessing,
-                           address=None if options.ray == "local" else options.ray, batch_size=options.batch_size,
+                           address=_ray_address(options), batch_size=options.batch_size,
                            max_pixels=options.max_pixels, device=options.device)
 
 

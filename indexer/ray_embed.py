@@ -117,15 +117,32 @@ class _DecodeAndEmbed(_Embed):
         return super().__call__(_decode(batch, self.prep, self.max_pixels))
 
 
-def start_ray(address: str | None) -> Any:
-    """`ray.init` at `address` (a new local Ray of this machine's cores when None); `RayUnavailableError` in one
-    line for an address with no cluster behind it, or no Ray installed."""
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray for the block, started as `start_ray` does unless this process is connected already; a Ray started here
+    is stopped (a local one) or left (a cluster) when the block ends. Left to the interpreter's exit, Ray's own
+    shutdown would first wait half a second for log lines that this driver does not print."""
+    if not start_ray(address):
+        yield
+        return
+    import ray
+
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def start_ray(address: str | None) -> bool:
+    """`ray.init` at `address` (a new local Ray of this machine's cores when None), unless this process is
+    connected already; whether it connected now. `RayUnavailableError` in one line for an address with no cluster
+    behind it, or no Ray installed."""
     try:
         import ray
     except ImportError as exc:
         raise RayUnavailableError("--ray needs Ray: pip install 'simsearch[ray]'") from exc
     if ray.is_initialized():
-        return ray
+        return False
     if address:
         _check_reachable(address)
     for name, value in RAY_ENVIRONMENT.items():
@@ -141,7 +158,7 @@ def start_ray(address: str | None) -> Any:
         raise RayUnavailableError(  # something answers at the address, but no Ray this driver may join
             f"could not join the Ray cluster at {address}: {detail} (a cluster with token authentication needs "
             "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN)") from exc
-    return ray
+    return True
 
 
 def _init(ray: Any, address: str | None) -> None:
@@ -226,7 +243,8 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
     """The results of `sources`, decoded and embedded on a Ray cluster as `plan_actors` lays out, batch by batch in
     order. `RayJobError` when the cluster cannot run the job (a worker without simsearch, one that ran out of
     memory)."""
-    ray = start_ray(address)
+    start_ray(address)
+    import ray
     from ray import data as ray_data
 
     ray_data.DataContext.get_current().enable_progress_bars = False  # the driver draws the run's own progress

@@ -70,6 +70,7 @@ def test_a_ray_run_gives_the_rows_and_vectors_of_a_local_run(tmp_path: Path, tin
     assert sum(len(read_embeddings([shard]).metadata) for shard in shards) == 7, "shards as `import` reads them"
     again = invoke(*base, "--index", "ray", "--ray", "local", cwd=tmp_path)
     assert "skipped 7 unchanged" in again.output, "incremental as a local run"
+    assert ray.is_initialized(), "a Ray this process had joined before the run is left to it"
 
 
 def test_a_driver_killed_mid_job_leaves_whole_batches_and_a_rerun_finishes(
@@ -105,6 +106,17 @@ def test_an_address_with_no_cluster_is_one_line(tmp_path: Path, tiny_model_file:
                     cwd=tmp_path)
     assert_one_line_error(result, "no Ray cluster at 127.0.0.1:1")
     assert not (tmp_path / "idx").exists(), "nothing half-written"
+
+
+def test_a_ray_started_for_the_run_is_stopped_when_it_ends(tmp_path: Path, tiny_model_file: Path,  # type: ignore[no-untyped-def]
+                                                          make_photos) -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+    make_photos(tmp_path / "p", 2)
+    result = invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", "local", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "added 2" in result.output
+    assert not ray.is_initialized(), "stopped with its job, not left to the interpreter's exit"
 
 
 def test_a_cluster_with_gpus_decodes_in_tasks_for_its_model_actors_with_the_same_results(  # type: ignore[no-untyped-def]
