@@ -225,7 +225,7 @@ def plan_actors(resources: Mapping[str, float], batch_size: int) -> ActorPlan:
     """One actor a GPU, each embedding `GPU_BATCH_SIZE` images a call (Ray Data gathers the decoded batches) unless
     `batch_size` is larger, with every CPU left to decoding tasks. Without GPUs, one actor a CPU, of one thread,
     decoding and embedding its own batches (`_DecodeAndEmbed`). On 2 cores, decode tasks feeding one such actor
-    took 1.28x a local run's time, one core waiting on the other; an actor a core takes 1.10x
+    took 1.28x a local run's time, one core waiting on the other; with an actor a core, the whole run took 1.17x
     (`benchmarks/ray_overhead.py`, a running Ray)."""
     gpus = int(resources.get("GPU", 0))
     if gpus:
