@@ -119,10 +119,10 @@ class _DecodeAndEmbed(_Embed):
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Ray for the block, started as `start_ray` does unless this process is connected already; a Ray started here
+    """Ray for the block, started as `_start_ray` does unless this process is connected already; a Ray started here
     is stopped (a local one) or left (a cluster) when the block ends. Left to the interpreter's exit, Ray's own
     shutdown would first wait half a second for log lines that this driver does not print."""
-    if not start_ray(address):
+    if not _start_ray(address):
         yield
         return
     import ray
@@ -133,7 +133,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def start_ray(address: str | None) -> bool:
+def _start_ray(address: str | None) -> bool:
     """`ray.init` at `address` (a new local Ray of this machine's cores when None), unless this process is
     connected already; whether it connected now. `RayUnavailableError` in one line for an address with no cluster
     behind it, or no Ray installed."""
@@ -240,10 +240,15 @@ def _cpus(resources: Mapping[str, float]) -> int:
 
 def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing, *, address: str | None,
                 batch_size: int, max_pixels: int, device: str | None = None) -> Iterator[list[SourceResult]]:
-    """The results of `sources`, decoded and embedded on a Ray cluster as `plan_actors` lays out, batch by batch in
-    order. `RayJobError` when the cluster cannot run the job (a worker without simsearch, one that ran out of
-    memory)."""
-    start_ray(address)
+    """The results of `sources`, decoded and embedded on a Ray cluster as `plan_actors` lays out, batch by batch (in
+    the order they are done), in a `ray_session` of `address`. `RayJobError` when the cluster cannot run the job
+    (a worker without simsearch, one that ran out of memory)."""
+    with ray_session(address):
+        yield from _job_results(sources, model_file, prep, batch_size, max_pixels, device)
+
+
+def _job_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing, batch_size: int,
+                 max_pixels: int, device: str | None) -> Iterator[list[SourceResult]]:
     import ray
     from ray import data as ray_data
 
@@ -277,8 +282,9 @@ def ray_results(sources: Sequence[Source], model_file: Path, prep: Preprocessing
 
 def _decode_and_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, plan: ActorPlan, prep: Preprocessing,
                       max_pixels: int) -> Any:
-    """A cluster without GPUs: each actor decodes and embeds a block of batches at a time. Blocks of one batch (up
-    to 8 in runs of over 64 batches an actor) keep the last actor to finish from lagging the others by more."""
+    """A cluster without GPUs: each actor decodes and embeds a block of rows at a time, in batches. Blocks of about
+    one batch (up to 8 in runs of over 64 batches an actor) keep the actors busy to the end: the last block to
+    finish starts at most a block's time after the others'."""
     batches = -(-len(items) // plan.batch_size)
     data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(64 * plan.actors,
                                                                                    batches // 8))))
@@ -301,7 +307,8 @@ def _decode_then_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, p
                                batch_format="numpy", num_cpus=1, max_retries=RETRIES)
     return decoded.map_batches(
         _Embed, fn_constructor_args=(model, device, plan.threads), batch_size=plan.batch_size, batch_format="numpy",
-        compute=ray_data.ActorPoolStrategy(size=plan.actors), num_gpus=plan.gpus, num_cpus=plan.cpus,
+        compute=ray_data.ActorPoolStrategy(size=max(1, min(plan.actors, -(-len(items) // plan.batch_size)))),
+        num_gpus=plan.gpus, num_cpus=plan.cpus,
         runtime_env=_ACTOR_ENVIRONMENT, max_restarts=RETRIES, max_task_retries=RETRIES)
 
 

@@ -23,11 +23,18 @@ from retrieval.embedding_files import read_embeddings  # noqa: E402
 from retrieval.index import open_index  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left() -> Iterator[None]:
+    """Whatever Ray a test of this module leaves running in this process is stopped after the last."""
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def local_ray() -> None:
+    """This process joined to a local Ray of 2 CPUs (started by the first test that asks, shared by the next)."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
 
 def rows(index_dir: Path) -> dict[str, tuple[object, ...]]:
@@ -121,8 +128,9 @@ def test_a_ray_started_for_the_run_is_stopped_when_it_ends(tmp_path: Path, tiny_
 
 def test_a_cluster_with_gpus_decodes_in_tasks_for_its_model_actors_with_the_same_results(  # type: ignore[no-untyped-def]
         tmp_path: Path, tiny_model_file: Path, make_photos, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The plan for GPUs (decode tasks feeding one model actor a GPU) on a local Ray that declares a GPU it does
-    not have: the actor's torch sees none and embeds on the CPU, so the results must equal a local run's."""
+    """The plan for GPUs (decode tasks feeding one model actor a GPU) on a local Ray that declares a GPU: the actor
+    embeds on whatever device its torch finds (the CPU on a machine without one), and the results must equal a
+    local run's."""
     from indexer import ray_embed
 
     if ray.is_initialized():
@@ -152,19 +160,24 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
     run = subprocess.Popen([sys.executable, "-m", "cli", "index", str(tmp_path / "p"), "--index",
                             str(tmp_path / "idx"), "--model", str(tiny_model_file), "--batch-size", "2",
                             "--ray", "local"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed, deadline = None, time.monotonic() + 120
-    while killed is None and run.poll() is None and time.monotonic() < deadline:
-        listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_DecodeAndEmbed)" in line]
-        shards = list((tmp_path / "idx" / "ray-shards").glob("*.parquet")) if (tmp_path / "idx").exists() else []
-        if actors and shards:  # the actor has embedded a batch: kill it mid-job
-            environment = Path(f"/proc/{actors[0]}/environ").read_bytes().split(b"\0")
-            assert b"MALLOC_ARENA_MAX=1" in environment, "an actor embeds on a thread: one arena, or a fifth slower"
-            os.kill(actors[0], signal.SIGKILL)
-            killed = actors[0]
-        time.sleep(0.05)
-    out, err = run.communicate(timeout=300)
+    killed, environment, deadline = None, b"", time.monotonic() + 120
+    try:
+        while killed is None and run.poll() is None and time.monotonic() < deadline:
+            listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+            actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_DecodeAndEmbed)" in line]
+            shards = list((tmp_path / "idx" / "ray-shards").glob("*.parquet")) if (tmp_path / "idx").exists() else []
+            if actors and shards:  # the actor has embedded a batch: kill it mid-job
+                environment = Path(f"/proc/{actors[0]}/environ").read_bytes()
+                os.kill(actors[0], signal.SIGKILL)
+                killed = actors[0]
+            time.sleep(0.05)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
     assert killed is not None, "the job ended before its actor could be killed"
+    assert b"MALLOC_ARENA_MAX=1" in environment.split(b"\0"), "an actor embeds on a thread: one arena, or a fifth slower"
     assert run.returncode == 0, err
     assert "added 60" in err
     assert len(rows(tmp_path / "idx")) == 60 and len(vectors(tmp_path / "idx")) == 60
@@ -215,16 +228,22 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
         tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     """The worker decoding a 400-megapixel PNG (allowed by --max-pixels) grows by 1.2 GB, on a local Ray whose
     memory monitor kills beyond what this machine uses now plus 1.5 GB: it is killed, its batch retried and killed
-    again."""
+    again. Under the same limit, the photos alone index: the image is what runs out of memory."""
     make_photos(tmp_path / "p", 8)
-    Image.new("RGB", (20_000, 20_000), (120, 30, 200)).save(tmp_path / "p" / "zz-huge.png")
     total, available = (int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                         if line.startswith(("MemTotal:", "MemAvailable:")))
     threshold = (total - available + 1.5e9) / total
-    run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--batch-size", "4",
-                    "--max-pixels", "500000000", "--ray", "local", cwd=tmp_path,
-                    env={"RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100",
-                         "RAY_task_oom_retry_delay_base_ms": "100"})
+
+    def index(name: str) -> subprocess.CompletedProcess[str]:
+        return simsearch("index", "p", "--index", name, "--model", str(tiny_model_file), "--batch-size", "4",
+                         "--max-pixels", "500000000", "--ray", "local", cwd=tmp_path,
+                         env={"RAY_memory_usage_threshold": f"{threshold:.4f}",
+                              "RAY_memory_monitor_refresh_ms": "100", "RAY_task_oom_retry_delay_base_ms": "100"})
+
+    control = index("control")
+    assert control.returncode == 0 and "added 8" in control.stderr, control.stderr
+    Image.new("RGB", (20_000, 20_000), (120, 30, 200)).save(tmp_path / "p" / "zz-huge.png")
+    run = index("idx")
     assert_one_line_failure(run, "a Ray worker ran out of memory")
     if (tmp_path / "idx").exists():  # whole batches imported before the failure, if any, and nothing else
         assert set(rows(tmp_path / "idx")) == set(vectors(tmp_path / "idx"))
