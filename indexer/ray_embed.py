@@ -285,14 +285,11 @@ def _decode_and_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, pl
     """A cluster without GPUs: each actor decodes and embeds a block of rows at a time, in batches. Blocks of about
     one batch (up to 8 in runs of over 64 batches an actor) keep the actors busy to the end: the last block to
     finish starts at most a block's time after the others'."""
-    batches = -(-len(items) // plan.batch_size)
+    batches = _batches(len(items), plan.batch_size)
     data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(64 * plan.actors,
                                                                                    batches // 8))))
-    return data.map_batches(
-        _DecodeAndEmbed, fn_constructor_args=(model, "cpu", plan.threads, prep, max_pixels),
-        batch_size=plan.batch_size, batch_format="numpy", compute=ray_data.ActorPoolStrategy(
-            size=max(1, min(plan.actors, batches))), num_cpus=plan.cpus, runtime_env=_ACTOR_ENVIRONMENT,
-        max_restarts=RETRIES, max_task_retries=RETRIES)
+    return data.map_batches(_DecodeAndEmbed, fn_constructor_args=(model, "cpu", plan.threads, prep, max_pixels),
+                            batch_size=plan.batch_size, batch_format="numpy", **_actor_pool(ray_data, plan, batches))
 
 
 def _decode_then_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, plan: ActorPlan, cpus: int,
@@ -300,16 +297,25 @@ def _decode_then_embed(ray_data: Any, items: list[dict[str, Any]], model: Any, p
     """A cluster with GPUs: tasks decode on the CPUs, a block of up to 8 batches each (Ray Data waits about 0.1 s
     between one task and the next), and hand each batch on to the GPUs' actors as its own block once decoded:
     without that, a block's batches would wait for its last."""
-    batches = -(-len(items) // batch_size)
+    batches = _batches(len(items), batch_size)
     data = ray_data.from_items(items, override_num_blocks=max(1, min(batches, max(4 * cpus, batches // 8))))
     data.context.target_max_block_size = batch_size * prep.size[0] * prep.size[1] * prep.channels // 2
     decoded = data.map_batches(_decode, fn_kwargs={"prep": prep, "max_pixels": max_pixels}, batch_size=batch_size,
                                batch_format="numpy", num_cpus=1, max_retries=RETRIES)
-    return decoded.map_batches(
-        _Embed, fn_constructor_args=(model, device, plan.threads), batch_size=plan.batch_size, batch_format="numpy",
-        compute=ray_data.ActorPoolStrategy(size=max(1, min(plan.actors, -(-len(items) // plan.batch_size)))),
-        num_gpus=plan.gpus, num_cpus=plan.cpus,
-        runtime_env=_ACTOR_ENVIRONMENT, max_restarts=RETRIES, max_task_retries=RETRIES)
+    return decoded.map_batches(_Embed, fn_constructor_args=(model, device, plan.threads), batch_size=plan.batch_size,
+                               batch_format="numpy",
+                               **_actor_pool(ray_data, plan, _batches(len(items), plan.batch_size)))
+
+
+def _actor_pool(ray_data: Any, plan: ActorPlan, calls: int) -> dict[str, Any]:
+    """`map_batches`'s arguments for `plan`'s pool of model actors, no larger than the `calls` it has to make."""
+    return {"compute": ray_data.ActorPoolStrategy(size=max(1, min(plan.actors, calls))), "num_gpus": plan.gpus,
+            "num_cpus": plan.cpus, "runtime_env": _ACTOR_ENVIRONMENT, "max_restarts": RETRIES,
+            "max_task_retries": RETRIES}
+
+
+def _batches(rows: int, batch_size: int) -> int:
+    return -(-rows // batch_size)
 
 
 def _job_failure(exc: BaseException) -> RayJobError:
