@@ -8,6 +8,14 @@ headless chromium, the page's time from picking an image to its results on scree
 README's screenshots to docs/screenshots/). Results are appended to `benchmarks/results/server_load.jsonl`.
 
     python benchmarks/server_load.py
+
+With `--other CHECKOUT` (a git worktree of another commit) it measures this checkout's server beside that one's
+instead, in rounds that alternate which goes first (the machines are shared and drift within minutes): the
+batched server at each concurrency, each checkout serving an index it built itself; the median ratio is recorded
+in `benchmarks/results/server_load_ab.jsonl`.
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/server_load.py --other /tmp/before --rounds 3
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.index_throughput import git_commit  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "server_load.jsonl"
+AB_RESULTS = REPO / "benchmarks" / "results" / "server_load_ab.jsonl"
+CONCURRENCIES = (1, 8, 32)
+API_HEADERS = {"X-Simsearch-Request": "1"}
+"""What a client that is not the page sends with an upload (a server that does not ask for it ignores it)."""
 SCREENSHOTS = REPO / "docs" / "screenshots"
 IMAGES = sorted([*(REPO / "demo" / "photos").iterdir(), *(REPO / "demo" / "queries").iterdir()])
 
@@ -48,12 +60,12 @@ def free_port() -> int:
 class Server:
     """`simsearch serve` in a process of its own, ready when its readiness check says so."""
 
-    def __init__(self, index: Path, window_ms: float, max_batch: int) -> None:
+    def __init__(self, index: Path, window_ms: float, max_batch: int, checkout: Path = REPO) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli", "serve", "--index", str(index), "--port", str(self.port),
              "--batch-window-ms", str(window_ms), "--max-batch", str(max_batch), "--max-in-flight", "256"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:
@@ -92,7 +104,7 @@ async def load(url: str, concurrency: int, requests: int) -> dict[str, float]:
                 raise SystemExit(f"request failed: {answer.status_code} {answer.text}")
             latencies.append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=API_HEADERS) as client:
         await client.post("/api/query", files={"image": payloads[0]})  # the first batch warms the model
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
@@ -157,17 +169,63 @@ def page_seconds(url: str) -> float | None:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def build_index(checkout: Path, index: Path) -> None:
+    """The demo photos and queries indexed by `checkout`'s own code."""
+    subprocess.run([sys.executable, "-m", "cli", "index", str(REPO / "demo" / "photos"),
+                    str(REPO / "demo" / "queries"), "--index", str(index)],
+                   cwd=checkout, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def side_by_side(other: Path, requests: int, rounds: int) -> None:
+    """This checkout's batched server beside `other`'s, rounds alternating which goes first."""
+    checkouts = {"this": REPO, "other": other}
+    per_s: dict[str, dict[int, list[float]]] = {name: {c: [] for c in CONCURRENCIES} for name in checkouts}
+    with tempfile.TemporaryDirectory() as tmp:
+        indexes = {name: Path(tmp) / name for name in checkouts}
+        for name, checkout in checkouts.items():
+            build_index(checkout, indexes[name])
+        for round_ in range(rounds):
+            for name in ("this", "other") if round_ % 2 == 0 else ("other", "this"):
+                server = Server(indexes[name], 5.0, 32, checkouts[name])
+                try:
+                    for concurrency in CONCURRENCIES:
+                        per_s[name][concurrency].append(asyncio.run(load(server.url, concurrency, requests))["per_s"])
+                finally:
+                    server.stop()
+                print(f"{name:5s} " + "  ".join(f"c={c}: {per_s[name][c][-1]:5.1f}/s" for c in CONCURRENCIES),
+                      flush=True)
+    table = Table(title=f"`simsearch serve` requests/s, this checkout beside {git_commit(other)} "
+                        f"(median of {rounds}, {requests} requests a run)")
+    for column in ("concurrency", "this", "other", "this / other"):
+        table.add_column(column, justify="right")
+    ratios = {}
+    for concurrency in CONCURRENCIES:
+        this, that = (statistics.median(per_s[name][concurrency]) for name in ("this", "other"))
+        ratios[str(concurrency)] = round(this / that, 3)
+        table.add_row(str(concurrency), f"{this:.1f}", f"{that:.1f}", f"{this / that:.2f}")
+    Console(width=140).print(table)
+    record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "this": git_commit(REPO),
+              "other": git_commit(other), "requests": requests, "per_s": per_s, "ratio_this_over_other": ratios}
+    with AB_RESULTS.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--other", type=Path, help="measure beside this checkout (a git worktree) instead")
+    parser.add_argument("--rounds", type=int, default=3, help="with --other: runs of each, alternating")
     args = parser.parse_args()
+    if args.other is not None:
+        if not (args.other / "cli").is_dir():
+            sys.exit(f"not a simsearch checkout: {args.other}")
+        side_by_side(args.other, args.requests, args.rounds)
+        return
     record: dict[str, object] = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  "commit": git_commit(REPO), "requests": args.requests}
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "index"
-        subprocess.run([sys.executable, "-m", "cli", "index", str(REPO / "demo" / "photos"),
-                        str(REPO / "demo" / "queries"), "--index", str(index)],
-                       cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        build_index(REPO, index)
         table = Table(title=f"`simsearch serve`, default model, uploads of the demo images ({args.requests} a row)")
         for column in ("batching", "concurrency", "p50 ms", "p99 ms", "requests/s"):
             table.add_column(column, justify="right")
@@ -175,7 +233,7 @@ def main() -> None:
         for name, window, batch in (("5 ms window, up to 32", 5.0, 32), ("none", 0.0, 1)):
             server = Server(index, window, batch)
             try:
-                loads[name] = {str(c): asyncio.run(load(server.url, c, args.requests)) for c in (1, 8, 32)}
+                loads[name] = {str(c): asyncio.run(load(server.url, c, args.requests)) for c in CONCURRENCIES}
                 loads[name]["rss_mb"] = round(server.rss_mb())
                 if batch > 1:
                     record["page_seconds"] = page_seconds(server.url)
