@@ -5,7 +5,8 @@ bounded loopback load (httpx, `--requests` at each concurrency): latency p50 / p
 1, 8 and 32, with batching (the default 5 ms window) and without (a window of 0, batches of one); beside them,
 the wall time of a cold `simsearch query` of one image; the server's resident memory after the load; and, in
 headless chromium, the page's time from picking an image to its results on screen (which also saves the
-README's screenshots to docs/screenshots/). Results are appended to `benchmarks/results/server_load.jsonl`.
+screenshots in docs/screenshots/, shown in docs/serving.md). Results are appended to
+`benchmarks/results/server_load.jsonl`.
 
     python benchmarks/server_load.py
 

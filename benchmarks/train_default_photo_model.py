@@ -11,7 +11,7 @@ families (b) the benchmark scores, is seen while fitting.
 
 Triplet fine-tuning of that head on the same views was measured and left out: from the whitening, the
 batch-hard triplet loss is zero (margin 0.2) or near it (0.8) from the first step, and the head it moves to
-scores no better on the validation split, or worse at margin 1.2 (README, "The default photo model").
+scores no better on the validation split, or worse at margin 1.2 (docs/model-card.md).
 
 Calibration: the model is run over the validation split of the near-duplicate benchmark (its photos and all
 their edited copies, as `simsearch index` decodes them), and the distance at which its pairs are grouped with
