@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import png_header_bomb
+from conftest import photo, png_header_bomb
 from retrieval.errors import DecodeError
-from retrieval.images import Preprocessing, decode_image
+from retrieval.images import Preprocessing, _high_bit_top, _to_mode, decode_image
 
 RGB = Preprocessing(size=(16, 16), mode="RGB")
 
@@ -104,3 +104,39 @@ def test_truncated_jpeg_is_refused() -> None:
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(DecodeError, match="exceeds the limit"):
         decode_image(png_header_bomb(100_000, 100_000), RGB, max_pixels=50_000_000)
+
+
+def test_an_ordinary_8_bit_image_decodes_as_a_resize_of_the_whole_image(tmp_path: Path) -> None:
+    """8-bit RGB and grey images take the path they always took: their vectors do not change."""
+    for mode in ("RGB", "L"):
+        path = tmp_path / f"big-{mode}.png"
+        photo(1, (3000, 2000)).convert(mode).save(path)
+        for prep in (Preprocessing(size=(224, 224)), Preprocessing(size=(64, 48), mode="L", resample="lanczos")):
+            with Image.open(path) as im:
+                whole = np.asarray(im.convert(prep.mode).resize(prep.size, Image.Resampling[prep.resample.upper()]))
+            assert np.array_equal(decode_image(path, prep).pixels.reshape(whole.shape), whole)
+
+
+def deep(size: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(np.asarray(photo(1, size).convert("L"), dtype=np.uint16) * 257)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "RGBA", "LA", "P", "CMYK", "1"])
+def test_other_modes_are_reduced_in_strips_to_the_same_picture(tmp_path: Path, mode: str) -> None:
+    """Converted and box-reduced a strip at a time (a bounded peak), they stay within three grey levels of the whole
+    image converted and resized, as they were before (two for all but a dithered bilevel image)."""
+    if mode in ("I;16", "I", "F"):
+        im = deep((1500, 1000)) if mode == "I;16" else deep((1500, 1000)).convert(mode)
+    else:
+        im = photo(1, (1500, 1000)).convert("RGBA" if mode in ("RGBA", "LA") else "RGB")
+        if mode in ("RGBA", "LA"):
+            im.putalpha(Image.linear_gradient("L").resize(im.size))
+        im = im.convert(mode)
+    path = tmp_path / ("deep.tiff" if mode in ("I", "F", "CMYK") else "deep.png")
+    im.save(path)
+    prep = Preprocessing(size=(96, 64))
+    with Image.open(path) as opened:
+        opened.load()
+        whole = _to_mode(opened, "RGB", _high_bit_top(opened)).resize(prep.size, Image.Resampling.BILINEAR)
+    decoded = decode_image(path, prep).pixels.astype(int)
+    assert np.abs(decoded - np.asarray(whole, dtype=int)).max() <= 3
