@@ -1,4 +1,8 @@
-"""`simsearch serve`: the HTTP API (and its docs at /docs) over the index, the model loaded once."""
+"""`simsearch serve`: the HTTP API (and its docs at /docs) over the index, the model loaded once.
+
+It answers only requests addressed to a loopback name, the `--host` it listens on, or a name given by
+`--allow-host` (a page that rebinds its own DNS name to this address is refused); listening on every address
+(0.0.0.0, ::) therefore needs the names clients will use."""
 
 from __future__ import annotations
 
@@ -23,6 +27,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_every_address(host: str) -> bool:
+    """Whether `host` listens on every address (0.0.0.0, ::): no Host header names it."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
 def serve_command(
     index_dir: IndexOption = None,
     db: DbOption = None,
@@ -30,19 +42,29 @@ def serve_command(
     = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(
-        help=f"Bearer token every /api request must carry (default: ${TOKEN_ENV_VAR}).")] = None,
+        help=f"Bearer token every request but the page and /api/health must carry, as the header "
+             f"'Authorization: Bearer T' (default: ${TOKEN_ENV_VAR}).")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")]
     = None,
     max_in_flight: Annotated[int, typer.Option(min=1, help="Requests handled at once; beyond, 503.")] = 64,
     batch_window_ms: Annotated[float, typer.Option(
         min=0.0, help="How long an upload waits for others to share its model batch.")] = 5.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Uploads embedded in one batch at most.")] = 32,
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        help="Another name (or address) clients reach the server by, answered beside loopback and --host; "
+             "repeatable. Requests naming any other host are refused.")] = None,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request body may send nothing before it is cut off (408).")] = 5.0,
 ) -> None:
     """Serve the index over HTTP until interrupted: query, verify, classify, dedup groups, adding and removing
     images."""
     token = token or os.environ.get(TOKEN_ENV_VAR) or None
     if not is_loopback(host) and token is None:
         raise fail(f"listening on {host} (not loopback) needs a token: --token T or ${TOKEN_ENV_VAR}")
+    hosts = list(allow_host or [])
+    if is_every_address(host) and not hosts:
+        raise fail(f"listening on {host or 'every address'} needs the names clients will use: --allow-host NAME "
+                   "(repeatable), such as this machine's name or address")
     try:
         import uvicorn
 
@@ -53,8 +75,9 @@ def serve_command(
 
     try:
         root = existing_index_dir(index_dir)  # opened once, by the app
-        app = create_app(root, db, token, device, Limits(max_in_flight=max_in_flight,
-                                                        batch_window=batch_window_ms / 1000, max_batch=max_batch))
+        limits = Limits(max_in_flight=max_in_flight, batch_window=batch_window_ms / 1000, max_batch=max_batch,
+                        body_stall_seconds=body_timeout)
+        app = create_app(root, db, token, device, limits, hosts=hosts if is_every_address(host) else [host, *hosts])
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     err.print(f"serving {root} on http://{host}:{port} (API docs at /docs)", soft_wrap=True)

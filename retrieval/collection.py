@@ -206,10 +206,12 @@ class Collection:
 
     def find_duplicates(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
                         precision: float | None = None, keep: str = DEFAULT_RULES,
-                        reference: Path | str | None = None) -> DuplicateSearch:
+                        reference: Path | str | None = None, max_pairs: int | None = None) -> DuplicateSearch:
         """As `dedup`, with how the pairs were found (exactly, or in a large index by a kNN graph whose pair recall
         is measured); `keep`: the keeper rules in order (`retrieval.keeper_rules`); `reference`: a folder whose
-        images are protected (only images outside it are proposed, each as a duplicate of one inside)."""
+        images are protected (only images outside it are proposed, each as a duplicate of one inside);
+        `max_pairs`: a bound on the close pairs, beyond which the threshold is refused (`InvalidArgumentError`)
+        before the memory they need is taken."""
         index = self._require_searchable_index()
         rules = parse_rules(keep)
         limit = self.threshold(threshold, precision)
@@ -217,7 +219,7 @@ class Collection:
                                           for root in path_arguments(roots, "roots")]
         protected = None if reference is None else os.path.abspath(Path(path_argument(reference, "reference"))
                                                                   .expanduser())
-        return index_duplicates(index, limit, under or None, rules, protected)
+        return index_duplicates(index, limit, under or None, rules, protected, max_pairs)
 
     def decisions(self) -> list[dict[str, object]]:
         """Every decision: "not duplicates" (the two contents) and "keep" (a content), when, and the indexed

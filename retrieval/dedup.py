@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.errors import InvalidArgumentError
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
@@ -114,24 +115,35 @@ class GroupingRules:
         return a is not None and b is not None and (min(a, b), max(a, b)) in self.distinct
 
 
-def pairs_within(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pairs_within(vectors: np.ndarray, threshold: float, max_pairs: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` of rows of `vectors` (L2-normalised) with squared L2 distance <= `threshold`.
 
-    Returns (first, second, distance) arrays.
+    Returns (first, second, distance) arrays. With `max_pairs`, memory stays near that many pairs: rows are
+    searched in blocks whose answers cannot hold more, and more pairs than that are an `InvalidArgumentError`.
     """
     data = np.ascontiguousarray(vectors, dtype=np.float32)
     index = new_faiss_index(data.shape[1], EXACT)
     index.add(data)
     radius = radius_for_threshold(threshold)
+    block = QUERY_BLOCK if max_pairs is None else max(1, min(QUERY_BLOCK, max_pairs // max(1, len(data))))
     firsts, seconds, distances = [], [], []
-    for start in range(0, len(data), QUERY_BLOCK):
-        limits, scores, found = index.range_search(data[start:start + QUERY_BLOCK], radius)
+    for start in range(0, len(data), block):
+        limits, scores, found = index.range_search(data[start:start + block], radius)
         rows = np.repeat(np.arange(start, start + len(limits) - 1), np.diff(limits.astype(np.int64)))
         keep = found > rows
         firsts.append(rows[keep])
         seconds.append(found[keep])
         distances.append(squared_l2_from_scores(scores[keep]))
+        check_pair_count(sum(len(pairs) for pairs in firsts), threshold, max_pairs)
     return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(distances)
+
+
+def check_pair_count(count: int, threshold: float, max_pairs: int | None) -> None:
+    """`InvalidArgumentError` when `count` pairs are more than `max_pairs` (None: no bound)."""
+    if max_pairs is not None and count > max_pairs:
+        raise InvalidArgumentError(f"threshold {threshold:g} finds more than {max_pairs:,} pairs of near "
+                                   "duplicates: lower the threshold")
 
 
 def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
@@ -149,7 +161,7 @@ def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[
 def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float,
                      identify: Callable[[str], FileIdentity | None] = identify_file,
                      pairs: tuple[np.ndarray, np.ndarray] | None = None,
-                     rules: GroupingRules | None = None) -> list[DuplicateGroup]:
+                     rules: GroupingRules | None = None, max_pairs: int | None = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate images; `owners[i]` are the images whose vector is `vectors[i]` (copies of one
     file share a vector, and are duplicates of each other at distance 0). Largest groups first.
 
@@ -159,10 +171,10 @@ def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]],
 
     `identify` tells what each member's path reaches now (one path per file is kept; see the module's doc).
     `pairs` (rows i, j within the threshold) found otherwise (`retrieval.neighbour_graph`); else every pair is
-    searched exactly.
+    searched exactly, at most `max_pairs` of them (`pairs_within`).
     """
     rules = rules or GroupingRules()
-    first, second = pairs if pairs is not None else pairs_within(vectors, threshold)[:2]
+    first, second = pairs if pairs is not None else pairs_within(vectors, threshold, max_pairs)[:2]
     linked = set(np.concatenate([first, second]).tolist())
     components = connected_groups(len(vectors), first, second)
     components += [np.array([i]) for i, images in enumerate(owners) if len(images) > 1 and i not in linked]
@@ -233,13 +245,15 @@ class DuplicateSearch:
 
 
 def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None,
-                     keep: Sequence[KeeperRule] = DEFAULT, reference: str | None = None) -> DuplicateSearch:
+                     keep: Sequence[KeeperRule] = DEFAULT, reference: str | None = None,
+                     max_pairs: int | None = None) -> DuplicateSearch:
     """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given),
     kept by the rules `keep`, honouring every "not duplicates" decision stored. With `reference` (an absolute
     folder), its images are protected: they keep, and only images outside it are proposed.
 
     While the index's vector index is exact, every pair is searched; once it is approximate, through it as a kNN
-    graph, whose pair recall is measured on a sample and reported."""
+    graph, whose pair recall is measured on a sample and reported. More than `max_pairs` close pairs are an
+    `InvalidArgumentError`, raised before the groups are made (and, searched exactly, before more are found)."""
     ids, vectors = index.served_vectors()
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
@@ -258,8 +272,10 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     subset, members = vectors[used], [owners[row] for row in used]
     info = index.vector_info()
     if info is None or info.description == EXACT:
-        return DuplicateSearch(duplicate_groups(subset, members, threshold, rules=rules), PairSearch("exact"))
+        return DuplicateSearch(duplicate_groups(subset, members, threshold, rules=rules, max_pairs=max_pairs),
+                               PairSearch("exact"))
     first, second, _ = graph_pairs(index.vector_index(), ids[used], subset, threshold)
+    check_pair_count(len(first), threshold, max_pairs)
     recall, sampled = pair_recall(subset, first, second, threshold, seed=len(used))
     groups = duplicate_groups(subset, members, threshold, pairs=(first, second), rules=rules)
     return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled))

@@ -113,6 +113,14 @@ def simsearch(*args: str, cwd: Path, env: dict[str, str] | None = None,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=timeout)
 
 
+def simsearch_process(*args: str, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """The `simsearch` command started in a process of its own that keeps running (a server), from `cwd`, its
+    output going to the file `log`; the caller stops it."""
+    with log.open("wb") as output:
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, stdout=output,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
 def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
     assert_one_line_output(result.exit_code, result.output, text)
 

@@ -229,7 +229,8 @@ def test_not_duplicates_holds_by_content_across_moves_cli_and_server(tmp_path: P
 
     from server.app import create_app
 
-    with TestClient(create_app(tmp_path / "idx")) as api:
+    with TestClient(create_app(tmp_path / "idx"), base_url="http://127.0.0.1",  # a Host the server answers to
+                    headers={"X-Simsearch-Request": "1"}) as api:  # what an API client sends for duplicate groups
         page = api.get("/api/duplicates", params={"threshold": 0.05}).json()
         assert [Path(d["path"]).name for d in page["groups"][0]["duplicates"]] == ["a-copy.png"]
         same = api.post("/api/decisions", json={"a": str(folder / "a.png"), "b": str(folder / "a-copy.png")})

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,16 +34,23 @@ WAIT_SECONDS = 30
 
 
 @pytest.fixture
-def site(tmp_path: Path, tiny_model_file: Path, make_photos) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
+def indexed(tmp_path: Path, tiny_model_file: Path, make_photos) -> Path:  # type: ignore[no-untyped-def]
+    """The folder of an index `idx` of photos `p`: six, a larger copy of the first and an exact copy of that."""
     make_photos(tmp_path / "p", 6)
     photo(0, (96, 72)).save(tmp_path / "p" / "big.png")  # img0000.png, larger: a near duplicate
     (tmp_path / "p" / "copy.png").write_bytes((tmp_path / "p" / "big.png").read_bytes())  # an exact copy
     assert invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
                   cwd=tmp_path).exit_code == 0
+    return tmp_path
+
+
+@contextmanager
+def serving(root: Path, token: str | None = None) -> Iterator[str]:
+    """The URL of the index at `root / "idx"` served on loopback (with `token`) while the block runs."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tmp_path / "idx"), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(root / "idx", token=token), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -50,9 +58,17 @@ def site(tmp_path: Path, tiny_model_file: Path, make_photos) -> Iterator[tuple[s
     while not server.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", tmp_path
-    server.should_exit = True
-    thread.join(WAIT_SECONDS)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_SECONDS)
+
+
+@pytest.fixture
+def site(indexed: Path) -> Iterator[tuple[str, Path]]:
+    with serving(indexed) as url:
+        yield url, indexed
 
 
 @pytest.fixture
@@ -82,6 +98,20 @@ def test_search_by_an_image_shows_the_nearest_with_thumbnails(site: tuple[str, P
                                                               ) -> None:
     url, root = site
     browser.get(url)
+    search_and_see_thumbnails(browser, root)
+    screenshot(browser, "search")
+
+
+def test_with_a_token_the_page_sends_it_in_a_header(indexed: Path, browser: webdriver.Chrome) -> None:
+    with serving(indexed, token="s3cret") as url:
+        browser.get(url + "/#token=s3cret")  # a fragment: never sent to the server
+        search_and_see_thumbnails(browser, indexed)
+        sources = browser.execute_script("return [...document.querySelectorAll('#results img')].map(i => i.src)")
+        assert all(source.startswith("blob:") for source in sources), "no token in an image's URL"
+
+
+def search_and_see_thumbnails(browser: webdriver.Chrome, root: Path) -> None:
+    """Pick an image on the search tab: its nearest show, with thumbnails (never the full file)."""
     browser.find_element(By.ID, "file").send_keys(str(root / "p" / "img0003.png"))
     wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure")) >= 3)
@@ -91,7 +121,6 @@ def test_search_by_an_image_shows_the_nearest_with_thumbnails(site: tuple[str, P
         "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
     widths = browser.execute_script("return [...document.querySelectorAll('#results img')].map(i => i.naturalWidth)")
     assert max(widths) <= 256, "thumbnails, never the full file"
-    screenshot(browser, "search")
 
 
 def test_duplicate_groups_and_a_not_duplicates_decision_that_lasts(site: tuple[str, Path],
