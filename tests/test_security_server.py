@@ -32,6 +32,8 @@ TOKEN = "s3cret"
 STALL_SECONDS = 1.0
 """The servers' --body-timeout: a body that stalls longer is cut off."""
 IN_FLIGHT = 4
+ALLOWED = "photos.example"
+"""A name the plain server is told it is reached by (--allow-host), beside the loopback names."""
 START_SECONDS = 90
 
 
@@ -118,7 +120,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> 
     photo(40).save(root / "outside" / "elsewhere.png")
     assert invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
                   cwd=root).exit_code == 0
-    plain, guarded = start(root, "plain"), start(root, "guarded", "--token", TOKEN)
+    plain, guarded = start(root, "plain", "--allow-host", ALLOWED), start(root, "guarded", "--token", TOKEN)
     try:
         for server in (plain, guarded):
             wait_until_ready(server)
@@ -222,7 +224,8 @@ def test_a_foreign_host_is_refused_on_every_route(server: Server) -> None:
             answer = server.request("GET", path, headers={"Host": host, **PROOF})
             assert answer.status_code in (400, 421), (path, host, answer.status_code)
             assert str(server.root) not in answer.text
-    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost", f"[::1]:{server.port}"):
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost", f"[::1]:{server.port}",
+                 f"{ALLOWED}:{server.port}"):
         assert server.request("GET", "/", headers={"Host": host}).status_code == 200, host
 
 

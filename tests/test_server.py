@@ -121,10 +121,23 @@ def test_a_token_guards_every_route_but_health(tmp_path: Path, indexed: list[Pat
         assert right.status_code == 200
 
 
-def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path, indexed: list[Path]) -> None:
+def test_the_hosts_answered_are_loopback_and_those_given(tmp_path: Path, indexed: list[Path]) -> None:
+    app = create_app(tmp_path / "idx", hosts=["192.168.1.5", "fd00::5", "Photos.Example"])
+    for url, status in (("http://192.168.1.5:8000", 200), ("http://[fd00::5]:8000", 200),
+                        ("http://photos.example", 200), ("http://[::1]:8000", 200), ("http://10.0.0.1", 400),
+                        ("http://photos.example.evil", 400)):
+        with TestClient(app, base_url=url) as api:
+            assert api.get("/api/health").status_code == status, url
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token_or_its_names(tmp_path: Path, indexed: list[Path]
+                                                                               ) -> None:
     from conftest import assert_one_line_error
 
     assert_one_line_error(invoke("serve", "--index", "idx", "--host", "0.0.0.0", cwd=tmp_path), "needs a token")
+    for every_address in ("0.0.0.0", "::"):  # no Host header names it: the names clients use must be given
+        assert_one_line_error(invoke("serve", "--index", "idx", "--host", every_address, "--token", "t", cwd=tmp_path),
+                              "--allow-host NAME")
 
 
 def test_the_server_sees_the_index_change_without_a_restart(tmp_path: Path, indexed: list[Path],

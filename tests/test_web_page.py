@@ -116,6 +116,7 @@ def search_and_see_thumbnails(browser: webdriver.Chrome, root: Path) -> None:
     wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure")) >= 3)
     captions = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#results figcaption")]
+    # The upload is embedded again, not the stored vector: its distance to itself is 0 to the 4 decimals shown.
     assert captions[0].startswith("#1 0.0000") and captions[0].endswith("img0003.png")
     wait.until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
