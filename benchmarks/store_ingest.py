@@ -59,7 +59,7 @@ def ingest(index: SimilarityIndex, model_id: int, count: int, dim: int, batch: i
         vectors = unit_rows(min(batch, count - start), dim, seed=start)
         changes, data = [], []
         for i, vector in enumerate(vectors, start=start):
-            digest = f"{prefix}{i:058d}"
+            digest = f"{prefix.encode().hex():0>8}{i:056d}"  # 64 hex digits, as the store reads hashes back
             changes.append(ImageChange(f"/photos/{prefix}/{i:08d}.jpg", STATUS_OK, size=1000 + i, mtime_ns=i,
                                        content_hash=digest, width=4000, height=3000, vector_hash=digest))
             data.append((digest, vector.tobytes()))
@@ -69,7 +69,7 @@ def ingest(index: SimilarityIndex, model_id: int, count: int, dim: int, batch: i
 
 def new_index(folder: Path, url: str | None, dim: int) -> tuple[SimilarityIndex, int]:
     index = create_index(folder, url)
-    record = index.store.register_model(f"bench{dim}".ljust(64, "0"), f"bench-{dim}", "{}", dim)
+    record = index.store.register_model(f"{dim:064x}", f"bench-{dim}", "{}", dim)
     index.store.serve_first_model(record.id)
     return index, record.id
 

@@ -23,6 +23,11 @@ class IndexUnavailableError(SimsearchError):
     """The index directory exists but cannot be opened (permissions, corruption, lock)."""
 
 
+class CorruptIndexError(IndexUnavailableError):
+    """The index database holds a value simsearch never writes (a content hash that is no SHA-256, say): it was
+    edited or damaged, and the value is refused, never used."""
+
+
 class DatabaseURLError(SimsearchError):
     """A `--db` URL (or `$SIMSEARCH_DB`) that does not parse or names a database simsearch does not speak."""
 

@@ -8,13 +8,13 @@ being imported.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from retrieval.content_hash import is_content_hash
 from retrieval.errors import ModelError
 from retrieval.images import Preprocessing, is_integer, shown_value
 
@@ -35,7 +35,6 @@ MAX_EMBEDDING_DIM = 65536
 MAX_CHANNELS = 4096
 _REQUIRED_FIELDS = {"format", "name", "backbone", "backbone_weights", "head", "embedding_dim", "preprocessing"}
 _OPTIONAL_FIELDS = {"backbone_options", "pair_head"}
-_CONTENT_HASH = re.compile(r"[0-9a-f]{64}")
 DEFAULT_MODEL_FILE = Path(__file__).resolve().parent / "weights" / "photo-default.safetensors"
 """The model `simsearch index` uses for a new index (`retrieval.model.load_default_model`)."""
 
@@ -290,7 +289,7 @@ def header_from_metadata(metadata: dict[str, str], path: Path) -> ModelHeader:
     if "content_hash" not in metadata:
         raise ModelError(f"{path} is not a simsearch model (no content hash in its metadata)")
     content_hash = metadata["content_hash"]
-    if not _CONTENT_HASH.fullmatch(content_hash):
+    if not is_content_hash(content_hash):
         raise ModelError(f"{path}: content_hash must be 64 hexadecimal digits (got {shown_value(content_hash)})")
     calibration = None
     if "calibration" in metadata:

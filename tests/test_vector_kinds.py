@@ -29,14 +29,14 @@ def clustered(count: int, seed: int = 0) -> np.ndarray:
 
 def fill(index: SimilarityIndex, vectors: np.ndarray, start: int = 0) -> int:
     store = index.store
-    record = store.register_model("m".ljust(64, "0"), "m", "{}", DIM)
+    record = store.register_model("0" * 64, "m", "{}", DIM)
     model = store.serve_first_model(record.id).id
     for first in range(0, len(vectors), 1000):
         part = range(first, min(first + 1000, len(vectors)))
         store.write_images(model, [ImageChange(f"/p/{start + i}.png", STATUS_OK, size=1, mtime_ns=1,
-                                               content_hash=f"h{start + i}", vector_hash=f"h{start + i}")
+                                               content_hash=f"{start + i:064x}", vector_hash=f"{start + i:064x}")
                                    for i in part],
-                           [(f"h{start + i}", vectors[i].tobytes()) for i in part])
+                           [(f"{start + i:064x}", vectors[i].tobytes()) for i in part])
     return model
 
 

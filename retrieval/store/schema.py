@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (BigInteger, CheckConstraint, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Text,
-                        UniqueConstraint)
+from sqlalchemy import (BigInteger, CheckConstraint, Dialect, Float, ForeignKey, Integer, LargeBinary, MetaData, String,
+                        Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from retrieval.content_hash import is_content_hash
+from retrieval.errors import CorruptIndexError
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -32,6 +35,22 @@ there already carry them), SQLAlchemy's for indexes (which the migrations use); 
 they are declared. A migration can then drop or alter a constraint by name on PostgreSQL and SQLite alike."""
 
 
+class ContentHash(TypeDecorator[str]):
+    """A SHA-256 column (`String(64)` in the database). What is read back is checked by `is_content_hash`: a hash
+    becomes a file name (a thumbnail, a model file), so a value that is none (a database edited by hand, a
+    damaged one) is a `CorruptIndexError`, never a path. Writes need no check: simsearch writes only `hexdigest`s
+    and the rows `import` checked."""
+
+    impl = String(64)
+    cache_ok = True
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and not is_content_hash(value):
+            raise CorruptIndexError(f"the index database holds a content hash that is no SHA-256 ({value[:70]!r}): "
+                                    "it was edited or damaged; build a new index (`simsearch index PATH --index NEW`)")
+        return value
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -42,7 +61,7 @@ class ModelRecord(Base):
     __tablename__ = "models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(ContentHash, unique=True)
     name: Mapped[str] = mapped_column(String(200))
     spec: Mapped[str] = mapped_column(Text)
     embedding_dim: Mapped[int] = mapped_column(Integer)
@@ -57,7 +76,7 @@ class VectorRecord(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
-    content_hash: Mapped[str] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(ContentHash)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -74,7 +93,7 @@ class ImageRecord(Base):
     (a symbolic or hard link) of this file, not a second image."""
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
-    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    content_hash: Mapped[str | None] = mapped_column(ContentHash, index=True)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(Text)
@@ -108,8 +127,8 @@ class DistinctPair(Base):
                       CheckConstraint("first_hash < second_hash", name="ck_distinct_pairs_ordered"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    first_hash: Mapped[str] = mapped_column(String(64))
-    second_hash: Mapped[str] = mapped_column(String(64))
+    first_hash: Mapped[str] = mapped_column(ContentHash)
+    second_hash: Mapped[str] = mapped_column(ContentHash)
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -119,7 +138,7 @@ class ChosenKeeper(Base):
     __tablename__ = "chosen_keepers"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(ContentHash, unique=True)
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
