@@ -5,10 +5,12 @@ Distances are squared L2 between L2-normalised vectors (``retrieval.unit_distanc
 product, so ``d <= t`` is an inner-product range search (radius ``1 - t / 2``); the all-pairs work is FAISS's
 (blocked BLAS), never a Python loop.
 
-What a group proposes must be safe to delete: each member is looked at on disk when the group is made, a path
-that no longer holds the file indexed there (deleted, replaced or rewritten since) is left out, and of several
-paths to one file (links) only one is a member, the one without a symbolic link where there is one. So no proposed path is the keeper's file or another kept
-path's, and a symbolic link is never the keeper of a group that holds its target.
+What a group proposes must be safe to delete: each member is looked at on disk when the group is made, and a path
+that is not known to hold the file indexed there is left out, failing closed (`FileIdentity.is_as_indexed`): one
+deleted, replaced or rewritten since, and one that no `simsearch index` has seen (a row `import` brought, which
+names a path, not a file). Of several paths to one file (links) only one is a member, the one without a symbolic
+link where there is one. So no proposed path is the keeper's file or another kept path's, a symbolic link is
+never the keeper of a group that holds its target, and nothing an import file names is proposed or keeps.
 """
 
 from __future__ import annotations
@@ -222,8 +224,8 @@ def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndar
 
 def _one_path_per_file(images: list[tuple[Candidate, int]], identify: Callable[[str], FileIdentity | None]
                        ) -> list[tuple[Candidate, int]]:
-    """The members whose path still holds the file indexed there (not deleted, replaced or rewritten since), one
-    path per file: the one without a symbolic link, then the one the keeper rule prefers."""
+    """The members whose path is known to hold the file indexed there (`FileIdentity.is_as_indexed`), one path
+    per file: the one without a symbolic link, then the one the keeper rule prefers."""
     present = [(image, row, identity) for image, row in images if (identity := identify(image.path)) is not None
                and identity.is_as_indexed(image.file_id, image.size, image.mtime_ns)]
     present.sort(key=lambda member: (member[2].via_link, keeper_order(member[0])))

@@ -29,17 +29,24 @@ class FileIdentity:
 
     def is_as_indexed(self, file_id: str | None, size: int | None, mtime_ns: int | None) -> bool:
         """Whether this is still the file that was indexed at its path: the same device and inode, size and
-        modification time, wherever both sides know them. A file replaced or rewritten since has other content
-        than its stored vector says, so nothing may be decided about it (least of all that it is a duplicate)."""
+        modification time. A file replaced or rewritten since has other content than its stored vector says, so
+        nothing may be decided about it (least of all that it is a duplicate).
+
+        It fails closed: a field the row lacks is a mismatch, never a match. A row `simsearch import` brought has
+        no device and inode (an import file carries none: another machine's would mean nothing here), and its
+        path is no proof of its file: an import file can name any path, such as a file that was never an image.
+        So it is not taken for the file at its path until `simsearch index` over that folder has seen the file
+        and recorded its device and inode; until then dedup neither proposes it nor lets it keep."""
         pairs = ((file_id, self.file_id), (size, self.size), (mtime_ns, self.mtime_ns))
-        return all(then is None or now is None or then == now for then, now in pairs)
+        return all(then is not None and then == now for then, now in pairs)
 
 
 def identify_file(path: str) -> FileIdentity | None:
-    """The regular file at `path` now, or None when there is none (deleted, replaced by a folder, ...)."""
+    """The regular file at `path` now, or None when there is none (deleted, replaced by a folder, a path no file
+    can have: one with a NUL byte, from a database edited by hand)."""
     try:
         info = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):
         return None
     if not stat.S_ISREG(info.st_mode):
         return None

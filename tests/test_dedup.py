@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,9 +13,20 @@ from retrieval.dedup import Candidate, connected_groups, duplicate_groups, keepe
 from retrieval.file_identity import FileIdentity
 
 
-def distinct_files(path: str) -> FileIdentity:
-    """Each path its own file, none through a link: the paths of these tests are not on disk."""
-    return FileIdentity(path, via_link=False)
+def image(path: str, width: int | None, height: int | None, mtime_ns: int | None, file_id: str | None = None,
+          **fields: object) -> Candidate:
+    """An indexed image of 1 byte whose file is `file_id` (default: its own, named as its path)."""
+    return Candidate(path, width, height, mtime_ns, file_id=file_id or path, size=1, **fields)  # type: ignore[arg-type]
+
+
+def as_indexed(owners: list[list[Candidate]], links: tuple[str, ...] = (), gone: tuple[str, ...] = ()
+               ) -> Callable[[str], FileIdentity | None]:
+    """What each image's path reaches: the file indexed there (through a symbolic link for `links`), or nothing
+    for `gone` (deleted since). The paths of these tests are not on disk."""
+    files: dict[str, FileIdentity | None] = {
+        c.path: FileIdentity(c.file_id or "", c.path in links, c.size, c.mtime_ns) for images in owners for c in images}
+    files.update(dict.fromkeys(gone))
+    return files.__getitem__
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -60,10 +74,10 @@ def test_keeper_is_largest_then_oldest_then_shortest_path() -> None:
 
 def test_duplicate_groups_name_keeper_and_others_and_count_shared_vectors() -> None:
     vectors = near_copies()
-    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
-    owners[1] = [Candidate("/c/1.jpg", 200, 200, 5)]
-    owners[7].append(Candidate("/c/7-copy.jpg", 100, 100, 3))
-    groups = duplicate_groups(vectors, owners, 0.025, distinct_files)
+    owners = [[image(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
+    owners[1] = [image("/c/1.jpg", 200, 200, 5)]
+    owners[7].append(image("/c/7-copy.jpg", 100, 100, 3))
+    groups = duplicate_groups(vectors, owners, 0.025, as_indexed(owners))
     assert [(g.keeper.path, sorted(o.path for o in g.others)) for g in groups] == [
         ("/c/1.jpg", ["/c/0.jpg", "/c/2.jpg"]),
         ("/c/3.jpg", ["/c/4.jpg"]),
@@ -75,24 +89,19 @@ def test_duplicate_groups_name_keeper_and_others_and_count_shared_vectors() -> N
 
 def test_nothing_within_the_threshold_gives_no_groups() -> None:
     vectors = unit(np.eye(5, 16))
-    assert duplicate_groups(vectors, [[Candidate(f"/{i}", 1, 1, 0)] for i in range(5)], 0.5, distinct_files) == []
+    owners = [[image(f"/{i}", 1, 1, 0)] for i in range(5)]
+    assert duplicate_groups(vectors, owners, 0.5, as_indexed(owners)) == []
 
 
 def test_paths_to_one_file_are_one_member_and_a_link_never_keeps_its_target() -> None:
     """/c/link.jpg is a symbolic link to /c/1.jpg and /c/hard.jpg a hard link of /c/2.jpg: neither is a second
     image, and /c/gone.jpg (deleted since it was indexed) is neither kept nor proposed."""
     vectors = near_copies()
-    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
-    owners[1] = [Candidate("/c/1.jpg", 100, 100, 5), Candidate("/c/link.jpg", 100, 100, 5)]
-    owners[2].append(Candidate("/c/hard.jpg", 100, 100, 2))
-    owners[4].append(Candidate("/c/gone.jpg", 900, 900, 0))
-    files = {"/c/link.jpg": FileIdentity("/c/1.jpg", via_link=True), "/c/hard.jpg": FileIdentity("/c/2.jpg", False),
-             "/c/gone.jpg": None}
-
-    def identify(path: str) -> FileIdentity | None:
-        return files[path] if path in files else distinct_files(path)
-
-    groups = duplicate_groups(vectors, owners, 0.025, identify)
+    owners = [[image(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
+    owners[1] = [image("/c/1.jpg", 100, 100, 5), image("/c/link.jpg", 100, 100, 5, "/c/1.jpg")]
+    owners[2].append(image("/c/hard.jpg", 100, 100, 2, "/c/2.jpg"))
+    owners[4].append(image("/c/gone.jpg", 900, 900, 0))
+    groups = duplicate_groups(vectors, owners, 0.025, as_indexed(owners, links=("/c/link.jpg",), gone=("/c/gone.jpg",)))
     assert [(g.keeper.path, sorted(o.path for o in g.others)) for g in groups] == [
         ("/c/0.jpg", ["/c/1.jpg"]),  # /c/2.jpg is near /c/1.jpg, not near the keeper: groups do not chain
         ("/c/3.jpg", ["/c/4.jpg"]),
@@ -101,18 +110,29 @@ def test_paths_to_one_file_are_one_member_and_a_link_never_keeps_its_target() ->
 
 def test_a_file_and_its_links_alone_are_no_group() -> None:
     vectors = unit(np.eye(3, 8))
-    owners = [[Candidate("/a.jpg", 1, 1, 0), Candidate("/l/a.jpg", 9, 9, 0)], [Candidate("/b.jpg", 1, 1, 0)],
-              [Candidate("/c.jpg", 1, 1, 0)]]
-    same = {"/a.jpg": FileIdentity("a", False), "/l/a.jpg": FileIdentity("a", True)}
-    assert duplicate_groups(vectors, owners, 0.5, lambda p: same.get(p) or distinct_files(p)) == []
+    owners = [[image("/a.jpg", 1, 1, 0), image("/l/a.jpg", 9, 9, 0, "/a.jpg")], [image("/b.jpg", 1, 1, 0)],
+              [image("/c.jpg", 1, 1, 0)]]
+    assert duplicate_groups(vectors, owners, 0.5, as_indexed(owners, links=("/l/a.jpg",))) == []
+
+
+@pytest.mark.parametrize("unknown", ["file_id", "size", "mtime_ns"])
+def test_an_image_not_known_to_be_its_indexed_file_neither_keeps_nor_is_proposed(unknown: str) -> None:
+    """Fail closed: a row without a device and inode (as `import` makes them), a size or a modification time is
+    not the file at its path, whatever that file is."""
+    vectors = unit(np.eye(1, 8))
+    keeper, copy = image("/a.jpg", 9, 9, 1), image("/b.jpg", 1, 1, 1)
+    files = as_indexed([[keeper, copy]])
+    assert [g.keeper.path for g in duplicate_groups(vectors, [[keeper, copy]], 0.1, files)] == ["/a.jpg"]
+    for owners in ([[keeper, replace(copy, **{unknown: None})]], [[replace(keeper, **{unknown: None}), copy]]):
+        assert duplicate_groups(vectors, owners, 0.1, files) == []
 
 
 def test_groups_do_not_chain_and_name_their_weakest_link_rule_and_copies() -> None:
     """0-1-2 is a chain (0 and 2 are not near each other): the keeper takes only those near it."""
     vectors = near_copies()
-    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]
-    owners[3].append(Candidate("/c/3-copy.jpg", 100, 100, 9, content_hash="h3"))
-    groups = duplicate_groups(vectors, owners, 0.025, distinct_files)
+    owners = [[image(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]
+    owners[3].append(image("/c/3-copy.jpg", 100, 100, 9, content_hash="h3"))
+    groups = duplicate_groups(vectors, owners, 0.025, as_indexed(owners))
     chained = next(g for g in groups if g.keeper.path == "/c/0.jpg")
     assert [o.path for o in chained.others] == ["/c/1.jpg"] and chained.weakest_link == max(chained.distances)
     assert chained.decided_by == "oldest", "same pixels: the older one keeps"
@@ -126,13 +146,13 @@ def test_keeper_rules_in_order_and_the_rule_that_decided() -> None:
     from retrieval.keeper_rules import parse_rules
 
     vectors = near_copies()
-    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
-    owners[4] = [Candidate("/keep/4.png", 100, 100, 40)]
-    [group] = [g for g in duplicate_groups(vectors, owners, 0.025, distinct_files,
+    owners = [[image(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
+    owners[4] = [image("/keep/4.png", 100, 100, 40)]
+    [group] = [g for g in duplicate_groups(vectors, owners, 0.025, as_indexed(owners),
                                            rules=GroupingRules(parse_rules("format:png,oldest")))
                if g.keeper.path.endswith("4.png")]
     assert group.decided_by == "format:png" and [o.path for o in group.others] == ["/c/3.jpg"]
-    [group] = [g for g in duplicate_groups(vectors, owners, 0.025, distinct_files,
+    [group] = [g for g in duplicate_groups(vectors, owners, 0.025, as_indexed(owners),
                                            rules=GroupingRules(parse_rules("prefer:/keep"))) if "4" in g.keeper.path]
     assert group.decided_by == "prefer:/keep"
     with pytest.raises(InvalidArgumentError, match="'biggest' is not a rule"):
@@ -143,12 +163,12 @@ def test_decided_apart_pairs_and_a_protected_reference_folder() -> None:
     from retrieval.dedup import GroupingRules
 
     vectors = near_copies()
-    owners = [[Candidate(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]
+    owners = [[image(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]
     apart = GroupingRules(distinct=frozenset({("h3", "h4")}))
-    assert all(g.keeper.path != "/c/3.jpg" for g in duplicate_groups(vectors, owners, 0.025, distinct_files,
+    assert all(g.keeper.path != "/c/3.jpg" for g in duplicate_groups(vectors, owners, 0.025, as_indexed(owners),
                                                                      rules=apart)), "3 and 4 were decided apart"
-    owners[4] = [Candidate("/ref/4.jpg", 10, 10, 99, content_hash="h4")]
+    owners[4] = [image("/ref/4.jpg", 10, 10, 99, content_hash="h4")]
     reference = GroupingRules(protected=lambda path: path.startswith("/ref/"))
-    groups = duplicate_groups(vectors, owners, 0.025, distinct_files, rules=reference)
+    groups = duplicate_groups(vectors, owners, 0.025, as_indexed(owners), rules=reference)
     assert [(g.keeper.path, [o.path for o in g.others], g.decided_by) for g in groups] == [
         ("/ref/4.jpg", ["/c/3.jpg"], "protected")], "only images outside the reference are proposed"
