@@ -13,7 +13,8 @@ from retrieval.errors import SimsearchError
 
 
 def export_command(
-    out: Annotated[Path, typer.Argument(help="File to write (parquet), or folder (npy: clip-retrieval's layout).")],
+    out: Annotated[Path, typer.Argument(help="File to write (parquet), or folder (npy: clip-retrieval's layout; "
+                                              "new, empty, or an earlier npy export, which is replaced whole).")],
     layout: Annotated[str, typer.Option("--format", help="parquet (one file, vectors inside) or npy (.npy vector "
                                                          "shards beside parquet metadata).")] = "parquet",
     index_dir: IndexOption = None,
@@ -28,8 +29,6 @@ def export_command(
         raise fail(f"--format must be one of {', '.join(FORMATS)} (got {layout!r})")
     if layout == "parquet" and out.is_dir():
         raise fail(f"{out} is a folder: --format parquet writes one file (or use --format npy)")
-    if layout == "npy" and out.exists() and not out.is_dir():
-        raise fail(f"{out} is a file: --format npy writes a folder")
     try:
         rows, files = export_embeddings(open_existing(index_dir, db), out, layout)
     except SimsearchError as exc:

@@ -9,19 +9,30 @@ model's vectors):
   shards holding the same rows in the same order, without the vectors.
 
 This is also how a distributed embedding job hands its shards over.
+
+An import file is checked whole before any row is written (its tag and rows by `retrieval.imported_rows`, an
+.npy header against its metadata and its size before anything is allocated), and an npy export replaces an
+earlier one whole, so no shard of it is left to be imported twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from retrieval.atomic import atomic_write
-from retrieval.errors import IndexNotFoundError, InputPathError, ModelMismatchError
+from retrieval.errors import IndexNotFoundError, InputPathError, ModelMismatchError, OutputWriteError
+from retrieval.imported_rows import ModelTag, check_columns, check_rows, model_tag
 from retrieval.index import SimilarityIndex
 from retrieval.store.index_store import ImageChange
 from retrieval.store.schema import STATUS_OK
@@ -67,30 +78,107 @@ def _exported(index: SimilarityIndex) -> Embeddings:
 
 def export_embeddings(index: SimilarityIndex, out: Path, layout: str = "parquet") -> tuple[int, list[Path]]:
     """Write the index's images and vectors to `out` (a file for "parquet", a folder for "npy"); (rows, files)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if layout not in FORMATS:
         raise InputPathError(f"--format must be one of {', '.join(FORMATS)}, not {layout!r}")
     found = _exported(index)
     if layout == "parquet":
         write_parquet(out, found)
         return len(found.metadata), [out]
+    return len(found.metadata), _export_folder(out, found)
+
+
+SHARD_NAMES = {folder: re.compile(rf"{stem}\d+{suffix}|\.{stem}\d+{suffix}\.\d+\.tmp")
+               for folder, stem, suffix in (("embeddings", "img_emb_", r"\.npy"),
+                                            ("metadata", "metadata_", r"\.parquet"))}
+"""The files an npy export writes in each of its folders (and `atomic_write`'s temporaries of them)."""
+
+
+def _export_folder(out: Path, found: Embeddings) -> list[Path]:
+    """clip-retrieval's folder at `out`, made aside and renamed into place: an earlier export there is replaced
+    whole (none of its shards is left for an import to count again), and a folder holding anything else is
+    refused, never written into. A crash leaves the earlier export, or the new one, and a hidden folder beside."""
+    target = Path(os.path.realpath(out))  # through a link to a folder: the folder is what is replaced
+    earlier = _earlier_export(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        built = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write the export {out}: {exc.strerror or exc}") from exc
+    try:
+        written = _write_shards(built, found)
+        _replace(target, built, earlier)
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write the export {out}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(built, ignore_errors=True)  # gone already once it is in place
+    return [out / path.relative_to(built) for path in written]
+
+
+def _earlier_export(out: Path) -> list[Path]:
+    """The files of the earlier npy export at `out` (none where there is no folder, or an empty one);
+    `InputPathError` for a file, or a folder that holds anything else."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise InputPathError(f"{out} is a file: --format npy writes a folder")
+    files = []
+    for folder in out.iterdir():
+        names = SHARD_NAMES.get(folder.name)
+        if names is None or folder.is_symlink() or not folder.is_dir():
+            raise _not_an_export(out, folder)
+        for file in folder.iterdir():
+            if not names.fullmatch(file.name) or file.is_symlink() or not file.is_file():
+                raise _not_an_export(out, file)
+            files.append(file)
+    return files
+
+
+def _not_an_export(out: Path, found: Path) -> InputPathError:
+    return InputPathError(f"{out} holds {found.relative_to(out)}, which no export wrote: export into a new or empty "
+                          "folder, or one an earlier `export --format npy` made")
+
+
+def _write_shards(folder: Path, found: Embeddings) -> list[Path]:
+    """The shards of `found` in `folder` (empty): vectors beside metadata, `SHARD_ROWS` rows each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     dim = found.vectors.shape[1]
     table = pa.Table.from_pylist(found.metadata, schema=_schema()).replace_schema_metadata(
         _tag(found.model_hash, found.model_name, dim))
+    for name in SHARD_NAMES:
+        (folder / name).mkdir()
     written = []
     for number, start in enumerate(range(0, max(1, len(found.metadata)), SHARD_ROWS)):
         shard = table.slice(start, SHARD_ROWS)
-        vectors_path = out / "embeddings" / f"img_emb_{number:04d}.npy"
-        metadata_path = out / "metadata" / f"metadata_{number:04d}.parquet"
-        for path in (vectors_path, metadata_path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        vectors_path = folder / "embeddings" / f"img_emb_{number:04d}.npy"
+        metadata_path = folder / "metadata" / f"metadata_{number:04d}.parquet"
         atomic_write(vectors_path, lambda temporary, s=start: _save_npy(temporary, found.vectors[s:s + SHARD_ROWS]),
                      "embeddings shard")
         atomic_write(metadata_path, lambda temporary, t=shard: pq.write_table(t, temporary), "metadata shard")
         written += [vectors_path, metadata_path]
-    return len(found.metadata), written
+    return written
+
+
+def _replace(out: Path, built: Path, earlier: list[Path]) -> None:
+    """Put the folder `built` at `out`, where the files `earlier` of an earlier export (or nothing) are: that
+    folder is renamed aside, `built` takes its name, and then only the files `earlier` names are deleted (one
+    that appeared meanwhile stays, in the folder set aside)."""
+    if not out.exists():
+        built.rename(out)
+        return
+    aside = built.with_suffix(".old")
+    out.rename(aside)
+    try:
+        built.rename(out)
+    except OSError:
+        aside.rename(out)
+        raise
+    for file in earlier:
+        (aside / file.relative_to(out)).unlink()
+    for folder in [*(aside / name for name in SHARD_NAMES), aside]:
+        with contextlib.suppress(OSError):  # not empty: what we did not write stays
+            folder.rmdir()
 
 
 def write_parquet(out: Path, found: Embeddings) -> None:
@@ -122,22 +210,25 @@ def _schema():  # type: ignore[no-untyped-def]
 
 def read_embeddings(paths: Sequence[Path]) -> Embeddings:
     """Everything in these files (Parquet files with vectors, or clip-retrieval folders), checked whole: one
-    model, one dimension, every row with a path and a content hash, every vector finite and of unit length.
-    `InputPathError` naming the file and what is wrong."""
+    model, one dimension, every row as `retrieval.imported_rows` requires (no path twice among all the files),
+    every vector finite and of unit length. `InputPathError` naming the file (and row) and what is wrong."""
     parts = [part for path in paths for part in _read(path)]
     if not parts:
         raise InputPathError("no embeddings given")
-    hashes = {part.model_hash for part in parts}
+    check_rows((where, part.metadata) for where, part in parts)
+    hashes = {part.model_hash for _, part in parts}
     if len(hashes) > 1:
         raise InputPathError(f"the files were made by {len(hashes)} different models; import one model's at a time")
-    dims = {part.vectors.shape[1] for part in parts}
+    dims = {part.vectors.shape[1] for _, part in parts}
     if len(dims) > 1:
         raise InputPathError(f"the files hold vectors of {len(dims)} different dimensions: {sorted(dims)}")
-    return Embeddings(parts[0].model_hash, parts[0].model_name, [row for part in parts for row in part.metadata],
-                      np.concatenate([part.vectors for part in parts]))
+    first = parts[0][1]
+    return Embeddings(first.model_hash, first.model_name, [row for _, part in parts for row in part.metadata],
+                      np.concatenate([part.vectors for _, part in parts]))
 
 
-def _read(path: Path) -> Iterator[Embeddings]:
+def _read(path: Path) -> Iterator[tuple[Path, Embeddings]]:
+    """Each file's (or shard's) rows and vectors, with the file that held the rows."""
     import pyarrow as pa
 
     try:
@@ -150,7 +241,8 @@ def _read(path: Path) -> Iterator[Embeddings]:
                     ".parquet", ".npy")
                 if not vectors_path.is_file():
                     raise InputPathError(f"{shard}: its vectors {vectors_path.name} are missing")
-                yield _checked(shard, *_table(shard), np.load(vectors_path, allow_pickle=False))
+                table, tag = _table(shard)
+                yield shard, _checked(shard, table, tag, _npy_vectors(vectors_path, len(table), tag.dim))
         elif path.is_file():
             table, tag = _table(path)
             if "vector" not in table.column_names:
@@ -159,7 +251,7 @@ def _read(path: Path) -> Iterator[Embeddings]:
             if not isinstance(column, pa.FixedSizeListArray):
                 raise InputPathError(f"{path}: the vector column is not a fixed-size list of floats")
             vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
-            yield _checked(path, table.drop_columns(["vector"]), tag, vectors)
+            yield path, _checked(path, table.drop_columns(["vector"]), tag, vectors)
         else:
             raise InputPathError(f"no such file or directory: {path}")
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -175,25 +267,44 @@ def _table(path: Path):  # type: ignore[no-untyped-def]
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise InputPathError(f"{path}: no simsearch model tag: not exported by simsearch, or made without one")
-    tag = json.loads(raw)
-    return table, tag
+    return table, model_tag(raw, path)
 
 
-def _checked(path: Path, table, tag: dict[str, object], vectors: np.ndarray) -> Embeddings:  # type: ignore[no-untyped-def]
-    missing = [column for column in ("path", "content_hash") if column not in table.column_names]
-    if missing:
-        raise InputPathError(f"{path}: no {missing[0]} column")
-    if vectors.ndim != 2 or len(vectors) != len(table) or vectors.shape[1] != tag.get("dim"):
+def _npy_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
+    """The float vectors of the .npy file `path`, which must be `rows` x `dim` as its metadata shard and tag say.
+    Its header is read and checked against those and against the file's size before anything is allocated: a
+    header may declare any shape (10,000,000 x 1280 is 47.7 GiB), and the file's size bounds what is read."""
+    from numpy.lib import format as npy
+
+    with path.open("rb") as handle:
+        version = npy.read_magic(handle)
+        if version not in ((1, 0), (2, 0)):
+            raise InputPathError(f"{path}: a .npy file of version {version[0]}.{version[1]} (1.0 or 2.0 are read)")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        if dtype.kind != "f" or dtype.hasobject:
+            raise InputPathError(f"{path}: vectors of type {dtype}, not floats")
+        if shape != (rows, dim):
+            raise InputPathError(f"{path}: declares vectors of shape {shape}, but its metadata shard has {rows} rows "
+                                 f"and the tag says {dim} dimensions")
+        data_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
+        if data_bytes != rows * dim * dtype.itemsize:
+            raise InputPathError(f"{path}: holds {data_bytes} bytes of vectors, its header declares "
+                                 f"{rows * dim * dtype.itemsize}")
+        flat = np.fromfile(handle, dtype=dtype, count=rows * dim)
+    return flat.reshape((rows, dim), order="F" if fortran_order else "C")
+
+
+def _checked(path: Path, table, tag: ModelTag, vectors: np.ndarray) -> Embeddings:  # type: ignore[no-untyped-def]
+    check_columns(table.column_names, path)
+    if vectors.ndim != 2 or len(vectors) != len(table) or vectors.shape[1] != tag.dim:
         raise InputPathError(f"{path}: {len(table)} rows but vectors of shape {vectors.shape} (the tag says "
-                             f"{tag.get('dim')} dimensions)")
+                             f"{tag.dim} dimensions)")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1)
     if not np.isfinite(vectors).all() or (len(norms) and np.abs(norms - 1).max() > NORM_TOLERANCE):
         raise InputPathError(f"{path}: vectors that are not finite and of unit length")
-    rows = table.to_pylist()
-    if any(not row.get("path") or not row.get("content_hash") for row in rows):
-        raise InputPathError(f"{path}: a row without a path or content hash")
-    return Embeddings(str(tag["model_hash"]), str(tag.get("model_name", "")), rows, vectors)
+    return Embeddings(tag.model_hash, tag.model_name, table.to_pylist(), vectors)
 
 
 def import_embeddings(index: SimilarityIndex, paths: Sequence[Path]) -> int:
@@ -219,15 +330,15 @@ def import_embeddings(index: SimilarityIndex, paths: Sequence[Path]) -> int:
         for start in range(0, len(found.metadata), WRITE_ROWS):
             rows = found.metadata[start:start + WRITE_ROWS]
             vectors = found.vectors[start:start + WRITE_ROWS]
-            changes = [ImageChange(str(row["path"]), STATUS_OK, size=_int(row.get("size")),
-                                   mtime_ns=_int(row.get("mtime_ns")), label=row.get("label"),  # type: ignore[arg-type]
-                                   content_hash=str(row["content_hash"]), width=_int(row.get("width")),
-                                   height=_int(row.get("height")), vector_hash=str(row["content_hash"]))
-                       for row in rows]
-            index.store.write_images(model.id, changes, [(str(row["content_hash"]), vector.tobytes())
-                                                         for row, vector in zip(rows, vectors)])
+            new_vectors = [(str(row["content_hash"]), vector.tobytes()) for row, vector in zip(rows, vectors)]
+            index.store.write_images(model.id, [_change(row) for row in rows], new_vectors)
     return len(found.metadata)
 
 
-def _int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
+def _change(row: dict[str, Any]) -> ImageChange:
+    """The image row for a row `read_embeddings` checked. It has no device and inode (`file_id`): those of another
+    machine's file mean nothing here, and a row's path is no proof of its file, so dedup takes the row for the
+    file at its path only once `simsearch index` has seen it (`FileIdentity.is_as_indexed`)."""
+    return ImageChange(row["path"], STATUS_OK, size=row["size"], mtime_ns=row["mtime_ns"], label=row.get("label"),
+                       content_hash=row["content_hash"], width=row.get("width"), height=row.get("height"),
+                       vector_hash=row["content_hash"])
