@@ -182,10 +182,12 @@ def test_requests_beyond_the_limit_are_turned_away(tmp_path: Path, indexed: list
 
 def test_a_threshold_that_finds_too_many_pairs_is_refused_before_the_work(tmp_path: Path, indexed: list[Path]
                                                                          ) -> None:
-    with client(tmp_path, limits=Limits(max_duplicate_pairs=5)) as api:
+    with client(tmp_path, limits=Limits(max_duplicate_pairs=27)) as api:
         everything = api.get("/api/duplicates", params={"threshold": 4})  # 28 pairs: every two of the 8 images
         assert everything.status_code == 422 and "lower the threshold" in everything.json()["detail"]
         assert api.get("/api/duplicates", params={"threshold": 0.001}).status_code == 200
+    with client(tmp_path, limits=Limits(max_duplicate_pairs=28)) as api:
+        assert api.get("/api/duplicates", params={"threshold": 4}).json()["total"] == 1, "28 pairs are within 28"
 
 
 def test_duplicate_groups_are_found_off_the_event_loop(tmp_path: Path, indexed: list[Path],
