@@ -29,7 +29,7 @@ from retrieval.index import open_index  # noqa: E402
 PROOF = {"X-Simsearch-Request": "1"}
 """What the page, and any client that is not a browser, sends with an upload and the duplicate groups."""
 TOKEN = "s3cret"
-STALL_SECONDS = 1.0
+STALL_SECONDS = 2.0
 """The servers' --body-timeout: a body that stalls longer is cut off."""
 IN_FLIGHT = 4
 ALLOWED = "photos.example"
@@ -256,7 +256,7 @@ def test_an_oversized_content_length_is_refused_before_the_body(server: Server) 
             sock.sendall(server.head("POST", path, headers) + start)
             status, body = response(sock, timeout=5)
             assert status == 413 and len(body) < 300, (path, body)
-            assert time.monotonic() - started < 2, "answered at once, nothing of the body read"
+            assert time.monotonic() - started < 3, "answered at once, nothing of the body read"
 
 
 def test_a_chunked_body_past_the_limit_is_cut_off(server: Server) -> None:
@@ -273,7 +273,8 @@ def test_a_chunked_body_past_the_limit_is_cut_off(server: Server) -> None:
             pass  # the server closed the connection: its answer is waiting
         status, body = response(sock)
     assert status == 413 and len(body) < 300, body
-    assert sent < 8 << 20, f"the server read {sent:,} bytes before it stopped"
+    assert sent < 16 << 20, (f"{sent:,} bytes sent before the server stopped reading (its limit: 1 MiB, beside "
+                             "what the sockets' buffers hold)")
 
 
 def test_stalled_bodies_are_cut_off_and_hold_no_place(server: Server) -> None:
@@ -287,10 +288,9 @@ def test_stalled_bodies_are_cut_off_and_hold_no_place(server: Server) -> None:
         stalled.append(sock)
     try:
         time.sleep(0.2)  # every stalled request has reached the server
-        started = time.monotonic()
         answer = server.request("POST", "/api/query", json={"path": str(server.root / "p" / "b.png"), "k": 1})
         assert answer.status_code == 200, answer.text
-        assert time.monotonic() - started < STALL_SECONDS, "answered while the stalled bodies were still open"
+        assert not select.select(stalled, [], [], 0)[0], "answered while every stalled body was still open"
         for sock in stalled:
             status, detail = response(sock, timeout=STALL_SECONDS + 5)
             assert status == 408 and len(detail) < 300, detail
