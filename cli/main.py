@@ -17,7 +17,7 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
 from cli.calibrate import calibrate_command
 from cli.database import db_app
 from cli.decide import (classify_command, decisions_command, dedup_command, keep_command, not_duplicates_command,
-                        verify_command)
+                        undo_command, verify_command)
 from cli.output import write_json
 from cli.train import train_command
 from cli.serve import serve_command
@@ -136,6 +136,7 @@ def query_command(
 app.command("train")(train_command)
 app.command("verify")(verify_command)
 app.command("dedup")(dedup_command)
+app.command("undo")(undo_command)
 app.command("not-duplicates")(not_duplicates_command)
 app.command("keep")(keep_command)
 app.command("decisions")(decisions_command)

@@ -86,3 +86,68 @@ def _escape_surrogate(found: re.Match[str]) -> str:
 
 def _escape_character(found: re.Match[str]) -> str:
     return found[0].encode("unicode_escape").decode("ascii")
+
+
+ELLIPSIS = "…"
+TABLE_PATH_MIN = 16
+"""The fewest cells a path column is given, however narrow the terminal (rich then wraps the table)."""
+
+
+def shortened_middle(text: str, width: int) -> str:
+    """`text` (a path as shown) in at most `width` cells, shortened in the middle rather than cut at its end, where
+    what tells edits apart stands (`IMG_0001_crop.jpg`, `IMG_0001_q40.jpg`): `…/` and as many of its last
+    components as fit, the file name always whole where it fits (`…/holiday/IMG_0001_q40.jpg`); a file name too
+    long for `width` keeps its start and, longer, its end around `…`."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    head, _, name = text.rpartition("/")
+    kept = name
+    for part in reversed(head.split("/") if head else []):
+        if cell_len(f"{ELLIPSIS}/{part}/{kept}") > width:
+            break
+        kept = f"{part}/{kept}"
+    if kept != name or cell_len(f"{ELLIPSIS}/{name}") <= width:
+        return f"{ELLIPSIS}/{kept}"
+    return _cut_middle(name, width)
+
+
+def _cut_middle(text: str, width: int) -> str:
+    """`text` as its start, `…` and its end (two thirds of the room), in at most `width` cells."""
+    from rich.cells import cell_len
+
+    room = max(width - 1, 2)
+    end_room = (2 * room + 2) // 3
+    end = ""
+    for character in reversed(text):
+        if cell_len(character + end) > end_room:
+            break
+        end = character + end
+    start = ""
+    for character in text:
+        if cell_len(start + character) > room - cell_len(end):
+            break
+        start += character
+    return f"{start}{ELLIPSIS}{end}"
+
+
+def fit_path_columns(headers: Sequence[str], rows: Sequence[Sequence[str]], path_columns: Sequence[int],
+                     width: int) -> list[list[str]]:
+    """`rows` (plain cell text, markup not yet escaped) with the cells of `path_columns` shortened in the middle
+    (`shortened_middle`) so that a rich table of the default box (a padding cell each side of every column, a rule
+    between columns and at both edges) fits `width` cells; each path column gets at least `TABLE_PATH_MIN`."""
+    from rich.cells import cell_len
+
+    def needed(column: int) -> int:
+        return max([cell_len(headers[column]), *(cell_len(row[column]) for row in rows)])
+
+    fixed = sum(needed(c) for c in range(len(headers)) if c not in path_columns)
+    room = width - fixed - (3 * len(headers) + 1)
+    allowed: dict[int, int] = {}
+    for done, column in enumerate(sorted(path_columns, key=needed)):  # the narrowest first, its spare room on
+        share = room // (len(path_columns) - done)
+        allowed[column] = max(min(needed(column), share), TABLE_PATH_MIN)
+        room -= allowed[column]
+    return [[shortened_middle(cell, allowed[c]) if c in allowed else cell for c, cell in enumerate(row)]
+            for row in rows]

@@ -73,3 +73,8 @@ class InvalidArgumentError(SimsearchError, ValueError):
 
 class ArgumentTypeError(SimsearchError, TypeError):
     """An argument of the wrong type (a str for a list of paths, a float for k, ...)."""
+
+
+class MoveError(SimsearchError):
+    """Moving duplicates or undoing moves cannot start: a target folder that cannot be made or written, a manifest
+    that cannot be read. (A single file that is not moved or not restored is reported, never raised.)"""

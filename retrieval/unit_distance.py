@@ -4,12 +4,21 @@ For unit vectors ``|a - b|^2 = 2 - 2 a.b``, so an inner-product index finds the 
 distances here. Rounding can put the inner product of a vector with itself (or with a copy) just over 1, so the
 distance is clipped at 0. It is the quantity the triplet loss is trained on and calibrated thresholds are in;
 training computes it on tensors, from any vectors (``retrieval/distances.py``).
+
+People read a cosine similarity more easily (1 the same, 0 unrelated): for unit vectors ``cos = a.b = 1 - d / 2``.
+`cosine_similarity` and `threshold_for_similarity` are the one place that conversion is made for what is shown and
+for `--similarity`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 from numpy.typing import ArrayLike
+
+from retrieval.errors import ArgumentTypeError, InvalidArgumentError
 
 DISTANCE_DIGITS = 6
 """Decimals of a distance in the results' `to_dict()` (what `--json` and an HTTP API show)."""
@@ -27,6 +36,26 @@ def squared_l2_from_scores(scores: ArrayLike) -> np.ndarray:
 def scores_from_squared_l2(distances: ArrayLike) -> np.ndarray:
     """The inner products of unit vectors at `distances`: the inverse of `squared_l2_from_scores` above 0."""
     return 1.0 - np.asarray(distances) / 2.0
+
+
+SIMILARITY_THRESHOLD_DIGITS = 12
+"""Decimals a threshold made from a similarity is rounded to, far below float32's 1e-7: `--similarity 0.9` is then
+exactly `--threshold 0.2` (2 - 2 * 0.9 is 0.19999999999999996 in floating point)."""
+
+
+def cosine_similarity(distance: float) -> float:
+    """The cosine similarity of two unit vectors `distance` (squared L2) apart: ``1 - distance / 2``."""
+    return float(scores_from_squared_l2(distance))
+
+
+def threshold_for_similarity(similarity: object) -> float:
+    """The squared-L2 threshold that accepts exactly the pairs of cosine similarity at least `similarity` (a real
+    number in [-1, 1]): ``2 - 2 * similarity``, rounded to `SIMILARITY_THRESHOLD_DIGITS` decimals."""
+    if isinstance(similarity, bool) or not isinstance(similarity, numbers.Real):
+        raise ArgumentTypeError(f"similarity must be a number, got {type(similarity).__name__} {similarity!r}")
+    if not math.isfinite(similarity) or not -1.0 <= similarity <= 1.0:
+        raise InvalidArgumentError(f"similarity must be a cosine similarity in [-1, 1], got {similarity}")
+    return round(float(squared_l2_from_scores(float(similarity))), SIMILARITY_THRESHOLD_DIGITS)
 
 
 def pairwise_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:

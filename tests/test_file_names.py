@@ -200,7 +200,7 @@ def test_json_of_every_command_is_utf8_for_a_name_that_is_not(tricky: Path) -> N
     assert streamed.exit_code == 0, streamed.output
     record = parsed_json(streamed.stdout_bytes)
     assert record == {"path": "q/\\xff-copy.png", "duplicate_of": str(tricky / "p" / "plain.png"),
-                      "distance": record["distance"]}  # type: ignore[index]
+                      "distance": record["distance"], "similarity": record["similarity"]}  # type: ignore[index]
 
 
 def test_dedup_print0_csv_and_json_round_trip_a_name_with_a_newline(tricky: Path) -> None:
@@ -220,5 +220,5 @@ def test_dedup_print0_csv_and_json_round_trip_a_name_with_a_newline(tricky: Path
         invoke("dedup", "--threshold", "0.000001", "--csv", cwd=tricky).stdout_bytes.decode("utf-8"))))
     assert {row["path"] for row in rows} == {str(copy), str(tricky / "p" / "plain.png")}
 
-    shown = invoke("dedup", "--threshold", "0.000001", cwd=tricky)
+    shown = invoke("dedup", "--threshold", "0.000001", cwd=tricky, env={"COLUMNS": "120"})  # room for the path
     assert "plain\\ncopy 'x' \\x1b[0m.png" in shown.stdout and not RAW_CONTROL.search(shown.stdout)

@@ -76,8 +76,8 @@ def test_a_fresh_index_dedups_and_verifies_with_the_models_calibration(calibrate
     groups = json.loads(result.stdout)
     assert group_names(groups) == [["a-copy.png", "a.png"]]
     assert (groups[0]["threshold_source"], groups[0]["precision"]) == ("model calibration", 0.999)
-    assert result.stderr == (f"threshold 0.0000: the model's shipped calibration at precision 0.999 (recall 0.500, "
-                             f"measured on {MEASURED_ON})\n")
+    assert result.stderr == (f"threshold 0.0000 (similarity 1.0000): the model's shipped calibration at precision "
+                             f"0.999 (recall 0.500, measured on {MEASURED_ON})\n")
 
     copy = invoke("verify", "photos/a.png", "photos/a-copy.png", "--json", cwd=calibrated.root)
     assert copy.exit_code == 0, copy.output
@@ -101,8 +101,9 @@ def test_precision_chooses_the_level(calibrated: Calibrated) -> None:
     groups = json.loads(result.stdout)
     assert group_names(groups) == [["a-copy.png", "a-small.png", "a.png"]]
     assert groups[0]["precision"] == 0.9
-    assert f"threshold {calibrated.resized + 1e-4:.4f}: the model's shipped calibration at precision 0.9 " \
-           f"(recall 0.950" in result.stderr
+    level = calibrated.resized + 1e-4
+    assert f"threshold {level:.4f} (similarity {1 - level / 2:.4f}): the model's shipped calibration at " \
+           f"precision 0.9 (recall 0.950" in result.stderr
     resized = invoke("verify", "photos/a.png", "photos/a-small.png", "--precision", "0.9", cwd=calibrated.root)
     assert resized.exit_code == 0 and resized.stdout.startswith("same"), resized.output
 
@@ -113,7 +114,7 @@ def test_a_precision_that_was_not_measured_is_a_one_line_error(calibrated: Calib
                               "the model's shipped calibration has no threshold at precision 0.5; it measured "
                               "0.9, 0.999")
     assert_one_line_error(invoke("dedup", "--precision", "0.9", "--threshold", "0.1", cwd=calibrated.root),
-                          "give a threshold or a precision, not both")
+                          "give one of --threshold, --similarity and --precision")
 
 
 def test_an_index_calibration_overrides_the_shipped_one(calibrated: Calibrated) -> None:
