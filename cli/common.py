@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -34,6 +35,17 @@ def fail(message: str) -> typer.Exit:
     """Print the one-line error and return the exit (status 2) to raise."""
     print_error(message)
     return typer.Exit(EXIT_ERROR)
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings (`logging` records under `retrieval`, such as a cache it cannot save) as
+    `warning: MESSAGE`, one line of stderr each, as `print_error` shows an error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]warning[/]: {escape(terminal_text(record.getMessage()))}", soft_wrap=True)
+
+
+logging.getLogger("retrieval").addHandler(_WarningLines(logging.WARNING))
 
 
 def print_error(message: str) -> None:

@@ -11,7 +11,8 @@ kind is grown to the database (new vectors added by id, removed ones taken out) 
 rebuilt from the stored vectors (trained on a random sample, then tuned) when the collection's size calls for
 another kind, the settings changed, or the count moved by more than `RETUNE_AFTER` since it was last tuned (where
 the measured recall may have drifted). Files are written aside and renamed, so a crash mid-build leaves the
-previous file serving; nothing is ever decoded again.
+previous file serving; nothing is ever decoded again. Where the files cannot be written (a read-only index
+directory, a full disk), the index is built and kept in memory, and the user told so once (`retrieval.unsaved`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from retrieval.faiss_factory import choose_description, training_size
 from retrieval.store.index_store import IndexStore, vector_arrays
 from retrieval.store.schema import IndexState
 from retrieval.store.vector_index import VectorIndex
+from retrieval.unsaved import not_saved
 from retrieval.vector_tuning import DEFAULT_TARGET_RECALL, Tuning, tune
 
 RETUNE_AFTER = 0.5
@@ -216,21 +218,32 @@ class VectorCache:
         settings = SearchSettings.of(state)
         tuning = tune(vectors, ids, data, settings.recall, seed=_seed(state))
         tuned = replace(info, settings=settings, tuning=tuning, tuned_count=len(ids))
-        tuned.write(self._path(state.database_id, state.generation, "json"))
+        try:
+            tuned.write(self._path(state.database_id, state.generation, "json"))
+        except OutputWriteError as exc:
+            self._not_saved(exc)
         return vectors, tuned
 
     def _save(self, vectors: VectorIndex, info: VectorFileInfo) -> None:
         """Write the FAISS file, then its description, and drop this database's other generations. It is a cache:
-        a read-only index directory or a full disk just leave it unwritten, and the next reader builds it again."""
+        a read-only index directory or a full disk just leave it unwritten (this process keeps it in memory, and
+        says so), and the next reader builds it again."""
         try:
             vectors.save(self._path(info.database_id, info.generation, "faiss"))
             info.write(self._path(info.database_id, info.generation, "json"))
-        except OutputWriteError:
+        except OutputWriteError as exc:
+            self._not_saved(exc)
             return
         for path in self.root.glob(f"vectors-{info.database_id}-*"):
             match = FILES.fullmatch(path.name)
             if match and int(match.group(2)) != info.generation:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass  # an older generation is never served: it only takes room until a later cleanup
+
+    def _not_saved(self, error: OutputWriteError) -> None:
+        not_saved(self.root, "the vector cache is kept in memory", error)
 
 
 def _seed(state: IndexState) -> int:

@@ -26,7 +26,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from retrieval.collection import Collection
@@ -160,11 +160,11 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/api/thumbnail/{image_id}", dependencies=[Depends(require_proof)])
-    async def thumbnail_of(image_id: Annotated[int, PathParameter(ge=0, le=MAX_IMAGE_ID)]) -> FileResponse:
+    async def thumbnail_of(image_id: Annotated[int, PathParameter(ge=0, le=MAX_IMAGE_ID)]) -> Response:
         """A small JPEG of an indexed image (made once, cached by content); 404 once its file changed. Needs the
         header `X-Simsearch-Request` (the page fetches thumbnails and shows them as blob URLs)."""
         made = await asyncio.to_thread(thumbnail, served.index, image_id)  # decoding a photo: off the event loop
-        return FileResponse(made, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+        return Response(made, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @app.get("/api/health")
     async def health() -> dict[str, str]:

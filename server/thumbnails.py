@@ -3,33 +3,41 @@
 The browser never gets the full file (a 12-MP photo is several MB): a thumbnail at most `SIZE` pixels on its long
 side, oriented as the photo is, cached in the index directory under `thumbnails/<sha256>-<size>.jpg`. None is made
 from a path that no longer holds the file indexed there: nothing is read from a file that does not match its
-database, and a cached thumbnail shows the content the database holds.
+database, and a cached thumbnail shows the content the database holds; only a regular file is read as one (a
+link planted there would serve whatever file it names). Where the cache cannot be written (a read-only index
+directory, a full disk), each thumbnail is made anew for its request, and the user told so once.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from retrieval.atomic import atomic_write
-from retrieval.errors import DecodeError, IndexNotFoundError
+from retrieval.errors import DecodeError, IndexNotFoundError, OutputWriteError
 from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex
+from retrieval.unsaved import not_saved
 
 SIZE = 256
 FOLDER = "thumbnails"
 
 
-def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> Path:
-    """The cached thumbnail of the indexed image `image_id`; `IndexNotFoundError` for an image that is not
-    indexed or whose file changed since, `DecodeError` for one that no longer decodes."""
+def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> bytes:
+    """The JPEG thumbnail of the indexed image `image_id`, from the cache or made (and cached where it can be);
+    `IndexNotFoundError` for an image that is not indexed or whose file changed since, `DecodeError` for one that
+    no longer decodes."""
     row = index.store.image_by_id(image_id)
     if row is None or row.content_hash is None:
         raise IndexNotFoundError(f"no indexed image {image_id}")
     cached = index.root / FOLDER / f"{row.content_hash}-{size}.jpg"
-    if cached.is_file():
-        return cached
+    made = _cached(cached)
+    if made is not None:
+        return made
     identity = identify_file(row.path)
     if identity is None or not identity.is_as_indexed(row.file_id, row.size, row.mtime_ns):
         raise IndexNotFoundError(f"{row.path} no longer holds the image indexed there (run `simsearch index`)")
@@ -40,6 +48,32 @@ def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> Path:
             small.thumbnail((size, size))
     except Exception as exc:  # Pillow raises many kinds on a file that changed under it
         raise DecodeError(f"{row.path}: {exc}") from exc
-    cached.parent.mkdir(exist_ok=True)
-    atomic_write(cached, lambda temporary: small.save(temporary, format="JPEG", quality=85), "thumbnail")
-    return cached
+    jpeg = io.BytesIO()
+    small.save(jpeg, format="JPEG", quality=85)
+    try:
+        _cache(cached, jpeg.getvalue())
+    except OutputWriteError as exc:
+        not_saved(index.root, "thumbnails are made anew for each request", exc)
+    return jpeg.getvalue()
+
+
+def _cached(path: Path) -> bytes | None:
+    """The bytes of the regular file at `path`; None where there is none (nor a link, a FIFO or anything else that
+    is no regular file: it is made anew instead, and never followed or waited on)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(descriptor, "rb") as handle:
+        try:
+            return handle.read() if stat.S_ISREG(os.fstat(descriptor).st_mode) else None
+        except OSError:
+            return None
+
+
+def _cache(cached: Path, data: bytes) -> None:
+    try:
+        cached.parent.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(f"cannot make the thumbnail folder {cached.parent}: {exc.strerror or exc}") from exc
+    atomic_write(cached, lambda temporary: temporary.write_bytes(data), "thumbnail")

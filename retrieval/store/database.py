@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import os
 import sqlite3
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from retrieval.errors import IndexUnavailableError, SchemaTooNewError
@@ -25,8 +28,11 @@ def create_sqlite_engine(path: Path) -> Engine:
     A connection with the execution option `sqlite_begin="IMMEDIATE"` begins with BEGIN IMMEDIATE:
     a transaction that will write takes the write lock first (waiting up to the busy timeout), instead
     of failing at once with "database is locked" when another process wrote after its first read.
+
+    A database in a folder this process cannot write (a read-only mount, a backup restored read-only) is opened
+    read-only (`_read_only_url`).
     """
-    engine = create_engine(f"sqlite:///{path}")
+    engine = create_engine(_read_only_url(path) if not os.access(path.parent, os.W_OK) else f"sqlite:///{path}")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -49,6 +55,22 @@ def create_sqlite_engine(path: Path) -> Engine:
             _written.add(engine)
 
     return engine
+
+
+def _read_only_url(path: Path) -> URL:
+    """The URL that opens the SQLite database at `path` read-only, in a folder where nothing can be written.
+
+    SQLite opens a database in WAL mode only where it can make its `-shm` file beside it, unless told that the
+    file cannot change (`immutable`: no locks, no `-shm`), which holds in such a folder. Immutable, though, it
+    would not read a `-wal` file holding rows not yet in the database: with one, it is opened through the `-shm`
+    file that is there with it (or, where there is none, not at all, rather than without those rows).
+    """
+    try:
+        unchanging = path.with_name(f"{path.name}-wal").stat().st_size == 0
+    except FileNotFoundError:
+        unchanging = True
+    return URL.create("sqlite", database=f"file:{quote(str(path))}",
+                      query={"mode": "ro", **({"immutable": "1"} if unchanging else {}), "uri": "true"})
 
 
 _written: weakref.WeakSet[Engine] = weakref.WeakSet()
