@@ -28,12 +28,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DatabaseError, OperationalError
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
 from retrieval.store.backends import Backend, database_url, open_backend, shown_url
-from retrieval.store.database import is_at_head, upgrade_to_head
 from retrieval.store.index_store import IndexStore
 from retrieval.store.schema import ModelRecord
 from retrieval.store.vector_index import VectorIndex
@@ -228,19 +226,8 @@ def create_index(root: Path, db: str | None = None) -> SimilarityIndex:
 def _open(root: Path, url: URL, backend: Backend | None = None) -> SimilarityIndex:
     if not os.access(root, os.R_OK | os.X_OK):
         raise IndexUnavailableError(f"cannot read index directory {root}: permission denied")
-    backend = backend or open_backend(root, url)
-    try:
-        try:
-            at_head = is_at_head(backend.engine)
-        except IndexUnavailableError:
-            at_head = False  # another process may be creating it this moment: look again under its lock
-        if not at_head:
-            with backend.migration_lock():
-                upgrade_to_head(backend.engine)
-    except (OperationalError, DatabaseError) as exc:
-        raise IndexUnavailableError(f"cannot open the index database {backend.shown}: {exc.orig}") from exc
-    index = SimilarityIndex(root, backend)
-    index.store.ensure_state()
+    index = SimilarityIndex(root, backend or open_backend(root, url))
+    index.store.prepare()
     remove_orphaned_temporaries(root, VECTOR_FILES)
     remove_orphaned_temporaries(root / MODELS_DIR, MODEL_FILES)
     return index

@@ -10,7 +10,10 @@ Alembic chain; what differs lives here:
   different folders, thanks to unique constraints and upserts) and exclusive for whoever switches the served
   model or cleans up after everyone;
 - reading a consistent snapshot: SQLite's deferred transaction in WAL mode, PostgreSQL's REPEATABLE READ;
-- the dialect's INSERT ... ON CONFLICT.
+- the dialect's INSERT ... ON CONFLICT;
+- noticing the database deleted or replaced under a process that keeps it open (a server): SQLite's file is
+  known by its device and inode; PostgreSQL's connections are checked before use, and a database made anew under
+  the same name has another id (its index-state row), which names its FAISS cache.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from retrieval.errors import DatabaseURLError, IndexUnavailableError
-from retrieval.store.database import create_sqlite_engine
+from retrieval.store.database import create_sqlite_engine, is_at_head, upgrade_to_head
 
 DB_ENV_VAR = "SIMSEARCH_DB"
 SQLITE_NAME = "index.db"
@@ -100,6 +104,26 @@ class Backend:
         """The dialect's INSERT for `table`, with `on_conflict_do_nothing` / `on_conflict_do_update`."""
         raise NotImplementedError
 
+    def to_head(self) -> None:
+        """Migrate the schema to the current one, under the migration lock (nothing to do when it is there);
+        `IndexUnavailableError` when the database cannot be read or migrated."""
+        try:
+            try:
+                at_head = is_at_head(self.engine)
+            except IndexUnavailableError:
+                at_head = False  # another process may be creating it this moment: look again under its lock
+            if not at_head:
+                with self.migration_lock():
+                    upgrade_to_head(self.engine)
+        except (OperationalError, DatabaseError) as exc:
+            raise IndexUnavailableError(f"cannot open the index database {self.shown}: {exc.orig}") from exc
+
+    def follow(self, prepare: Callable[[], None]) -> None:
+        """Before a transaction, notice the database deleted or replaced since this process opened it (a server
+        runs for days). Gone: `IndexUnavailableError`. Another one made where it was: the connections let go of the
+        old one, `prepare()` readies the new one (schema, state row), and it is the one read from then on. Asked
+        before every transaction, so it must cost next to nothing."""
+
     def upsert_rows(self, session: Session, table: Table, rows: list[dict[str, Any]], conflict: list[str],
                     update: bool) -> None:
         """Insert `rows` (all with the same keys); a row that collides on the unique columns `conflict` updates
@@ -138,14 +162,54 @@ class WriterLock:
         yield True
 
 
+_GONE = (-1, -1)
+"""The identity of a database file that was deleted: whatever file comes next is another database."""
+
+
 class SQLiteBackend(Backend):
     name = "sqlite"
 
     def __init__(self, url: URL, root: Path) -> None:
         assert url.database is not None
-        super().__init__(url, create_sqlite_engine(Path(url.database)))
+        self.path = Path(url.database)
+        super().__init__(url, create_sqlite_engine(self.path))
         self.root = root
         self._write = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._opened = self._identity()  # (device, inode) of the file opened; None until there is one
+        self._following = threading.Lock()
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise IndexUnavailableError(f"cannot read the index database {self.path}: {exc.strerror}") from exc
+        return found.st_dev, found.st_ino
+
+    def follow(self, prepare: Callable[[], None]) -> None:
+        """A connection goes on reading (and writing) a file deleted, or renamed over, after it was opened: the
+        file at the path is compared with the one opened (an os.stat, a microsecond or two). Gone, the connections
+        let it go, and none is made until a file is back (SQLite would make an empty database there). A `prepare`
+        that fails is tried again at the next transaction."""
+        if self._identity() == self._opened:
+            return
+        with self._following:
+            found = self._identity()
+            if found == self._opened:
+                return
+            if self._opened is None:  # the first file there: the one this process's connections open
+                self._opened = found
+                return
+            if found is None:
+                if self._opened != _GONE:
+                    self.engine.dispose()
+                    self._opened = _GONE
+                raise IndexUnavailableError(f"the index database {self.path} is gone (deleted or moved away since "
+                                            "it was opened): index again to make a new one there, or put it back")
+            self.engine.dispose()
+            prepare()
+            self._opened = found
 
     @property
     def read_engine(self) -> Engine:

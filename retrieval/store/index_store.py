@@ -128,7 +128,8 @@ class IndexStore:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """One read transaction: every query in the block sees the same committed state (a snapshot). A failure
-        of the database (a server gone) is an `IndexUnavailableError`."""
+        of the database (a server gone, the file deleted) is an `IndexUnavailableError`."""
+        self.backend.follow(self.prepare)
         try:
             with self._reads() as session, session.begin():
                 yield session
@@ -139,7 +140,9 @@ class IndexStore:
     @contextmanager
     def _writing(self) -> Iterator[Session]:
         """One write transaction, committed at the end of the block (rolled back on an exception). A failure of the
-        database itself (a full disk, a lost connection) is an `IndexWriteError`; what was committed stays."""
+        database itself (a full disk, a lost connection) is an `IndexWriteError`; what was committed stays. A
+        database deleted since it was opened is an `IndexUnavailableError`, rather than rows written to nowhere."""
+        self.backend.follow(self.prepare)
         try:
             with self._writes() as session, session.begin():
                 yield session
@@ -165,7 +168,14 @@ class IndexStore:
 
     # --- state --------------------------------------------------------------------------------------------
 
-    def ensure_state(self) -> None:
+    def prepare(self) -> None:
+        """Ready the database for use: its schema migrated to the current one, its index-state row made. At open,
+        and again for a database made anew where the one opened was (its id names another FAISS cache, so nothing
+        of the old one is served)."""
+        self.backend.to_head()
+        self._ensure_state()
+
+    def _ensure_state(self) -> None:
         """Give a new database its index-state row (and so its id). An existing one is only read, so a query
         opening the index never waits for the write lock."""
         try:
@@ -181,7 +191,7 @@ class IndexStore:
 
     def state(self, session: Session) -> IndexState:
         state = session.get(IndexState, 1)
-        assert state is not None, "ensure_state made the row"
+        assert state is not None, "prepare made the row"
         return state
 
     def served_model(self) -> ModelRecord | None:
