@@ -132,7 +132,8 @@ def verify_command(
     else:
         probability = "" if verdict.probability is None else f", pairwise-head probability {verdict.probability:.3f}"
         out.print(f"{'same' if verdict.same else 'different'}: distance {distance_text(verdict.distance)}, "
-                  f"threshold {distance_text(verdict.threshold)}, margin {verdict.margin:+.4f}{probability}")
+                  f"threshold {distance_text(verdict.threshold)}, margin {verdict.margin:+.4f}{probability}",
+                  soft_wrap=True)
     if not verdict.same:
         raise typer.Exit(EXIT_DIFFERENT)
 
