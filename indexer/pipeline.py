@@ -102,7 +102,7 @@ def _ray_address(options: IndexOptions) -> str | None:
 
 def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None,
                  options: IndexOptions, reporter: Reporter, started: float) -> IndexSummary:
-    scanned = scan(paths)
+    scanned = scan(paths, index.root)
     store = index.store
     with store.writer(exclusive=options.reembed):
         target = _resolve_target(index, model, options.reembed)
@@ -115,7 +115,7 @@ def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: Embedding
         plan = make_plan(files, known, sizes, problem_paths)
         _configure_search(index, target, plan, options)
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
-                               aliases=len(scanned.aliases))
+                               aliases=scanned.alias_paths)
         _drop_aliases_of_indexed(index, plan, known, summary)
         store.set_file_ids(plan.new_file_ids)
         _record_scan_problems(index, scanned, known, target, summary, reporter)

@@ -1,19 +1,28 @@
 """Find the image files under the paths a user gives.
 
 Symbolic links to directories are followed, once each: a link back to an ancestor (a loop) is
-reported and not entered. Hidden entries (a leading dot, such as `.simsearch/`) are skipped.
+reported and not entered. Hidden entries (a leading dot, such as `.simsearch/`) are skipped, and so
+are index directories: the index's own (whatever its name), and any other holding an index's
+database and models, reported.
 
 A file is its device and inode, not its path: when several paths reach one file (a folder reached
 through a symbolic link, a linked file, hard links, or overlapping paths such as `DIR DIR/sub`), one
 of them is the file's path and the others are aliases, reported apart and never taken for a second
 image. The path kept is one without a symbolic link in it where there is one, then the shortest.
+
+So is a folder: each is listed once, under its first path in that order, and another path to it is
+an alias of that one, not entered again (a chain of folders each holding two links to the next has
+2^depth paths, not 2^depth listings). The walk keeps its own heap of folders to visit, never the
+interpreter's stack, whatever the depth.
 """
 
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import stat
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +31,8 @@ from retrieval.classes import class_of
 from retrieval.errors import InputPathError
 from retrieval.file_identity import file_id
 from retrieval.images import IMAGE_SUFFIXES
+from retrieval.index import MODELS_DIR
+from retrieval.store.backends import SQLITE_NAME
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class ScannedFile:
 
 @dataclass(frozen=True)
 class ScanProblem:
-    """A path that looked like an image but could not even be stat'ed, or a directory loop."""
+    """A path that looked like an image but could not even be stat'ed, a directory loop, or a folder left out."""
 
     path: str
     reason: str
@@ -51,10 +62,13 @@ class ScanProblem:
 
 @dataclass(frozen=True)
 class Alias:
-    """A second path to a file found under another one."""
+    """A second path to a file, or to a folder, found under another one."""
 
     path: str
     file_path: str
+    """The path of the file (or folder) kept."""
+    files: int = 1
+    """The image files it is a second path to: 1 for a file; for a folder, those found under its kept path."""
 
 
 @dataclass
@@ -64,27 +78,54 @@ class ScanResult:
     problems: list[ScanProblem] = field(default_factory=list)
     aliases: list[Alias] = field(default_factory=list)
 
+    @property
+    def alias_paths(self) -> int:
+        """The other paths to image files found (through a folder alias, each file under it)."""
+        return sum(alias.files for alias in self.aliases)
+
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def scan(paths: Iterable[Path]) -> ScanResult:
-    """Every image file under `paths` (files or folders), sorted by path."""
+def scan(paths: Iterable[Path], index_dir: Path | None = None) -> ScanResult:
+    """Every image file under `paths` (files or folders), sorted by path; nothing under `index_dir`, the index's
+    own directory (`InputPathError` for a path in it)."""
     roots = list(dict.fromkeys(os.path.abspath(p) for p in paths))
     result = ScanResult(roots=roots)
-    for root in roots:
+    walk = _Walk(result, _identity(index_dir))
+    for order, root in enumerate(roots):
         if not os.path.lexists(root):
             raise InputPathError(f"no such file or directory: {root}")
+        if index_dir is not None and _is_within(root, index_dir):
+            raise InputPathError(f"{root} is in the index directory {index_dir}: an index never indexes itself")
         via_link = os.path.realpath(root) != root
         if os.path.isdir(root):
-            _walk(root, result, visited=set(), via_link=via_link, root=root)
+            walk.push(root, via_link, order)
         elif is_image_name(root):
             _add_file(root, result, via_link, label=None)
         else:
             raise InputPathError(f"not a folder or an image file: {root}")
-    result.files, result.aliases = _one_path_per_file(result.files)
+    walk.run()
+    result.files, file_aliases = _one_path_per_file(result.files)
+    result.aliases = sorted(file_aliases + walk.folder_aliases(result.files), key=lambda a: a.path)
     return result
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """The device and inode of the folder at `path`, if there is one."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _is_within(path: str, folder: Path) -> bool:
+    real, inside = os.path.realpath(path), os.path.realpath(folder)
+    return real == inside or real.startswith(inside.rstrip(os.sep) + os.sep)
 
 
 def _one_path_per_file(files: list[ScannedFile]) -> tuple[list[ScannedFile], list[Alias]]:
@@ -98,38 +139,95 @@ def _one_path_per_file(files: list[ScannedFile]) -> tuple[list[ScannedFile], lis
         kept.append(paths[0])
         aliases += [Alias(other.path, paths[0].path) for other in paths[1:] if other.path != paths[0].path]
     kept.sort(key=lambda f: f.path)
-    aliases.sort(key=lambda a: a.path)
     return kept, aliases
 
 
-def _walk(directory: str, result: ScanResult, visited: set[tuple[int, int]], via_link: bool, root: str) -> None:
-    try:
-        info = os.stat(directory)
-    except OSError as exc:
-        result.problems.append(ScanProblem(directory, exc.strerror or str(exc), is_file=False))
-        return
-    key = (info.st_dev, info.st_ino)
-    if key in visited:
-        result.problems.append(ScanProblem(directory, "symbolic link loop, not followed", is_file=False))
-        return
-    visited = visited | {key}
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError as exc:
-        result.problems.append(ScanProblem(directory, exc.strerror or str(exc), is_file=False))
-        return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
+class _Walk:
+    """The folders under the roots, each listed once, in the order of the path kept for it: one without a symbolic
+    link first, then the shortest, then by name (then by the root it was found under, for its files' classes).
+
+    A folder's path is longer than its parent's and passes through a link wherever the parent's does, so a heap in
+    that order reaches every folder first through its kept path, whatever the links: a later path to it is a loop
+    (the kept path is a prefix of it: a link to a folder above) or an alias."""
+
+    def __init__(self, result: ScanResult, index_dir: tuple[int, int] | None) -> None:
+        self._result = result
+        self._index_dir = index_dir
+        self._heap: list[tuple[bool, int, str, int]] = []
+        self._kept: dict[tuple[int, int], str] = {}
+        self._aliases: dict[str, str] = {}
+        self._left_out: set[tuple[int, int]] = set()
+
+    def push(self, path: str, via_link: bool, root: int) -> None:
+        heapq.heappush(self._heap, (via_link, len(path), path, root))
+
+    def run(self) -> None:
+        while self._heap:
+            via_link, _, path, root = heapq.heappop(self._heap)
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                self._result.problems.append(ScanProblem(path, exc.strerror or str(exc), is_file=False))
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in self._left_out:
+                continue
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._seen_again(path, kept)
+                continue
+            self._kept[key] = path
+            if key == self._index_dir or _holds_an_index(path):
+                self._left_out.add(key)
+                what = "the index directory" if key == self._index_dir else "another simsearch index directory"
+                self._result.problems.append(ScanProblem(path, f"{what}: not indexed", is_file=False))
+                continue
+            self._list(path, via_link, root)
+
+    def _seen_again(self, path: str, kept: str) -> None:
+        if path == kept:
+            return  # overlapping roots (`DIR DIR/sub`)
+        if path.startswith(kept.rstrip(os.sep) + os.sep):
+            self._result.problems.append(ScanProblem(path, "symbolic link loop, not followed", is_file=False))
+        else:
+            self._aliases[path] = kept
+
+    def _list(self, directory: str, via_link: bool, root: int) -> None:
         try:
-            is_dir = entry.is_dir()
-            is_link = entry.is_symlink()
-        except OSError:
-            is_dir = is_link = False
-        if is_dir:
-            _walk(entry.path, result, visited, via_link or is_link, root)
-        elif is_image_name(entry.name):
-            _add_file(entry.path, result, via_link or is_link, label=class_of(root, entry.path))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            self._result.problems.append(ScanProblem(directory, exc.strerror or str(exc), is_file=False))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+                is_link = entry.is_symlink()
+            except OSError:
+                is_dir = is_link = False
+            if is_dir:
+                self.push(entry.path, via_link or is_link, root)
+            elif is_image_name(entry.name):
+                label = class_of(self._result.roots[root], entry.path)
+                _add_file(entry.path, self._result, via_link or is_link, label)
+
+    def folder_aliases(self, kept_files: list[ScannedFile]) -> list[Alias]:
+        """The folders reached again, each with the count of `kept_files` (sorted by path) under its kept path."""
+        paths = [file.path for file in kept_files]
+        aliases = []
+        for path, kept in self._aliases.items():
+            prefix = kept.rstrip(os.sep) + os.sep
+            under = bisect_left(paths, prefix[:-1] + chr(ord(os.sep) + 1)) - bisect_left(paths, prefix)
+            aliases.append(Alias(path, kept, files=under))
+        return aliases
+
+
+def _holds_an_index(directory: str) -> bool:
+    """Whether `directory` is a simsearch index's: its SQLite database and its folder of model files (one whose
+    database is elsewhere is told apart only when it is the index's own)."""
+    database, models = os.path.join(directory, SQLITE_NAME), os.path.join(directory, MODELS_DIR)
+    return os.path.isfile(database) and os.path.isdir(models)
 
 
 def _add_file(path: str, result: ScanResult, via_link: bool, label: str | None) -> None:

@@ -50,6 +50,17 @@ def test_a_folder_reached_through_a_symlink_is_not_indexed_twice(tmp_path: Path,
     assert proposed(index) == []
 
 
+def test_a_folder_link_listed_first_and_shorter_is_still_the_alias(tmp_path: Path, tiny: EmbeddingModel,
+                                                                   make_photos) -> None:  # type: ignore[no-untyped-def]
+    """Each folder is listed once, under its kept path: the real one, though `a` sorts and measures shorter."""
+    photos = make_photos(tmp_path / "d" / "2024" / "summer", 2)
+    (tmp_path / "d" / "a").symlink_to("2024")
+    index = create_index(tmp_path / "idx")
+    summary = index_paths(index, [tmp_path / "d"], tiny, FAST)
+    assert (summary.added, summary.aliases) == (2, 2)
+    assert indexed(index) == [str(p) for p in photos]
+
+
 def test_links_and_hard_links_are_aliases_and_never_proposed(tmp_path: Path, tiny: EmbeddingModel,
                                                             make_photos) -> None:  # type: ignore[no-untyped-def]
     """A file symlink is never the keeper of its target; a hard link is no second image; a real copy is."""
