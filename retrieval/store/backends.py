@@ -122,7 +122,8 @@ class Backend:
         """Before a transaction, notice the database deleted or replaced since this process opened it (a server
         runs for days). Gone: `IndexUnavailableError`. Another one made where it was: the connections let go of the
         old one, `prepare()` readies the new one (schema, state row), and it is the one read from then on. Asked
-        before every transaction, so it must cost next to nothing."""
+        before every transaction, so it must cost next to nothing. Nothing to do for a database server: its
+        connections are checked before use, and a database made anew there has an id of its own."""
 
     def upsert_rows(self, session: Session, table: Table, rows: list[dict[str, Any]], conflict: list[str],
                     update: bool) -> None:
