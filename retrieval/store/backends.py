@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from retrieval.errors import DatabaseURLError, IndexUnavailableError
 from retrieval.store.database import create_sqlite_engine, is_at_head, upgrade_to_head
+from retrieval.store.redact import first_line, shown_url
 
 DB_ENV_VAR = "SIMSEARCH_DB"
 SQLITE_NAME = "index.db"
@@ -56,9 +57,10 @@ def database_url(root: Path, db: str | None = None, environ: Mapping[str, str] |
         return URL.create("sqlite", database=str(root / SQLITE_NAME))
     try:
         url = make_url(given)
-    except (ArgumentError, ValueError) as exc:
-        raise DatabaseURLError(f"not a database URL: {given!r} (e.g. postgresql+psycopg://user@host/simsearch)") \
-            from exc
+    except (ArgumentError, ValueError):
+        where = "the --db URL" if db is not None else f"${DB_ENV_VAR}"
+        raise DatabaseURLError(f"{where} is not a database URL (its text is not shown: it may hold a password); e.g. "
+                               "postgresql+psycopg://user@host/simsearch") from None  # the parser's message quotes it
     backend = url.get_backend_name()
     if backend == "postgresql":
         if url.get_driver_name() != "psycopg":
@@ -68,14 +70,9 @@ def database_url(root: Path, db: str | None = None, environ: Mapping[str, str] |
         return url
     if backend == "sqlite":
         if not url.database or url.database == ":memory:":
-            raise DatabaseURLError(f"a SQLite URL needs a file: {given!r} (e.g. sqlite:////data/index.db)")
+            raise DatabaseURLError(f"a SQLite URL needs a file: {shown_url(url)} (e.g. sqlite:////data/index.db)")
         return url
     raise DatabaseURLError(f"simsearch stores an index in SQLite or PostgreSQL, not {backend}: {shown_url(url)}")
-
-
-def shown_url(url: URL) -> str:
-    """The URL as a message may show it: without its password."""
-    return url.render_as_string(hide_password=True)
 
 
 class Backend:
@@ -116,7 +113,8 @@ class Backend:
                 with self.migration_lock():
                     upgrade_to_head(self.engine)
         except (OperationalError, DatabaseError) as exc:
-            raise IndexUnavailableError(f"cannot open the index database {self.shown}: {exc.orig}") from exc
+            raise IndexUnavailableError(f"cannot open the index database {self.shown}: {first_line(exc, self.url)}") \
+                from exc
 
     def follow(self, prepare: Callable[[], None]) -> None:
         """Before a transaction, notice the database deleted or replaced since this process opened it (a server
@@ -295,7 +293,7 @@ class PostgresBackend(Backend):
         return postgresql.insert(table)
 
     def writer_lock(self, exclusive: bool) -> WriterLock:
-        return _AdvisoryLock(self.engine, self.shown, exclusive)
+        return _AdvisoryLock(self.engine, self.url, exclusive)
 
     def upsert_rows(self, session: Session, table: Table, rows: list[dict[str, Any]], conflict: list[str],
                     update: bool) -> None:
@@ -344,9 +342,10 @@ class _AdvisoryLock(WriterLock):
     """A session-level advisory lock on a connection of its own, held for the command. Shared: waits a while for
     an exclusive holder; exclusive: refused at once while any other writer runs."""
 
-    def __init__(self, engine: Engine, shown: str, exclusive: bool) -> None:
+    def __init__(self, engine: Engine, url: URL, exclusive: bool) -> None:
         self._engine = engine
-        self._shown = shown
+        self._url = url
+        self._shown = shown_url(url)
         self._exclusive = exclusive
         self._conn: Connection | None = None
 
@@ -354,7 +353,7 @@ class _AdvisoryLock(WriterLock):
         try:
             conn = self._engine.connect()
         except (OperationalError, DatabaseError) as exc:
-            raise IndexUnavailableError(f"cannot connect to {self._shown}: {first_line(exc)}") from exc
+            raise IndexUnavailableError(f"cannot connect to {self._shown}: {first_line(exc, self._url)}") from exc
         try:
             if self._exclusive:
                 got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _WRITER_KEY}).scalar()
@@ -419,11 +418,5 @@ def open_backend(root: Path, url: URL) -> Backend:
             pass
     except (OperationalError, DatabaseError) as exc:
         backend.engine.dispose()
-        raise IndexUnavailableError(f"cannot connect to {backend.shown}: {first_line(exc)}") from exc
+        raise IndexUnavailableError(f"cannot connect to {backend.shown}: {first_line(exc, url)}") from exc
     return backend
-
-
-def first_line(exc: OperationalError | DatabaseError) -> str:
-    """The driver's message, first line only (psycopg adds hints on further lines)."""
-    lines = [line.strip() for line in str(exc.orig).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc.orig).__name__

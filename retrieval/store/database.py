@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from retrieval.errors import IndexUnavailableError, SchemaTooNewError
+from retrieval.store.redact import first_line, shown_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -130,8 +131,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _shown(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True) if engine.url.get_backend_name() != "sqlite" \
-        else str(engine.url.database)
+    return shown_url(engine.url) if engine.url.get_backend_name() != "sqlite" else str(engine.url.database)
 
 
 def is_at_head(engine: Engine) -> bool:
@@ -145,7 +145,8 @@ def is_at_head(engine: Engine) -> bool:
         with engine.connect() as conn:
             version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except (OperationalError, DatabaseError) as exc:
-        raise IndexUnavailableError(f"cannot open the index database {_shown(engine)}: {exc.orig}") from exc
+        raise IndexUnavailableError(f"cannot open the index database {_shown(engine)}: "
+                                    f"{first_line(exc, engine.url)}") from exc
     if version is not None and version not in migrations.REVISIONS:
         raise SchemaTooNewError(f"the index database {_shown(engine)} has schema {version}, newer than this "
                                 f"simsearch knows (up to {migrations.HEAD}): upgrade simsearch to use it")
@@ -164,4 +165,5 @@ def upgrade_to_head(engine: Engine) -> None:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except (OperationalError, DatabaseError) as exc:
-        raise IndexUnavailableError(f"cannot open the index database {_shown(engine)}: {exc.orig}") from exc
+        raise IndexUnavailableError(f"cannot open the index database {_shown(engine)}: "
+                                    f"{first_line(exc, engine.url)}") from exc
