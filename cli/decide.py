@@ -18,7 +18,6 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
 from cli.output import fit_path_columns, terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
 from retrieval.keeper_rules import DEFAULT_RULES
-from retrieval.unit_distance import DISTANCE_DIGITS, cosine_similarity, threshold_for_similarity
 
 if TYPE_CHECKING:
     from retrieval.collection import Collection, ThresholdChoice
@@ -56,12 +55,33 @@ def given_threshold(threshold: Optional[float], similarity: Optional[float], pre
     None; `fail` when more than one of the three is given."""
     if sum(value is not None for value in (threshold, similarity, precision)) > 1:
         raise fail("give one of --threshold, --similarity and --precision")
-    return threshold_for_similarity(similarity) if similarity is not None else threshold
+    if similarity is None:
+        return threshold
+    from retrieval.unit_distance import threshold_for_similarity
+
+    try:
+        return threshold_for_similarity(similarity)
+    except SimsearchError as exc:  # NaN passes typer's bounds
+        raise fail(str(exc)) from None
 
 
 def distance_text(distance: float) -> str:
     """A distance for a person: squared L2, and the cosine similarity beside it."""
-    return f"{distance:.4f} (similarity {cosine_similarity(distance):.4f})"
+    return f"{distance:.4f} (similarity {similarity_text(distance)})"
+
+
+def similarity_text(distance: float) -> str:
+    """The cosine similarity at `distance`, as tables show it (numpy, as every conversion, only when needed)."""
+    from retrieval.unit_distance import cosine_similarity
+
+    return f"{cosine_similarity(distance):.4f}"
+
+
+def json_similarity(distance: float) -> float:
+    """The cosine similarity at `distance`, rounded as JSON and CSV distances are."""
+    from retrieval.unit_distance import DISTANCE_DIGITS, cosine_similarity
+
+    return round(cosine_similarity(distance), DISTANCE_DIGITS)
 
 
 def report_choice(choice: ThresholdChoice) -> None:
@@ -89,7 +109,7 @@ def with_similarity(value: object) -> object:
         shown[key] = with_similarity(item)
         beside = {"distance": "similarity", "threshold": "threshold_similarity"}.get(key)  # type: ignore[call-overload]
         if beside is not None and beside not in value and (item is None or isinstance(item, (int, float))):
-            shown[beside] = None if item is None else round(cosine_similarity(item), DISTANCE_DIGITS)
+            shown[beside] = None if item is None else json_similarity(item)
     return shown
 
 
@@ -102,7 +122,7 @@ def csv_with_similarity(rows: Iterable[list[object]]) -> Iterator[list[object]]:
             yield [*row[:column], "similarity", *row[column:]]
             continue
         distance = row[column - 1]
-        similarity = round(cosine_similarity(distance), DISTANCE_DIGITS) if isinstance(distance, float) else ""
+        similarity = json_similarity(distance) if isinstance(distance, float) else ""
         yield [*row[:column], similarity, *row[column:]]
 
 
@@ -298,7 +318,7 @@ def print_groups(groups: list[DuplicateGroup], threshold: float, acting: bool = 
         rows.append([str(number), "keep", "", "", pixels(group.keeper.width, group.keeper.height),
                      shown_path(group.keeper.path)])
         for other, distance, copy in zip(group.others, group.distances, group.copies):
-            rows.append(["", "copy" if copy else "duplicate", f"{distance:.4f}", f"{cosine_similarity(distance):.4f}",
+            rows.append(["", "copy" if copy else "duplicate", f"{distance:.4f}", similarity_text(distance),
                          pixels(other.width, other.height), shown_path(other.path)])
     table = Table(title=f"{plural(len(groups), 'group')} at threshold {distance_text(threshold)}",
                   title_justify="left")
@@ -371,7 +391,7 @@ def classify_command(
                 decided = (shown_path(r.nearest_support) if r.nearest_support
                            else terminal_text(f"mean of {r.nearest_label}"))
                 rows.append([shown_path(r.query), terminal_text(label), f"{r.distance:.4f}",
-                             f"{cosine_similarity(r.distance):.4f}", decided])
+                             similarity_text(r.distance), decided])
         table = Table()
         for column in headers:
             table.add_column(column, justify="right" if column in ("distance", "similarity") else "left",

@@ -17,8 +17,8 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
 from cli.calibrate import calibrate_command
 from cli.database import db_app
 from cli.decide import (classify_command, decisions_command, dedup_command, keep_command, not_duplicates_command,
-                        undo_command, verify_command)
-from cli.output import write_json
+                        similarity_text, undo_command, verify_command)
+from cli.output import fit_path_columns, write_json
 from cli.train import train_command
 from cli.serve import serve_command
 from cli.transfer import export_command, import_command
@@ -124,11 +124,13 @@ def query_command(
             print_error(f"{result.query}: {result.error}")
         elif not as_json:
             table = Table(title=escape(shown_path(result.query)), title_justify="left")
-            table.add_column("rank", justify="right")
-            table.add_column("distance", justify="right")
-            table.add_column("path")
-            for n in result.neighbours:
-                table.add_row(str(n.rank), f"{n.distance:.4f}", escape(shown_path(n.path)))
+            headers = ["rank", "distance", "similarity", "path"]
+            for column in headers:
+                table.add_column(column, justify="left" if column == "path" else "right", no_wrap=column == "path")
+            rows = [[str(n.rank), f"{n.distance:.4f}", similarity_text(n.distance), shown_path(n.path)]
+                    for n in result.neighbours]
+            for row in fit_path_columns(headers, rows, [3], out.width):
+                table.add_row(*row[:3], escape(row[3]))
             out.print(table)
     exit_for_failures(sum(r.error is not None for r in results), len(results))
 
