@@ -466,7 +466,12 @@ def trash_duplicates(index: SimilarityIndex, groups: Sequence[DuplicateGroup], m
 
     def place(proposal: _Proposal, record: MoveRecord, manifest: _Manifest) -> MoveRecord:
         identity = identify_file(record.source)
-        send(record.source)
+        try:
+            send(record.source)
+        except OSError:
+            raise
+        except Exception as exc:  # a desktop trash's own error (gio's), for one file: reported, the run goes on
+            raise OSError(errno.EIO, f"the trash refused it: {exc}") from exc
         found = _find_in_trash(record.source, identity, record.content_hash, folders(record.source))
         if found is None:
             report.unlocated += 1

@@ -183,6 +183,19 @@ def test_a_file_recreated_at_its_place_blocks_its_restore_with_one_line(library:
     assert last.exit_code == 0 and "restored 1 file (2 were back already)" in last.stderr, last.output
 
 
+def test_undo_indexes_again_a_file_whose_vector_an_index_run_dropped(library: Path) -> None:
+    """`simsearch index` after the move drops the vectors no indexed image uses (the half-size copy's: the exact
+    copies share their keeper's); undo then embeds that file again, and the groups are as before."""
+    groups = groups_json(library)
+    assert invoke("dedup", "--threshold", THRESHOLD, "--move-to", "dups", cwd=library).exit_code == 0
+    assert invoke("index", "photos", "--workers", "0", cwd=library).exit_code == 0
+    result = invoke("undo", "dups/simsearch-moves.jsonl", cwd=library)
+    assert result.exit_code == 0, result.output
+    assert "2 files back in the index" in result.stderr
+    assert "indexing 1 restored file again (the index no longer held their vectors)" in result.stderr
+    assert groups_json(library) == groups
+
+
 def test_undo_reads_a_crash_left_manifest(library: Path) -> None:
     """A line written for a move that never happened reads as back already; a torn last line is one line of
     its own, and every other file comes back."""
