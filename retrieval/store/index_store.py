@@ -28,7 +28,7 @@ from retrieval.calibration import levels_from_dicts
 from retrieval.errors import IndexUnavailableError, IndexWriteError
 from retrieval.model_spec import PrecisionLevel
 from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
-from retrieval.store.queries import images_under
+from retrieval.store.queries import images_under, root_batches
 from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ChosenKeeper, DistinctPair, ImageRecord,
                                     IndexState, ModelRecord, VectorRecord, utcnow)
 
@@ -243,13 +243,12 @@ class IndexStore:
                        ImageRecord.content_hash, ImageRecord.status, ImageRecord.file_id, ImageRecord.label,
                        ImageRecord.width, ImageRecord.height, ImageRecord.error, vector.c.model_id).outerjoin(
             vector, vector.c.id == ImageRecord.vector_id)
-        if not everything:
-            query = query.where(images_under(roots))
+        queries = [query] if everything else [query.where(images_under(batch)) for batch in root_batches(roots)]
         with self.reading() as session:
             return {row.path: KnownImage(row.id, row.path, row.size, row.mtime_ns, row.content_hash, row.status,
                                          row.model_id == model_id, row.file_id, row.label, row.width, row.height,
                                          row.error)
-                    for row in session.execute(query)}
+                    for each in queries for row in session.execute(each)}
 
     def indexed_count(self) -> int:
         with self.reading() as session:
@@ -482,10 +481,9 @@ class IndexStore:
                        ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size,
                        ImageRecord.content_hash).where(
             ImageRecord.status == STATUS_OK)
-        if roots:
-            query = query.where(images_under(roots))
+        queries = [query.where(images_under(batch)) for batch in root_batches(roots)] if roots else [query]
         with self.reading() as session:
-            return list(session.execute(query))
+            return [row for each in queries for row in session.execute(each)]
 
     def image_by_id(self, image_id: int) -> ImageRecord | None:
         """The indexed image `image_id` (None if there is none, or it failed)."""
