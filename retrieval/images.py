@@ -26,7 +26,7 @@ MAX_INPUT_SIDE = 4096
 MIN_STD = 1e-6
 MAX_NORMALISATION = 1e6
 
-# The limit is enforced by decode_image itself, before any pixel is read.
+# The limit is enforced by bounded_image itself, before any pixel is read.
 Image.MAX_IMAGE_PIXELS = None
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -39,11 +39,11 @@ _TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180
 """How to display an image stored with each EXIF orientation (1 is as stored)."""
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 REDUCING_GAP = 3
-"""An image is box-reduced (in strips) to no less than this many times the model's input size before it is
-resized: Pillow's `reducing_gap`, at which the result matches a resize of the whole image within a grey level or
-two."""
+"""An image in another mode than 8-bit RGB or grey is box-reduced (in strips) to no less than this many times the
+model's input size before it is resized: Pillow's `reducing_gap`, at which the result matches a resize of the whole
+image within a grey level or two (three for a dithered bilevel image)."""
 STRIP_PIXELS = 1 << 20
-"""Pixels of a strip converted at a time: a few MB in float64."""
+"""Pixels of a strip converted at a time: a few MB in any mode."""
 
 
 @dataclass(frozen=True)
