@@ -1,11 +1,12 @@
 """Small JPEG thumbnails of indexed images for the web page, made once and cached by content.
 
 The browser never gets the full file (a 12-MP photo is several MB): a thumbnail at most `SIZE` pixels on its long
-side, oriented as the photo is, cached in the index directory under `thumbnails/<sha256>-<size>.jpg`. None is made
-from a path that no longer holds the file indexed there: nothing is read from a file that does not match its
-database, and a cached thumbnail shows the content the database holds; only a regular file is read as one (a
-link planted there would serve whatever file it names). Where the cache cannot be written (a read-only index
-directory, a full disk), each thumbnail is made anew for its request, and the user told so once.
+side, oriented as the photo is, decoded in the bounded memory indexing decodes in (`bounded_image`), cached in the
+index directory under `thumbnails/<sha256>-<size>.jpg`. None is made from a path that no longer holds the file
+indexed there: nothing is read from a file that does not match its database, and a cached thumbnail shows the
+content the database holds; only a regular file is read as one (a link planted there would serve whatever file it
+names). Where the cache cannot be written (a read-only index directory, a full disk), each thumbnail is made anew
+for its request, and the user told so once.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import os
 import stat
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import DecodeError, IndexNotFoundError, OutputWriteError
 from retrieval.file_identity import identify_file
+from retrieval.images import DEFAULT_MAX_PIXELS, bounded_image
 from retrieval.index import SimilarityIndex
 from retrieval.unsaved import not_saved
 
@@ -43,9 +45,10 @@ def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> bytes:
         raise IndexNotFoundError(f"{row.path} no longer holds the image indexed there (run `simsearch index`)")
     try:
         with Image.open(row.path) as image:
-            image.draft("RGB", (size, size))
-            small = ImageOps.exif_transpose(image).convert("RGB")
+            small = bounded_image(image, (size, size), "RGB", DEFAULT_MAX_PIXELS)
             small.thumbnail((size, size))
+    except DecodeError:
+        raise
     except Exception as exc:  # Pillow raises many kinds on a file that changed under it
         raise DecodeError(f"{row.path}: {exc}") from exc
     jpeg = io.BytesIO()

@@ -104,6 +104,49 @@ def test_a_folder_holding_the_pixel_bomb_indexes(tmp_path: Path, pixel_bomb: Pat
     assert peak < 800 * 2**20, f"simsearch index peaked at {peak / 2**20:.0f} MiB"  # ~300 MiB without the bomb
 
 
+
+THUMBNAIL_GROWTH_LIMIT = 300 * 2**20
+"""The decoded 16-bit file is 155 MiB and the bounded thumbnail adds little to it (163 MiB in all); opened and
+converted whole to RGB it took 618 MiB."""
+THUMBNAIL = """
+import io, sys
+from pathlib import Path
+from PIL import Image
+from retrieval.index import open_index
+from server.thumbnails import thumbnail
+
+def kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+index = open_index(Path(sys.argv[1]), None)
+[image_id] = [row.id for row in index.store.indexed_images() if row.path.endswith("deep.png")]
+with open("/proc/self/clear_refs", "w") as peak:
+    peak.write("5")  # the peak resident size starts again from the resident size now
+before = kib("VmRSS")
+with Image.open(io.BytesIO(thumbnail(index, image_id))) as small:
+    grey = small.convert("L")
+grown = (kib("VmHWM") - before) * 1024
+print(grown, *grey.size, grey.crop((0, 0, 100, 256)).getextrema()[0], grey.crop((156, 0, 256, 256)).getextrema()[1])
+"""
+
+
+def test_the_server_makes_the_pixel_bombs_thumbnail_in_bounded_memory(tmp_path: Path, pixel_bomb: Path,
+                                                                       tiny_model_file: Path) -> None:
+    """The page's thumbnails decode as `index` does: bounded, and the picture right (16-bit not saturated)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(pixel_bomb, photos / "deep.png")
+    result = invoke("index", "photos", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
+                    cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    done = subprocess.run([sys.executable, "-c", THUMBNAIL, str(tmp_path / "idx")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    grown, width, height, left_darkest, right_brightest = map(int, done.stdout.split())
+    assert (width, height) == (256, 256)
+    assert grown < THUMBNAIL_GROWTH_LIMIT, f"making the thumbnail grew the process by {grown / 2**20:.0f} MiB"
+    assert left_darkest > 240 and right_brightest < 15, "white on the left, black on the right"
+
 # --- the index directory inside the indexed tree ---------------------------------------------------------------
 
 def test_an_index_inside_the_indexed_tree_never_indexes_itself(tmp_path: Path, tiny_model_file: Path) -> None:
