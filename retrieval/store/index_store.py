@@ -135,7 +135,7 @@ class IndexStore:
                 yield session
         except (OperationalError, DatabaseError) as exc:
             raise IndexUnavailableError(f"cannot read the index database {self.backend.shown}: "
-                                        f"{_first_line(exc)}") from exc
+                                        f"{_first_line(exc, self.backend.url)}") from exc
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -147,8 +147,8 @@ class IndexStore:
             with self._writes() as session, session.begin():
                 yield session
         except (OperationalError, DatabaseError) as exc:
-            raise IndexWriteError(f"cannot write to the index database {self.backend.shown}: {_first_line(exc)}; "
-                                  "what was committed before is kept") from exc
+            raise IndexWriteError(f"cannot write to the index database {self.backend.shown}: "
+                                  f"{_first_line(exc, self.backend.url)}; what was committed before is kept") from exc
 
     @contextmanager
     def writer(self, exclusive: bool = False) -> Iterator[None]:
@@ -187,7 +187,7 @@ class IndexStore:
                     id=1, generation=0, database_id=uuid.uuid4().hex).on_conflict_do_nothing(index_elements=["id"]))
         except (OperationalError, DatabaseError) as exc:
             raise IndexUnavailableError(f"cannot open the index database {self.backend.shown}: "
-                                        f"{_first_line(exc)}") from exc
+                                        f"{_first_line(exc, self.backend.url)}") from exc
 
     def state(self, session: Session) -> IndexState:
         state = session.get(IndexState, 1)
