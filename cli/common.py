@@ -72,15 +72,13 @@ def model_from_argument(value: str) -> "EmbeddingModel":
 
 def require_writable_folder(path: Path) -> None:
     """Create the folder that will receive `path` and check it can be written, before any long work."""
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise fail(f"not a folder: {folder} (to write {path})")
+    from retrieval.atomic import writable_folder
+    from retrieval.errors import OutputWriteError
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise fail(f"cannot write in {folder}: permission denied")
+        writable_folder(path.parent)
+    except OutputWriteError as exc:
+        raise fail(f"{exc} (to write {path})") from None
 
 
 def plural(count: int, noun: str) -> str:

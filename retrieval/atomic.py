@@ -85,6 +85,18 @@ def _create_anew(temporary: Path) -> None:
     os.close(descriptor)
 
 
+def writable_folder(folder: Path) -> None:
+    """Make `folder` (and its parents) where it is missing and check it can be written in, before any long work
+    that will write there; `OutputWriteError` otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputWriteError(f"not a folder: {folder}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(f"cannot make the folder {folder}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"cannot write in {folder}: permission denied")
+
 def remove_orphaned_temporaries(folder: Path, targets: re.Pattern[str]) -> list[Path]:
     """Remove the temporaries in `folder` that `atomic_write` left for a file named as `targets` matches (whole),
     in processes that no longer run; returns them.

@@ -50,9 +50,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote
 
+from retrieval.atomic import writable_folder
 from retrieval.content_hash import hash_file
 from retrieval.dedup import Candidate, DuplicateGroup
-from retrieval.errors import MoveError, SimsearchError
+from retrieval.errors import MoveError, OutputWriteError, SimsearchError
 from retrieval.file_identity import FileIdentity, file_id, identify_file
 from retrieval.index import SimilarityIndex
 from retrieval.store.index_store import ImageChange
@@ -421,11 +422,9 @@ def move_duplicates(index: SimilarityIndex, groups: Sequence[DuplicateGroup], ta
     the index (then nothing is moved)."""
     target = Path(os.path.abspath(target))
     try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MoveError(f"cannot make the folder {target}: {_reason(exc)}") from exc
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise MoveError(f"cannot write in {target}: permission denied")
+        writable_folder(target)
+    except OutputWriteError as exc:
+        raise MoveError(str(exc)) from exc
     labels = _labels(index)
     if roots is None:
         roots = [collection_root(labels)] if labels else []
