@@ -5,21 +5,42 @@ Decoding is defensive because collections hold anything: EXIF orientation is app
 reduced DCT scale ("draft") so a 12-megapixel photo is never decoded at full size, other large
 images are converted and box-reduced a strip at a time (memory: the decoded file and a strip), and
 images over a pixel limit are refused before their pixels are read.
+
+The formats are Pillow's, HEIF/HEIC through `pillow-heif` (registered here, once, for every module that opens
+images), AVIF through Pillow's own plugin (where this Pillow was built with libavif, as its wheels are), and camera
+RAW files through the JPEG preview embedded in them (`retrieval.raw_preview`), told apart by their names.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import pillow_heif
+from PIL import Image, features
 
 from retrieval.errors import DecodeError, ModelError
+from retrieval.raw_preview import RAW_SUFFIXES, raw_preview
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+@cache
+def register_formats() -> None:
+    """Let Pillow open HEIF and HEIC files (`pillow-heif`); once a process, whoever calls it first."""
+    pillow_heif.register_heif_opener()
+
+
+register_formats()
+
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
+AVIF_SUFFIXES = frozenset({".avif"}) if features.check("avif") else frozenset()
+"""Empty where this Pillow was built without libavif: such files are then counted among those not read."""
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}) | HEIF_SUFFIXES \
+    | AVIF_SUFFIXES | RAW_SUFFIXES
 DEFAULT_MAX_PIXELS = 100_000_000
 MODES = ("RGB", "L")
 MAX_INPUT_SIDE = 4096
@@ -132,15 +153,30 @@ class DecodedImage:
     height: int
 
 
-def decode_image(source: Path | bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode a file (or its bytes) for a model; raises `DecodeError` on anything unusable."""
+def decode_image(source: Path | bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 name: str | None = None) -> DecodedImage:
+    """Decode a file (or its bytes) for a model; raises `DecodeError` on anything unusable. `name`, the file's
+    name or path where `source` is its bytes, tells a camera RAW file (read through its preview)."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        with open_image(source, name) as im:
             return _decode_open(im, prep, max_pixels)
     except DecodeError:
         raise
     except Exception as exc:  # Pillow's plugins raise many types on hostile files.
         raise DecodeError(_describe(exc)) from exc
+
+
+def open_image(source: Path | bytes, name: str | None = None) -> Image.Image:
+    """The image of a file (or its bytes, named by `name`) opened by Pillow, its pixels not read yet: a RAW
+    file's embedded preview (`DecodeError` where it has none), anything else itself."""
+    if is_raw_name(str(source) if isinstance(source, Path) else name or ""):
+        return raw_preview(source)
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def is_raw_name(name: str) -> bool:
+    """Whether a file of this name is a camera RAW file."""
+    return os.path.splitext(name)[1].lower() in RAW_SUFFIXES
 
 
 def _describe(exc: Exception) -> str:

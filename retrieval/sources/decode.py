@@ -62,7 +62,7 @@ def decode_source(source: Source, prep: Preprocessing, max_pixels: int) -> Decod
     if not data:
         return SourceResult(source.key, content_hash, error="empty file"), None
     try:
-        decoded = decode_image(data, prep, max_pixels)
+        decoded = decode_image(data, prep, max_pixels, name=source.path)
     except DecodeError as exc:
         return SourceResult(source.key, content_hash, error=str(exc)), None
     return SourceResult(source.key, content_hash, decoded.width, decoded.height), decoded.pixels
