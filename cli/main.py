@@ -59,6 +59,7 @@ def index_command(
 ) -> None:
     """Add the images under PATHS to the index, or bring it up to date with them."""
     from indexer.pipeline import IndexOptions, index_paths
+    from indexer.report import other_files_text
     from retrieval.index import create_index
     from retrieval.locate import index_dir_for_writing
 
@@ -95,6 +96,8 @@ def index_command(
         err.print(f"{summary.still_failing} unchanged files still fail to decode (not retried until they change)")
     if summary.aliases:
         err.print(f"{summary.aliases} other paths (symbolic or hard links) to files indexed once under another path")
+    if summary.other_files:
+        err.print(other_files_text(summary.other_files), soft_wrap=True)  # extensions are letters and digits
     if summary.problems:
         raise typer.Exit(EXIT_PARTIAL)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from indexer.head_start import HeadStart
 from indexer.plan import KnownImage, Plan, Work, make_plan
-from indexer.report import IndexSummary, Reporter, SilentReporter
+from indexer.report import IndexSummary, Reporter, SilentReporter, other_files_text
 from indexer.scan import ScannedFile, ScanResult, scan, stat_file
 from retrieval.content_hash import hash_file
 from retrieval.errors import InputPathError, ModelMismatchError
@@ -110,12 +110,13 @@ def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: Embedding
         sizes = store.indexed_sizes()
         problem_paths = {p.path for p in scanned.problems if p.is_file}
         if not scanned.files and not known and not problem_paths:
-            raise InputPathError(f"no image files found under {', '.join(scanned.roots)}")
+            others = f" ({other_files_text(scanned.other_files)})" if scanned.other_files else ""
+            raise InputPathError(f"no image files found under {', '.join(scanned.roots)}{others}")
         files = scanned.files + _outside_files(known, scanned) if not target.serving else scanned.files
         plan = make_plan(files, known, sizes, problem_paths)
         _configure_search(index, target, plan, options)
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
-                               aliases=scanned.alias_paths)
+                               aliases=scanned.alias_paths, other_files=dict(scanned.other_files))
         _drop_aliases_of_indexed(index, plan, known, summary)
         store.set_file_ids(plan.new_file_ids)
         _record_scan_problems(index, scanned, known, target, summary, reporter)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
+
+SHOWN_EXTENSIONS = 5
+"""Extensions named in the count of files not read; the rest are summed up."""
 
 
 class Reporter(Protocol):
@@ -43,6 +47,8 @@ class IndexSummary:
     still_failing: int = 0
     aliases: int = 0
     """Paths to a file indexed under another path (symbolic or hard links), not indexed twice."""
+    other_files: dict[str, int] = field(default_factory=dict)
+    """The files found that are not images simsearch reads, by extension ("" for none)."""
     embedded: int = 0
     embed_seconds: float = 0.0
     """From the first file decoded to the last vector written, loading the model included."""
@@ -56,3 +62,15 @@ class IndexSummary:
     def to_dict(self) -> dict[str, object]:
         return {**{name: value for name, value in dataclasses.asdict(self).items() if not name.endswith("seconds")},
                 "seconds": round(self.seconds, 3)}
+
+
+def other_files_text(counts: Mapping[str, int]) -> str:
+    """The files not read, most common extension first: "not images simsearch reads: 41 .mov, 12 .cr2, 3 with no
+    extension, 7 more of 4 other types"."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ranked if len(ranked) <= SHOWN_EXTENSIONS + 1 else ranked[:SHOWN_EXTENSIONS]
+    named = [f"{count} {extension or 'with no extension'}" for extension, count in shown]
+    rest = ranked[len(shown):]
+    if rest:
+        named.append(f"{sum(count for _, count in rest)} more of {len(rest)} other types")
+    return "not images simsearch reads: " + ", ".join(named)

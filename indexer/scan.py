@@ -3,7 +3,8 @@
 Symbolic links to directories are followed, once each: a link back to an ancestor (a loop) is
 reported and not entered. Hidden entries (a leading dot, such as `.simsearch/`) are skipped, and so
 are index directories: the index's own (whatever its name), and any other holding an index's
-database and models, reported.
+database and models, reported. The other files found, those that are not images simsearch reads
+(videos, sidecars, documents), are counted by extension for the summary, never skipped unsaid.
 
 A file is its device and inode, not its path: when several paths reach one file (a folder reached
 through a symbolic link, a linked file, hard links, or overlapping paths such as `DIR DIR/sub`), one
@@ -23,6 +24,7 @@ import heapq
 import os
 import stat
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,8 @@ class ScanResult:
     files: list[ScannedFile] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     aliases: list[Alias] = field(default_factory=list)
+    other_files: Counter[str] = field(default_factory=Counter)
+    """The regular files found that are not images simsearch reads, by `extension_of` their names."""
 
     @property
     def alias_paths(self) -> int:
@@ -86,6 +90,17 @@ class ScanResult:
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+MAX_EXTENSION = 10
+
+
+def extension_of(name: str) -> str:
+    """The lowercase extension of a file name (".mov"), "" for none: one of more than `MAX_EXTENSION` characters or
+    any but letters and digits (a byte that is not UTF-8 included) is part of a name ("notes 1.2 draft"), not a
+    type."""
+    extension = os.path.splitext(name)[1].lower()
+    return extension if 1 < len(extension) <= MAX_EXTENSION and extension[1:].isalnum() else ""
 
 
 def scan(paths: Iterable[Path], index_dir: Path | None = None) -> ScanResult:
@@ -211,6 +226,8 @@ class _Walk:
             elif is_image_name(entry.name):
                 label = class_of(self._result.roots[root], entry.path)
                 _add_file(entry.path, self._result, via_link or is_link, label)
+            elif _is_file(entry):
+                self._result.other_files[extension_of(entry.name)] += 1
 
     def folder_aliases(self, kept_files: list[ScannedFile]) -> list[Alias]:
         """The folders reached again, each with the count of `kept_files` (sorted by path) under its kept path."""
@@ -221,6 +238,13 @@ class _Walk:
             under = bisect_left(paths, prefix[:-1] + chr(ord(os.sep) + 1)) - bisect_left(paths, prefix)
             aliases.append(Alias(path, kept, files=under))
         return aliases
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _holds_an_index(directory: str) -> bool:
