@@ -16,12 +16,11 @@ import os
 import stat
 from pathlib import Path
 
-from PIL import Image
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import DecodeError, IndexNotFoundError, OutputWriteError
 from retrieval.file_identity import identify_file
-from retrieval.images import DEFAULT_MAX_PIXELS, bounded_image
+from retrieval.images import DEFAULT_MAX_PIXELS, bounded_image, open_image
 from retrieval.index import SimilarityIndex
 from retrieval.unsaved import not_saved
 
@@ -44,7 +43,7 @@ def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> bytes:
     if identity is None or not identity.is_as_indexed(row.file_id, row.size, row.mtime_ns):
         raise IndexNotFoundError(f"{row.path} no longer holds the image indexed there (run `simsearch index`)")
     try:
-        with Image.open(row.path) as image:
+        with open_image(Path(row.path)) as image:
             small = bounded_image(image, (size, size), "RGB", DEFAULT_MAX_PIXELS)
             small.thumbnail((size, size))
     except DecodeError:

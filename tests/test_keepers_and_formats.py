@@ -246,6 +246,13 @@ def test_a_raw_file_is_read_through_its_preview_turned_as_the_camera_was(tmp_pat
     [group] = dedup(tmp_path)
     assert keeper_name(group) == "IMG_0001.DNG" and group["decided_by"] == "quality", \
         "the RAW keeps over the camera's quality-75 JPEG"
+    from retrieval.index import open_index
+    from server.thumbnails import thumbnail
+
+    index = open_index(tmp_path / "idx", None)
+    [raw_id] = [row.id for row in index.store.indexed_images() if row.path.endswith(".DNG")]
+    with Image.open(io.BytesIO(thumbnail(index, raw_id))) as small:
+        assert small.size == (72, 96), "the page's thumbnail is the preview, upright, as the index saw it"
 
 
 def test_files_simsearch_does_not_read_are_counted_by_extension(tmp_path: Path, tiny_model_file: Path) -> None:
