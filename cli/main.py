@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -239,6 +240,9 @@ def main() -> NoReturn:
     (0.8-1.1 s of the 2.9 s that `python -c "import torch"` takes on the benchmark machines), longer than a
     re-index of an unchanged folder. The exit handlers still run, then both streams are flushed.
     """
+    # Pillow warns about a file's metadata (a corrupt EXIF block) on stderr, two lines naming its own source; what
+    # a user must know of a bad file, simsearch reports itself.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     try:
         app()
         code: int | str | None = 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import struct
 from pathlib import Path
 
 
-from conftest import REPO, assert_one_line_error, invoke
+from conftest import REPO, assert_one_line_error, invoke, simsearch
 
 def test_missing_path_empty_folder_and_no_index(tmp_path: Path) -> None:
     assert_one_line_error(invoke("index", "nowhere", cwd=tmp_path), "no such file or directory")
@@ -190,3 +192,20 @@ def test_verify_says_a_directory_is_one(tmp_path: Path, tiny_model_file: Path, m
     assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path).exit_code == 0
     assert_one_line_error(invoke("verify", "p", "p/img0000.png", "--threshold", "0.5", cwd=tmp_path),
                           "p: is a directory")
+
+
+def test_a_photo_with_a_corrupt_exif_block_indexes_without_pillows_warning(tmp_path: Path,
+                                                                            tiny_model_file: Path) -> None:
+    """Pillow warns on stderr, in two lines naming its own source file; the user sees simsearch's summary only."""
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(jpeg, "JPEG")
+    exif = b"Exif\0\0II*\0" + struct.pack("<IH", 8, 500) + b"\x01" * 40  # an IFD of 500 entries in 40 bytes
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "bad.jpg").write_bytes(jpeg.getvalue()[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2)
+                                             + exif + jpeg.getvalue()[2:])
+    done = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
+                     cwd=tmp_path)
+    assert done.returncode == 0 and "added 1," in done.stderr, done.stderr
+    assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
