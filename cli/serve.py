@@ -2,12 +2,16 @@
 
 It answers only requests addressed to a loopback name, the `--host` it listens on, or a name given by
 `--allow-host` (a page that rebinds its own DNS name to this address is refused); listening on every address
-(0.0.0.0, ::) therefore needs the names clients will use."""
+(0.0.0.0, ::) therefore needs the names clients will use.
+
+The page's "resolve" moves a group's others to the trash or under the quarantine folder, which is the server's to
+choose (`--quarantine DIR`, default: `quarantine/` in the index directory), never the page's."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -55,6 +59,10 @@ def serve_command(
              "repeatable. Requests naming any other host are refused.")] = None,
     body_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds a request body may send nothing before it is cut off (408).")] = 5.0,
+    quarantine: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="Where the page's \"resolve\" moves a group's others, one folder per resolve with its "
+                            "manifest for `simsearch undo` (default: quarantine/ in the index directory, which "
+                            "indexing never scans).")] = None,
 ) -> None:
     """Serve the index over HTTP until interrupted: query, verify, classify, dedup groups, adding and removing
     images."""
@@ -77,8 +85,11 @@ def serve_command(
         root = existing_index_dir(index_dir)  # opened once, by the app
         limits = Limits(max_in_flight=max_in_flight, batch_window=batch_window_ms / 1000, max_batch=max_batch,
                         body_stall_seconds=body_timeout)
-        app = create_app(root, db, token, device, limits, hosts=hosts if is_every_address(host) else [host, *hosts])
+        app = create_app(root, db, token, device, limits, hosts=hosts if is_every_address(host) else [host, *hosts],
+                         quarantine=None if quarantine is None else quarantine.expanduser().absolute())
     except SimsearchError as exc:
         raise fail(str(exc)) from None
-    err.print(f"serving {root} on http://{host}:{port} (API docs at /docs)", soft_wrap=True)
+    moved_to = quarantine.expanduser().absolute() if quarantine is not None else root / "quarantine"
+    err.print(f"serving {root} on http://{host}:{port} (API docs at /docs); the page's resolve moves files under "
+              f"{moved_to} or to the trash", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

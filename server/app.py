@@ -26,7 +26,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from retrieval.collection import Collection
@@ -37,14 +37,17 @@ from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import SimilarityIndex, open_index
 from retrieval.inputs import k_argument
 from retrieval.keeper_rules import DEFAULT_RULES
+from retrieval.pixel_rule import signature
 from retrieval.search import QueryResult
+from retrieval.unit_distance import with_similarity
 from server.batching import MAX_BATCH, WINDOW_SECONDS, EmbedBatcher
 from server.bodies import Upload, form_body, json_body, path_value, require_proof, shown
 from server.body_limits import BodyLimits, BodyRules
+from server import docs_page, page, renditions, review
 from server.guards import CrossSiteGuard, trusted_hosts
+from server.resolutions import QUARANTINE_FOLDER, Resolutions
+from server.review import ReviewContext
 from server.thumbnails import thumbnail
-
-STATIC = Path(__file__).parent / "static"
 
 STATUS_OF: list[tuple[type[SimsearchError], int]] = [
     (IndexNotFoundError, 404), (ModelMismatchError, 409), (CalibrationError, 409), (IndexUnavailableError, 503),
@@ -110,10 +113,11 @@ class _Served:
 
 
 def create_app(root: Path, db: str | None = None, token: str | None = None, device: str | None = None,
-               limits: Limits | None = None, hosts: Iterable[str] = ()) -> FastAPI:
+               limits: Limits | None = None, hosts: Iterable[str] = (), quarantine: Path | None = None) -> FastAPI:
     """The app serving the index at `root` (its database `db`), answering requests addressed to a loopback name
-    or one of `hosts` (Host headers; others get 400); with `token`, every route but / and /api/health asks for
-    `Authorization: Bearer <token>`."""
+    or one of `hosts` (Host headers; others get 400); with `token`, every route but the page and /api/health asks
+    for `Authorization: Bearer <token>`. The page's "resolve" moves files under `quarantine` (default: the index
+    directory's `quarantine/`) or to the trash."""
     limits = limits or Limits()
     served = _Served(root, db, device, limits)
     one_dedup_at_a_time = asyncio.Lock()
@@ -124,8 +128,14 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         if served._batcher is not None:
             await served._batcher.close()
 
-    app = FastAPI(title="simsearch", summary="Image similarity search over one index", lifespan=lifespan)
+    # /docs is Swagger UI served from this server (server.docs_page); ReDoc exists only on a CDN.
+    app = FastAPI(title="simsearch", summary="Image similarity search over one index", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.served = served
+    app.state.review = ReviewContext(served, limits.max_page, limits.max_duplicate_pairs, one_dedup_at_a_time,
+                                     Resolutions(quarantine or root / QUARANTINE_FOLDER))
+    for router in (page.router, docs_page.router, review.router, renditions.router):
+        app.include_router(router)
     # The last added runs first: the Host, then who is asking, then the body as it comes.
     app.add_middleware(BodyLimits, rules=BodyRules(limits.max_json_bytes, limits.max_form_bytes,
                                                    limits.body_stall_seconds, limits.max_in_flight))
@@ -153,11 +163,6 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
             return kind(value)  # type: ignore[no-any-return]
         except (TypeError, ValueError):
             raise HTTPException(422, f"{name} must be a number, not {shown(value)[:40]!r}") from None
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        """The web page: search by an image, review duplicate groups and decide."""
-        return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/api/thumbnail/{image_id}", dependencies=[Depends(require_proof)])
     async def thumbnail_of(image_id: Annotated[int, PathParameter(ge=0, le=MAX_IMAGE_ID)]) -> Response:
@@ -204,9 +209,10 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         return QueryResult(name, neighbours).to_dict()
 
     @app.post("/api/verify")
-    async def verify(request: Request) -> dict[str, object]:
+    async def verify(request: Request) -> object:
         """Same or different: multipart files `a` and `b` (with the header `X-Simsearch-Request`); optional
-        `threshold` or `precision`."""
+        `threshold` or `precision`. Decided as `simsearch verify` decides (tiny and flat images on their pixels),
+        with the cosine similarity beside each distance."""
         form = await form_body(request, ["a", "b"], limits.max_upload_bytes)
         collection, batcher = served.collection()
         fields = form.fields
@@ -219,10 +225,12 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
             if isinstance(outcome, BaseException):
                 raise outcome
         (_, first), (_, second) = both  # type: ignore[misc]
-        return collection.verdict(first, second, choice).to_dict()
+        looks = await asyncio.to_thread(lambda: tuple(signature(form.files[field].data, limits.max_pixels)
+                                                      for field in ("a", "b")))
+        return with_similarity(collection.verdict(first, second, choice, looks).to_dict())  # type: ignore[arg-type]
 
     @app.post("/api/classify")
-    async def classify(request: Request) -> dict[str, object]:
+    async def classify(request: Request) -> object:
         """The nearest class of an uploaded `image` among a support folder on the server (`support`: a folder of
         class subfolders); optional `prototype`, `threshold`, `precision`; with the header
         `X-Simsearch-Request`."""
@@ -241,28 +249,33 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
             collection.classify_vectors, classes, vector[None], [name],
             form.fields.get("prototype", "").lower() in ("1", "true", "yes"),
             number(form.fields.get("threshold"), "threshold"),  # type: ignore[arg-type]
-            number(form.fields.get("precision"), "precision"))  # type: ignore[arg-type]
-        return result.to_dict()
+            number(form.fields.get("precision"), "precision"),  # type: ignore[arg-type]
+            looks=[lambda: signature(form.files["image"].data, limits.max_pixels)])
+        return with_similarity(result.to_dict())
 
     @app.get("/api/duplicates", dependencies=[Depends(require_proof)])
     async def duplicates(threshold: float | None = None, precision: float | None = None, page: int = 1,
                          per_page: int = 50, keep: str = DEFAULT_RULES,
-                         reference: str | None = None) -> dict[str, object]:
+                         reference: str | None = None, lookalikes: bool = False) -> object:
         """Near-duplicate groups, largest first, a page at a time, with the threshold used and how the pairs were
         found; `keep` and `reference` as `simsearch dedup` takes them; "not duplicates" decisions honoured.
         Needs the header `X-Simsearch-Request` (no cross-site `<img>` can start the work); a threshold that finds
-        more close pairs than the server's bound is a 422 (lower it)."""
+        more close pairs than the server's bound is a 422 (lower it). `lookalikes` (the flag of the answer) says
+        whether the collection looks like one of look-alikes, where only exact copies are grouped unless
+        `lookalikes=true` is asked; the cosine similarity is beside each distance."""
         if page < 1 or not 1 <= per_page <= limits.max_page:
             raise HTTPException(422, f"page must be 1 or more and per_page 1 to {limits.max_page}")
         collection, _ = served.collection()
         choice = collection.threshold_choice(threshold, precision)
         async with one_dedup_at_a_time:  # one search's memory at a time, and the event loop keeps answering
             found = await asyncio.to_thread(collection.find_duplicates, choice.threshold, keep=keep,
-                                            reference=reference, max_pairs=limits.max_duplicate_pairs)
+                                            reference=reference, max_pairs=limits.max_duplicate_pairs,
+                                            lookalikes=lookalikes)
         start = (page - 1) * per_page
-        return {**choice.to_dict(), "pairs": found.pairs.to_dict(), "page": page, "per_page": per_page,
-                "total": len(found.groups),
-                "groups": [group.to_dict() for group in found.groups[start:start + per_page]]}
+        return with_similarity({**choice.to_dict(), "pairs": found.pairs.to_dict(),
+                                "lookalikes": found.lookalikes.to_dict(), "page": page, "per_page": per_page,
+                                "total": len(found.groups),
+                                "groups": [group.to_dict() for group in found.groups[start:start + per_page]]})
 
     @app.post("/api/decisions")
     async def not_duplicates(request: Request) -> dict[str, object]:

@@ -30,8 +30,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-OPEN_PATHS = ("/", "/api/health")
-"""What answers without the token: the page (static; it reads the token from its URL's fragment) and health."""
+OPEN_PATHS = ("/", "/duplicates", "/api/health")
+OPEN_PREFIXES = ("/duplicates/", "/static/")
+"""What answers without the token: the page at each of its views' URLs and its script and style sheet (static; it
+reads the token from its URL's fragment, and a browser's navigation or `<script src>` cannot send a header), and
+health."""
 REFUSED_SITES = ("cross-site", "same-site")
 
 
@@ -80,12 +83,17 @@ class CrossSiteGuard:
             origin = headers.get("origin")
             if origin is not None and not _same_origin(origin, headers.get("host", "")):
                 return _refused(403, "refused: a request from another origin than this server's")
-        if self.expected is not None and path not in OPEN_PATHS:
+        if self.expected is not None and not is_open(path):
             given = headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, self.expected):
                 return _refused(401, "a bearer token is needed (Authorization: Bearer <token>)",
                                 {"WWW-Authenticate": "Bearer"})
         return None
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` answers without the token (`OPEN_PATHS`, `OPEN_PREFIXES`)."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _same_origin(origin: str, host: str) -> bool:

@@ -1,0 +1,45 @@
+"""The full view of an indexed image for the review page's compare and zoom: a JPEG at most `SIZE` pixels on its
+long side (a 24-MP photo arrives as about 0.5 MB, and no decode takes more memory than indexing's), by image id.
+
+Made as thumbnails are (`server.thumbnails`: decoded by `bounded_image`, oriented, cached by content in the index
+directory's `thumbnails/`), and asked for as they are: with the header `X-Simsearch-Request` (no `<img>` of another
+site can load it) and, with a token, `Authorization`. Unlike a thumbnail, a cached rendition is not served for a
+file that no longer matches its database either: this is the view a person decides what to move by, so it shows
+the file as it is or nothing (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParameter
+
+from retrieval.errors import IndexNotFoundError
+from retrieval.file_identity import identify_file
+from retrieval.index import SimilarityIndex
+from server.bodies import require_proof
+from server.thumbnails import thumbnail
+
+SIZE = 2048
+MAX_IMAGE_ID = 2**63 - 1
+
+router = APIRouter(prefix="/api", tags=["review"], dependencies=[Depends(require_proof)])
+
+
+@router.get("/image/{image_id}", responses={200: {"content": {"image/jpeg": {}}}})
+async def rendition(request: Request, image_id: Annotated[int, PathParameter(ge=0, le=MAX_IMAGE_ID)]) -> Response:
+    """A JPEG of the indexed image, at most 2048 px on its long side (smaller images as they are); 404 once its
+    file changed since it was indexed, 422 for one that no longer decodes."""
+    made = await asyncio.to_thread(_rendition, request.app.state.served.index, image_id)  # off the event loop
+    return Response(made, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+def _rendition(index: SimilarityIndex, image_id: int) -> bytes:
+    row = index.store.image_by_id(image_id)
+    if row is not None:
+        identity = identify_file(row.path)
+        if identity is None or not identity.is_as_indexed(row.file_id, row.size, row.mtime_ns):
+            raise IndexNotFoundError(f"{row.path} no longer holds the image indexed there (run `simsearch index`)")
+    return thumbnail(index, image_id, SIZE)
