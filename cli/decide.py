@@ -79,9 +79,9 @@ def similarity_text(distance: float) -> str:
 
 def json_similarity(distance: float) -> float:
     """The cosine similarity at `distance`, rounded as JSON and CSV distances are."""
-    from retrieval.unit_distance import DISTANCE_DIGITS, cosine_similarity
+    from retrieval.unit_distance import json_similarity as rounded
 
-    return round(cosine_similarity(distance), DISTANCE_DIGITS)
+    return rounded(distance)
 
 
 def report_choice(choice: ThresholdChoice) -> None:
@@ -91,6 +91,18 @@ def report_choice(choice: ThresholdChoice) -> None:
                   soft_wrap=True)
 
 
+def report_false_pairs(choice: ThresholdChoice, images: int) -> None:
+    """Say on stderr how many false pairs the threshold means among these `images` distinct images, and warn
+    when they are too many for it (where the model's or the index's calibration measured its false-pair rate)."""
+    found = choice.in_collection(images)
+    if found is None:
+        return
+    err.print(escape(terminal_text(found.message())), soft_wrap=True)
+    warning = found.warning()
+    if warning is not None:
+        err.print(f"[yellow]warning[/]: {escape(terminal_text(warning))}", soft_wrap=True)
+
+
 def choice_json(choice: ThresholdChoice | None) -> dict[str, object]:
     """The threshold, where it came from and its precision level (all None without a threshold)."""
     return choice.to_dict() if choice is not None else {"threshold": None, "threshold_source": None,
@@ -98,19 +110,11 @@ def choice_json(choice: ThresholdChoice | None) -> dict[str, object]:
 
 
 def with_similarity(value: object) -> object:
-    """A decision's JSON with the cosine similarity beside each distance: `similarity` after every `distance`,
-    `threshold_similarity` after every `threshold` (None beside None)."""
-    if isinstance(value, list):
-        return [with_similarity(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    shown: dict[object, object] = {}
-    for key, item in value.items():
-        shown[key] = with_similarity(item)
-        beside = {"distance": "similarity", "threshold": "threshold_similarity"}.get(key)  # type: ignore[call-overload]
-        if beside is not None and beside not in value and (item is None or isinstance(item, (int, float))):
-            shown[beside] = None if item is None else json_similarity(item)
-    return shown
+    """A decision's JSON with the cosine similarity beside each distance (`retrieval.unit_distance`, as the
+    server answers)."""
+    from retrieval.unit_distance import with_similarity as beside
+
+    return beside(value)
 
 
 def csv_with_similarity(rows: Iterable[list[object]]) -> Iterator[list[object]]:
@@ -151,8 +155,9 @@ def verify_command(
                                     "model": collection.model.content_hash}))
     else:
         probability = "" if verdict.probability is None else f", pairwise-head probability {verdict.probability:.3f}"
+        pixels = "" if verdict.pixels is None else f"; {verdict.pixels.describe()}"
         out.print(f"{'same' if verdict.same else 'different'}: distance {distance_text(verdict.distance)}, "
-                  f"threshold {distance_text(verdict.threshold)}, margin {verdict.margin:+.4f}{probability}",
+                  f"threshold {distance_text(verdict.threshold)}, margin {verdict.margin:+.4f}{probability}{pixels}",
                   soft_wrap=True)
     if not verdict.same:
         raise typer.Exit(EXIT_DIFFERENT)
@@ -187,6 +192,10 @@ def dedup_command(
     reference: Annotated[Optional[Path], typer.Option(
         help="A protected folder: its images keep and are never proposed; only others are checked against it.")]
     = None,
+    lookalikes: Annotated[bool, typer.Option(
+        "--lookalikes", help="Propose near-duplicates even in a collection of look-alikes (most images within the "
+                             "threshold of their nearest neighbour), where by default only exact copies are.")]
+    = False,
     device: DeviceOption = None,
 ) -> None:
     """Near-duplicate groups, each with a suggested keeper (by --keep: most pixels, then oldest, then shortest
@@ -210,15 +219,22 @@ def dedup_command(
         if stdin:
             if paths:
                 raise fail("--stdin reads the paths from stdin; give no PATH arguments")
+            if lookalikes:
+                raise fail("--stdin compares each path as it comes, in no collection: --lookalikes does not apply")
             return stream_duplicates(open_for_decisions(index_dir, db, None, device), limit, precision)
         unindexed = index_first(paths, index_dir, db, device) if paths else 0
         collection = open_for_decisions(index_dir, db, None, device)
         choice = collection.threshold_choice(limit, precision)
-        found = collection.find_duplicates(choice.threshold, paths or None, keep=keep, reference=reference)
+        found = collection.find_duplicates(choice.threshold, paths or None, keep=keep, reference=reference,
+                                           lookalikes=lookalikes)
         groups = found.groups
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     report_choice(choice)
+    if not found.lookalikes.exact_only:
+        report_false_pairs(choice, found.lookalikes.images)
+    if found.lookalikes.lookalikes:
+        err.print(f"[yellow]warning[/]: {escape(found.lookalikes.message())}", soft_wrap=True)
     if found.pairs.method != "exact":
         recall = "no pair in the sample" if found.pairs.recall is None else f"pair recall {found.pairs.recall:.3f}"
         err.print(f"pairs from a {found.pairs.neighbours}-nearest-neighbour graph of the approximate index ({recall} "
@@ -387,7 +403,8 @@ def classify_command(
         rows = []
         for r in results:
             if r.error is None:
-                label = r.label if r.label is not None else f"unknown (nearest: {r.nearest_label})"
+                label = r.label if r.label is not None else f"unknown (nearest: {r.nearest_label}" + (
+                    ", pixels differ)" if r.pixels is not None else ")")
                 decided = (shown_path(r.nearest_support) if r.nearest_support
                            else terminal_text(f"mean of {r.nearest_label}"))
                 rows.append([shown_path(r.query), terminal_text(label), f"{r.distance:.4f}",

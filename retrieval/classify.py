@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.pixel_rule import PixelJudgement
 from retrieval.unit_distance import DISTANCE_DIGITS, pairwise_distances
 
 
 @dataclass(frozen=True)
 class Classification:
-    """The nearest class of one query; `label` is None ("unknown") when it lies beyond the threshold."""
+    """The nearest class of one query; `label` is None ("unknown") when it lies beyond the threshold, or when it
+    was judged on pixels (`pixels`: the query or the deciding support image is tiny or flat) and they differ."""
 
     query: str
     label: str | None
@@ -20,11 +22,14 @@ class Classification:
     nearest_support: str | None
     """The support image that decided (None with class means)."""
     error: str | None = None
+    pixels: PixelJudgement | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"query": self.query, "label": self.label, "nearest_label": self.nearest_label,
                 "distance": None if self.distance is None else round(self.distance, DISTANCE_DIGITS),
-                "nearest_support": self.nearest_support, **({"error": self.error} if self.error else {})}
+                "nearest_support": self.nearest_support,
+                **({"pixels": self.pixels.to_dict()} if self.pixels is not None else {}),
+                **({"error": self.error} if self.error else {})}
 
 
 def nearest_classes(queries: np.ndarray, support: np.ndarray, support_labels: np.ndarray, prototype: bool

@@ -10,16 +10,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from retrieval.calibration import DEFAULT_PRECISION, decide, level_at
+from retrieval.calibration import DEFAULT_PRECISION, decide, level_at, stored_false_pairs
 from retrieval.calibration_store import StoredCalibration, latest_calibration
 from retrieval.classify import Classification, nearest_classes
 from retrieval.dedup import DuplicateGroup, DuplicateSearch, index_duplicates
@@ -29,17 +30,21 @@ from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InputPathError, InvalidArgumentError,
                               ModelMismatchError)
 from retrieval.faiss_factory import EXACT, new_faiss_index
+from retrieval.false_pairs import CollectionFalsePairs, collection_false_pairs
 from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex, open_index
 from retrieval.inputs import (path_argument, path_arguments, refuse_single_path, support_argument, threshold_argument)
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel, load_default_model
+from retrieval.model_spec import DEFAULT_MODEL_FILE, FalsePairRate, ShippedCalibration, read_model_header
+from retrieval.pixel_rule import PixelJudgement, PixelSignature, indexed_signature, judge, same_by_rule, signature
 from retrieval.search import QueryResult, query_files
 from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, squared_l2_from_scores
 
 
 STREAM_CANDIDATES = 8
 """Indexed neighbours a streamed input is compared with: the nearest that is another file than the input wins."""
+_log = logging.getLogger(__name__)
 ThresholdSource = Literal["given", "index calibration", "model calibration"]
 
 
@@ -52,11 +57,20 @@ class ThresholdChoice:
     precision: float | None
     """The precision level it was measured at (None for a given threshold, or an index calibration's criterion)."""
     recall: float | None
-    """The recall measured at that precision level."""
+    """The recall measured at that precision level (or at the shipped default)."""
     description: str
+    false_pairs: tuple[FalsePairRate, ...] = ()
+    """The model's false-pair curve (the index calibration's where it has one, else the shipped one's): what the
+    threshold means in a collection (`retrieval.false_pairs.collection_false_pairs`); empty where none is known."""
+    false_pairs_measured_on: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {"threshold": self.threshold, "threshold_source": self.source, "precision": self.precision}
+
+    def in_collection(self, images: int) -> CollectionFalsePairs | None:
+        """The false pairs to expect at this threshold among `images` distinct images, where a curve speaks for
+        it."""
+        return collection_false_pairs(self.false_pairs, self.threshold, images, self.false_pairs_measured_on)
 
 
 @dataclass(frozen=True)
@@ -67,16 +81,20 @@ class StreamMatch:
     duplicate_of: str | None
     distance: float | None
     error: str | None
+    pixels: PixelJudgement | None = None
+    """How the pixels of the two compared, where either is tiny or flat (`retrieval.pixel_rule`)."""
 
     def to_dict(self) -> dict[str, object]:
         return {"path": self.path, "duplicate_of": self.duplicate_of,
                 "distance": None if self.distance is None else round(self.distance, DISTANCE_DIGITS),
+                **({"pixels": self.pixels.to_dict()} if self.pixels is not None else {}),
                 **({"error": self.error} if self.error is not None else {})}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Same or different at `threshold`; `margin` is `threshold - distance` (positive on the "same" side)."""
+    """Same or different at `threshold` (and, where either image is tiny or flat, by their pixels: `pixels`);
+    `margin` is `threshold - distance` (positive on the "same" side)."""
 
     same: bool
     distance: float
@@ -85,10 +103,13 @@ class Verdict:
     probability: float | None
     """The pairwise head's probability of "same", for a model trained with one."""
     choice: ThresholdChoice
+    pixels: PixelJudgement | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"same": self.same, "distance": round(self.distance, DISTANCE_DIGITS), **self.choice.to_dict(),
-                "margin": round(self.margin, DISTANCE_DIGITS), "probability": self.probability}
+                "margin": round(self.margin, DISTANCE_DIGITS), "probability": self.probability,
+                "judged_on": "embedding" if self.pixels is None else "pixels",
+                **({"pixels": self.pixels.to_dict()} if self.pixels is not None else {})}
 
 
 class Collection:
@@ -150,14 +171,40 @@ class Collection:
 
     def _choice(self, threshold: float | None, precision: float | None) -> ThresholdChoice | None:
         """The first of: `threshold` (a finite distance of at least 0); the index's latest calibration of this
-        model (its threshold by its criterion, or its level at `precision`); the model's shipped calibration at
-        `precision` (default `DEFAULT_PRECISION`). `precision` must be a level that calibration measured; None
-        when there is nothing to choose from and no precision was asked for."""
+        model (its threshold by its criterion, or its level at `precision`); the model's shipped calibration: at
+        `precision`, else its default (`FalsePairCurve.default_threshold`, else the level at `DEFAULT_PRECISION`
+        for a calibration of precision levels alone). `precision` must be a level that calibration measured; None
+        when there is nothing to choose from and no precision was asked for. The choice carries the false-pair
+        curve of the index's calibration where it has one, else of the shipped one."""
+        if threshold is not None and precision is not None:
+            raise InvalidArgumentError("give a threshold or a precision, not both")
+        model_hash, shipped = self._model_facts()
+        stored = None if self.index is None else latest_calibration(self.index, model_hash)
+        choice = self._picked(threshold, precision, stored, shipped)
+        if choice is None:
+            return None
+        if stored is not None and stored_false_pairs(stored.metrics):
+            return replace(choice, false_pairs=stored_false_pairs(stored.metrics),
+                           false_pairs_measured_on="the different pairs of the index's calibration")
+        if shipped is not None and shipped.false_pairs is not None:
+            return replace(choice, false_pairs=shipped.false_pairs.points,
+                           false_pairs_measured_on=shipped.false_pairs.measured_on)
+        return choice
+
+    def _model_facts(self) -> tuple[str, ShippedCalibration | None]:
+        """This collection's model's content hash and shipped calibration; read from the model file's header
+        while the model is not loaded (a decision at a given threshold loads no model)."""
+        if self._model is None and self.index is not None:
+            record = self.index.served_model()
+            path = DEFAULT_MODEL_FILE if record is None else self.index.model_path(record.content_hash)
+            header = read_model_header(path)
+            return header.content_hash, header.calibration
+        return self.model.content_hash, self.model.calibration
+
+    def _picked(self, threshold: float | None, precision: float | None, stored: StoredCalibration | None,
+                shipped: ShippedCalibration | None) -> ThresholdChoice | None:
         if threshold is not None:
-            if precision is not None:
-                raise InvalidArgumentError("give a threshold or a precision, not both")
             return ThresholdChoice(threshold_argument(threshold), "given", None, None, "the given threshold")
-        stored = self.calibration()
         if stored is not None:
             when = f"stored {stored.created_at:%Y-%m-%d}"
             if precision is None:
@@ -167,7 +214,11 @@ class Collection:
             return ThresholdChoice(level.threshold, "index calibration", level.precision, level.recall,
                                    f"the index's calibration at precision {level.precision:g} "
                                    f"(recall {level.recall:.3f}, {when})")
-        shipped = self.model.calibration
+        if shipped is not None and precision is None and shipped.false_pairs is not None:
+            default = shipped.false_pairs.default
+            return ThresholdChoice(default.threshold, "model calibration", None, default.recall,
+                                   f"the model's shipped default (recall {default.recall:.3f} of the edited "
+                                   "copies it was measured on)")
         if shipped is not None:
             level = level_at(shipped.levels, DEFAULT_PRECISION if precision is None else precision,
                              "the model's shipped calibration")
@@ -184,34 +235,46 @@ class Collection:
 
     def verify(self, first: Path | str, second: Path | str, threshold: float | None = None,
                precision: float | None = None) -> Verdict:
-        """Whether two image files show the same thing, at the threshold `threshold_choice` picks."""
+        """Whether two image files show the same thing, at the threshold `threshold_choice` picks, by the rule
+        dedup decides with (`retrieval.pixel_rule` for tiny and flat images)."""
         choice = self.threshold_choice(threshold, precision)
-        vectors = self.embed_files([first, second])
-        return self.verdict(vectors[0], vectors[1], choice)
+        files = path_arguments([first, second])
+        vectors = self.embed_files(files)
+        return self.verdict(vectors[0], vectors[1], choice, (signature(files[0]), signature(files[1])))
 
-    def verdict(self, first: np.ndarray, second: np.ndarray, choice: ThresholdChoice) -> Verdict:
-        """Same or different for two embeddings (of this collection's model) at `choice`'s threshold."""
+    def verdict(self, first: np.ndarray, second: np.ndarray, choice: ThresholdChoice,
+                looks: tuple[PixelSignature, PixelSignature]) -> Verdict:
+        """Same or different for two embeddings (of this collection's model) at `choice`'s threshold, and where
+        either image is tiny or flat by their pixels (`looks`: the two images' `retrieval.pixel_rule.signature`)."""
         distance = distance_between(first, second)
         tensors = torch.from_numpy(np.stack([first, second])).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
         limit = choice.threshold
-        return Verdict(decide(distance, limit), distance, limit, limit - distance,
-                       None if probability is None else float(probability[0]), choice)
+        pixels = judge(*looks)
+        return Verdict(same_by_rule(decide(distance, limit), pixels), distance, limit, limit - distance,
+                       None if probability is None else float(probability[0]), choice, pixels)
 
     def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
-              precision: float | None = None) -> list[DuplicateGroup]:
+              precision: float | None = None, lookalikes: bool = False) -> list[DuplicateGroup]:
         """Near-duplicate groups among the indexed images (those under `roots` when given), at the threshold
-        `threshold_choice` picks."""
-        return self.find_duplicates(threshold, roots, precision).groups
+        `threshold_choice` picks. In a collection of look-alikes (`retrieval.lookalikes`) only exact copies,
+        said as a warning (`logging`, under `retrieval`), unless `lookalikes` asks for near-duplicates too."""
+        found = self.find_duplicates(threshold, roots, precision, lookalikes=lookalikes)
+        if found.lookalikes.lookalikes:
+            _log.warning("%s", found.lookalikes.message())
+        return found.groups
 
     def find_duplicates(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
                         precision: float | None = None, keep: str = DEFAULT_RULES,
-                        reference: Path | str | None = None, max_pairs: int | None = None) -> DuplicateSearch:
+                        reference: Path | str | None = None, max_pairs: int | None = None,
+                        lookalikes: bool = False) -> DuplicateSearch:
         """As `dedup`, with how the pairs were found (exactly, or in a large index by a kNN graph whose pair recall
-        is measured); `keep`: the keeper rules in order (`retrieval.keeper_rules`); `reference`: a folder whose
+        is measured) and the look-alike check (`DuplicateSearch.lookalikes`; nothing is logged);
+        `keep`: the keeper rules in order (`retrieval.keeper_rules`); `reference`: a folder whose
         images are protected (only images outside it are proposed, each as a duplicate of one inside);
         `max_pairs`: a bound on the close pairs, beyond which the threshold is refused (`InvalidArgumentError`)
-        before the memory they need is taken."""
+        before the memory they need is taken; `lookalikes`: near-duplicates even in a collection of
+        look-alikes."""
         index = self._require_searchable_index()
         rules = parse_rules(keep)
         limit = self.threshold(threshold, precision)
@@ -219,7 +282,7 @@ class Collection:
                                           for root in path_arguments(roots, "roots")]
         protected = None if reference is None else os.path.abspath(Path(path_argument(reference, "reference"))
                                                                   .expanduser())
-        return index_duplicates(index, limit, under or None, rules, protected, max_pairs)
+        return index_duplicates(index, limit, under or None, rules, protected, max_pairs, lookalikes)
 
     def decisions(self) -> list[dict[str, object]]:
         """Every decision: "not duplicates" (the two contents) and "keep" (a content), when, and the indexed
@@ -279,7 +342,8 @@ class Collection:
         """Each input against the indexed images and the earlier inputs kept so far. An input reported as a
         duplicate is proposed for deletion, so it is never the original of a later one (two copies given one
         after the other are not each other's duplicates), and neither is the input's own file nor an indexed
-        path that no longer holds the file indexed there."""
+        path that no longer holds the file indexed there. The nearest within the limit is a duplicate by dedup's
+        rule: where either image is tiny or flat, only if their pixels agree (`retrieval.pixel_rule`)."""
         seen = new_faiss_index(self.model.embedding_dim, EXACT)
         seen_files: dict[str, int] = {}
         seen_paths: list[str] = []
@@ -297,50 +361,60 @@ class Collection:
             candidates = self._indexed_matches(vector, {own} | proposed)
             if seen.ntotal:
                 scores, found = seen.search(vector, min(2, seen.ntotal))
-                candidates += [(float(distance), seen_paths[int(row)])
+                candidates += [(float(distance), seen_paths[int(row)], _file_signature(seen_paths[int(row)]))
                                for distance, row in zip(squared_l2_from_scores(scores[0]), found[0])
                                if row != seen_files.get(own)]
-            best = min(candidates, default=None)
+            best = min(candidates, key=lambda candidate: candidate[:2], default=None)
             if best is not None and decide(best[0], limit):
-                proposed.add(own)
-                yield StreamMatch(raw, best[1], best[0], None)
-                continue
+                pixels = judge(_file_signature(path)(), best[2]())
+                if same_by_rule(True, pixels):
+                    proposed.add(own)
+                    yield StreamMatch(raw, best[1], best[0], None, pixels)
+                    continue
             yield StreamMatch(raw, None, None, None)
             if own not in seen_files:
                 seen_files[own] = len(seen_paths)
                 seen.add(vector)
                 seen_paths.append(path)
 
-    def _indexed_matches(self, vector: np.ndarray, excluded: set[str]) -> list[tuple[float, str]]:
-        """The nearest indexed image, as (distance, path), whose path still holds the file indexed there and
-        whose file is none of `excluded` (file ids: the input's own, the inputs proposed for deletion)."""
+    def _indexed_matches(self, vector: np.ndarray, excluded: set[str]
+                         ) -> list[tuple[float, str, Callable[[], PixelSignature | None]]]:
+        """The nearest indexed image, as (distance, path, how to read its pixel signature), whose path still holds
+        the file indexed there and whose file is none of `excluded` (file ids: the input's own, the inputs
+        proposed for deletion)."""
         if self.index is None:
             return []
         for hit in self.index.search(vector, STREAM_CANDIDATES)[0]:
             identity = identify_file(hit.path)
             if (identity is not None and identity.file_id not in excluded
                     and identity.is_as_indexed(hit.file_id, hit.size, hit.mtime_ns)):
-                return [(hit.distance, hit.path)]
+                return [(hit.distance, hit.path,
+                         lambda hit=hit: indexed_signature(hit.path, hit.file_id, hit.size, hit.mtime_ns))]
         return []
 
     def classify(self, support: Mapping[str, Sequence[Path | str]], queries: Sequence[Path | str],
                  prototype: bool = False, threshold: float | None = None,
                  precision: float | None = None) -> list[Classification]:
         """The nearest support class of each query file (by nearest support image, or by class mean with
-        `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one."""
+        `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one, or
+        where the query or the support image that decides is tiny or flat and their pixels do not agree
+        (`retrieval.pixel_rule`, as dedup decides)."""
         asked = path_arguments(queries, "queries")
         support_argument(support)  # before anything is embedded, and even when no query can be
         vectors, failed = embed_each(self.embedder, asked)
         kept = [i for i in range(len(asked)) if i not in failed]
+        looks = [_file_signature(asked[i]) for i in kept]
         found = dict(zip(kept, self.classify_vectors(support, vectors, [asked[i] for i in kept], prototype,
-                                                     threshold, precision))) if kept else {}
+                                                     threshold, precision, looks=looks))) if kept else {}
         return [found.get(i) or Classification(query, None, None, None, None, failed[i])
                 for i, query in enumerate(asked)]
 
     def classify_vectors(self, support: Mapping[str, Sequence[Path | str]], vectors: np.ndarray,
                          names: Sequence[str], prototype: bool = False, threshold: float | None = None,
-                         precision: float | None = None) -> list[Classification]:
-        """As `classify`, for queries already embedded (`vectors`, one row per name in `names`)."""
+                         precision: float | None = None, *,
+                         looks: Sequence[Callable[[], PixelSignature | None]]) -> list[Classification]:
+        """As `classify`, for queries already embedded (`vectors`, one row per name in `names`); `looks[i]` reads
+        query i's pixel signature (`retrieval.pixel_rule.signature`), for the pixel rule."""
         members = support_argument(support)
         choice = self.classify_threshold(threshold, precision)
         limit = None if choice is None else choice.threshold
@@ -349,12 +423,27 @@ class Collection:
         labels = np.array([i for i, name in enumerate(classes) for _ in members[name]])
         support_vectors = self.embed_files(files)
         best, distances, deciding = nearest_classes(vectors, support_vectors, labels, prototype)
+        support_looks: dict[int, PixelSignature | None] = {}
+
+        def support_look(row: int) -> PixelSignature | None:
+            if row not in support_looks:
+                support_looks[row] = _file_signature(files[row])()
+            return support_looks[row]
+
         results = []
         for row, name in enumerate(names):
             nearest = classes[int(best[row])]
-            within = limit is None or decide(float(distances[row]), limit)
+            within, pixels = limit is None or decide(float(distances[row]), limit), None
+            if limit is not None and within:
+                look = looks[row]()
+                if deciding[row] >= 0:
+                    pixels = judge(look, support_look(int(deciding[row])))
+                elif look is None or look.why is not None:  # by class mean: a tiny or flat query, on its class
+                    pixels = _best_judgement([judge(look, support_look(int(i)))
+                                              for i in np.flatnonzero(labels == best[row])])
+                within = same_by_rule(within, pixels)
             results.append(Classification(name, nearest if within else None, nearest, float(distances[row]),
-                                          None if deciding[row] < 0 else files[int(deciding[row])]))
+                                          None if deciding[row] < 0 else files[int(deciding[row])], pixels=pixels))
         return results
 
     def _require_index(self) -> SimilarityIndex:
@@ -373,6 +462,22 @@ class Collection:
                                                  (self._model.spec.name, self._model.content_hash),
                                                  "search it with its own model")
         return index
+
+
+def _best_judgement(judgements: list[PixelJudgement | None]) -> PixelJudgement | None:
+    """Of a tiny or flat query's judgements against the images of a class: one that agrees, else the nearest."""
+    found = [judgement for judgement in judgements if judgement is not None]
+    return min(found, key=lambda j: (not j.agree, np.inf if j.difference is None else j.difference), default=None)
+
+
+def _file_signature(path: str) -> Callable[[], PixelSignature | None]:
+    """How to read the pixel signature of a file given to a streaming dedup (None when it no longer decodes)."""
+    def read() -> PixelSignature | None:
+        try:
+            return signature(path)
+        except DecodeError:
+            return None
+    return read
 
 
 def open_collection(path: Path | str | None = None, model: EmbeddingModel | None = None,

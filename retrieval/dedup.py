@@ -11,11 +11,18 @@ deleted, replaced or rewritten since, and one that no `simsearch index` has seen
 names a path, not a file). Of several paths to one file (links) only one is a member, the one without a symbolic
 link where there is one. So no proposed path is the keeper's file or another kept path's, a symbolic link is
 never the keeper of a group that holds its target, and nothing an import file names is proposed or keeps.
+
+Two rules decide beside the threshold, each in its own module: a pair in which either image is tiny or flat is a
+duplicate only if their pixels agree (`retrieval.pixel_rule`; each such image is read, after the same identity
+check); and a collection of look-alikes, most of it within the threshold of its nearest neighbour, gets only its
+exact copies proposed unless near-duplicates are asked for (`retrieval.lookalikes`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
@@ -26,11 +33,17 @@ from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
 from retrieval.keeper_rules import DEFAULT, KeeperRule, deciding_rule, order_key
+from retrieval.lookalikes import LookalikeCheck, nearest_share, share_from_pairs
 from retrieval.neighbour_graph import GRAPH_NEIGHBOURS, PairSearch, graph_pairs, pair_recall
+from retrieval.pixel_rule import PixelJudgement, PixelSignature, indexed_signature, judge, same_by_rule
 from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, radius_for_threshold, squared_l2_from_scores
 
 QUERY_BLOCK = 4096
 """Queries per range search call, which bounds the memory of the result lists."""
+DECODING_THREADS = 8
+"""Images read at once for the pixel rule, at most (and no more than the CPUs): Pillow decodes outside the GIL."""
+Signatures = Callable[["Candidate"], PixelSignature | None]
+"""What the pixel rule reads of a member: its signature, or None when its file is not the one indexed."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,8 @@ class Candidate:
 @dataclass(frozen=True)
 class DuplicateGroup:
     """A keeper and the others, each within the threshold of the keeper (groups do not chain); `distances[i]` is
-    the distance of `others[i]` to the keeper, `copies[i]` whether it is an exact copy (the same content), and
+    the distance of `others[i]` to the keeper, `copies[i]` whether it is an exact copy (the same content),
+    `pixels[i]` how its pixels compared with the keeper's where either is tiny or flat (else None), and
     `decided_by` the keeper rule that chose the keeper."""
 
     keeper: Candidate
@@ -67,6 +81,7 @@ class DuplicateGroup:
     distances: list[float]
     copies: list[bool]
     decided_by: str
+    pixels: list[PixelJudgement | None]
 
     @property
     def weakest_link(self) -> float:
@@ -76,8 +91,11 @@ class DuplicateGroup:
     def to_dict(self) -> dict[str, object]:
         return {"keeper": self.keeper.to_dict(), "decided_by": self.decided_by,
                 "weakest_link": round(self.weakest_link, DISTANCE_DIGITS),
-                "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS), "copy": copy}
-                               for other, distance, copy in zip(self.others, self.distances, self.copies)]}
+                "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS), "copy": copy,
+                                "judged_on": "embedding" if pixels is None else "pixels",
+                                **({} if pixels is None else {"pixels": pixels.to_dict()})}
+                               for other, distance, copy, pixels in zip(self.others, self.distances, self.copies,
+                                                                        self.pixels)]}
 
 
 CSV_HEADER = ["group", "role", "path", "distance", "width", "height", "image_id"]
@@ -176,33 +194,53 @@ def connected_groups(count: int, first: np.ndarray, second: np.ndarray) -> list[
 def duplicate_groups(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float,
                      identify: Callable[[str], FileIdentity | None] = identify_file,
                      pairs: tuple[np.ndarray, np.ndarray] | None = None,
-                     rules: GroupingRules | None = None, max_pairs: int | None = None) -> list[DuplicateGroup]:
+                     rules: GroupingRules | None = None, max_pairs: int | None = None,
+                     signatures: Signatures | None = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate images; `owners[i]` are the images whose vector is `vectors[i]` (copies of one
     file share a vector, and are duplicates of each other at distance 0). Largest groups first.
 
     Within each set of images linked by close pairs, the image the keeper rules prefer keeps, those within the
-    threshold of it (and not decided apart from it) join it, and the rest form groups of their own in the same
-    way: no member is ever further than the threshold from its keeper.
+    threshold of it (and not decided apart from it, and whose pixels agree with its where either is tiny or
+    flat: `retrieval.pixel_rule`) join it, and the rest form groups of their own in the same way: no member is
+    ever further than the threshold from its keeper.
 
-    `identify` tells what each member's path reaches now (one path per file is kept; see the module's doc).
+    `identify` tells what each member's path reaches now (one path per file is kept; see the module's doc), and
+    `signatures` what the pixel rule reads of a member (default: its file, after the same identity check).
     `pairs` (rows i, j within the threshold) found otherwise (`retrieval.neighbour_graph`); else every pair is
     searched exactly, at most `max_pairs` of them (`pairs_within`).
     """
     rules = rules or GroupingRules()
+    read = signatures or (lambda image: indexed_signature(image.path, image.file_id, image.size, image.mtime_ns,
+                                                          identify))
     first, second = pairs if pairs is not None else pairs_within(vectors, threshold, max_pairs)[:2]
     linked = set(np.concatenate([first, second]).tolist())
     components = connected_groups(len(vectors), first, second)
     components += [np.array([i]) for i, images in enumerate(owners) if len(images) > 1 and i not in linked]
+    present = [_one_path_per_file([(image, int(row)) for row in members for image in owners[int(row)]], identify)
+               for members in components]
+    pixels = _signatures_of(present, read)
     groups = []
-    for members in components:
-        images = _one_path_per_file([(image, int(row)) for row in members for image in owners[int(row)]], identify)
-        groups += _groups_around_keepers(images, vectors, threshold, rules)
+    for images in present:
+        groups += _groups_around_keepers(images, vectors, threshold, rules, pixels)
     groups.sort(key=lambda group: (-len(group.others), group.keeper.path))
     return groups
 
 
+def _signatures_of(present: list[list[tuple[Candidate, int]]], read: Signatures) -> dict[int, PixelSignature | None]:
+    """The signature of each content (row) that may be compared with another: one member's, read a few at a time."""
+    chosen: dict[int, Candidate] = {}
+    for images in present:
+        if len({row for _, row in images}) > 1:
+            for image, row in images:
+                chosen.setdefault(row, image)
+    if not chosen:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(DECODING_THREADS, os.cpu_count() or 1))) as pool:
+        return dict(zip(chosen, pool.map(read, chosen.values())))
+
+
 def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndarray, threshold: float,
-                           rules: GroupingRules) -> list[DuplicateGroup]:
+                           rules: GroupingRules, pixels: dict[int, PixelSignature | None]) -> list[DuplicateGroup]:
     protected = rules.protected
     key = order_key(rules.keep)
     remaining = sorted(images, key=lambda pair: (0 if protected and protected(pair[0].path) else 1,
@@ -212,25 +250,29 @@ def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndar
         (keeper, keeper_row), rest = remaining[0], remaining[1:]
         if protected is not None and not protected(keeper.path):
             break  # reference mode: what is left has no protected image to be a duplicate of
-        joined, left = [], []
+        joined: list[tuple[Candidate, int, float, PixelJudgement | None]] = []
+        left = []
         for image, row in rest:
             distance = 0.0 if row == keeper_row else distance_between(vectors[row], vectors[keeper_row])
             eligible = protected is None or not protected(image.path)
-            if distance <= threshold and eligible and not rules.apart(keeper, image):
-                joined.append((image, row, distance))
+            within = distance <= threshold and eligible and not rules.apart(keeper, image)
+            judgement = None if row == keeper_row or not within else judge(pixels.get(keeper_row), pixels.get(row))
+            if same_by_rule(within, judgement):
+                joined.append((image, row, distance, judgement))
             else:
                 left.append((image, row))
         if joined:
-            runner_up = min((image for image, _, _ in joined), key=key)
+            runner_up = min((image for image, _, _, _ in joined), key=key)
             if protected is not None:
                 decided = "protected"
             elif rules.is_chosen(keeper) and not rules.is_chosen(runner_up):
                 decided = "chosen"
             else:
                 decided = deciding_rule(rules.keep, keeper, runner_up)
-            groups.append(DuplicateGroup(keeper, [image for image, _, _ in joined],
-                                         [distance for _, _, distance in joined],
-                                         [row == keeper_row for _, row, _ in joined], decided))
+            groups.append(DuplicateGroup(keeper, [image for image, _, _, _ in joined],
+                                         [distance for _, _, distance, _ in joined],
+                                         [row == keeper_row for _, row, _, _ in joined], decided,
+                                         [judgement for _, _, _, judgement in joined]))
         remaining = left
     return groups
 
@@ -250,21 +292,41 @@ def _one_path_per_file(images: list[tuple[Candidate, int]], identify: Callable[[
 
 @dataclass(frozen=True)
 class DuplicateSearch:
-    """Duplicate groups, and how their pairs were found (exact, or a kNN graph with its measured recall)."""
+    """Duplicate groups, how their pairs were found (exact, or a kNN graph with its measured recall), and how
+    much of the collection lies within the threshold of its nearest neighbour (`retrieval.lookalikes`)."""
 
     groups: list[DuplicateGroup]
     pairs: PairSearch
+    lookalikes: LookalikeCheck
 
     def to_dict(self) -> dict[str, object]:
-        return {"groups": [group.to_dict() for group in self.groups], "pairs": self.pairs.to_dict()}
+        return {"groups": [group.to_dict() for group in self.groups], "pairs": self.pairs.to_dict(),
+                "lookalikes": self.lookalikes.to_dict()}
+
+
+NO_PAIRS = (np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def exact_duplicates(vectors: np.ndarray, owners: Sequence[Sequence[Candidate]], threshold: float,
+                     rules: GroupingRules | None = None, max_pairs: int | None = None, lookalikes: bool = False,
+                     identify: Callable[[str], FileIdentity | None] = identify_file,
+                     signatures: Signatures | None = None) -> DuplicateSearch:
+    """`duplicate_groups` over every pair, found exactly, after the look-alike check: in a collection of
+    look-alikes only exact copies are grouped (no pair is searched), unless `lookalikes` asks for near-duplicates
+    too."""
+    check = nearest_share(vectors, threshold, lookalikes, seed=len(vectors))
+    pairs = NO_PAIRS if check.exact_only else None
+    return DuplicateSearch(duplicate_groups(vectors, owners, threshold, identify, pairs, rules, max_pairs, signatures),
+                           PairSearch("exact"), check)
 
 
 def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[str] | None = None,
                      keep: Sequence[KeeperRule] = DEFAULT, reference: str | None = None,
-                     max_pairs: int | None = None) -> DuplicateSearch:
+                     max_pairs: int | None = None, lookalikes: bool = False) -> DuplicateSearch:
     """Near-duplicate groups among the indexed images (only those under `roots`, absolute paths, when given),
     kept by the rules `keep`, honouring every "not duplicates" decision stored. With `reference` (an absolute
-    folder), its images are protected: they keep, and only images outside it are proposed.
+    folder), its images are protected: they keep, and only images outside it are proposed. In a collection of
+    look-alikes only exact copies are proposed, unless `lookalikes` asks for near-duplicates too.
 
     While the index's vector index is exact, every pair is searched; once it is approximate, through it as a kNN
     graph, whose pair recall is measured on a sample and reported. More than `max_pairs` close pairs are an
@@ -283,14 +345,15 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
                           frozenset(digest for digest, _ in index.store.chosen_keepers()))
     used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
     if len(used) == 0:
-        return DuplicateSearch([], PairSearch("exact"))
+        return DuplicateSearch([], PairSearch("exact"), LookalikeCheck(0.0, 0, 0, lookalikes))
     subset, members = vectors[used], [owners[row] for row in used]
     info = index.vector_info()
     if info is None or info.description == EXACT:
-        return DuplicateSearch(duplicate_groups(subset, members, threshold, rules=rules, max_pairs=max_pairs),
-                               PairSearch("exact"))
+        return exact_duplicates(subset, members, threshold, rules, max_pairs, lookalikes)
     first, second, _ = graph_pairs(index.vector_index(), ids[used], subset, threshold)
     check_pair_count(len(first), threshold, max_pairs)
+    check = share_from_pairs(len(used), first, second, lookalikes)
     recall, sampled = pair_recall(subset, first, second, threshold, seed=len(used))
-    groups = duplicate_groups(subset, members, threshold, pairs=(first, second), rules=rules)
-    return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled))
+    pairs = NO_PAIRS if check.exact_only else (first, second)
+    groups = duplicate_groups(subset, members, threshold, pairs=pairs, rules=rules)
+    return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled), check)

@@ -48,6 +48,28 @@ def cosine_similarity(distance: float) -> float:
     return float(scores_from_squared_l2(distance))
 
 
+def json_similarity(distance: float) -> float:
+    """The cosine similarity at `distance`, rounded as JSON and CSV distances are (`DISTANCE_DIGITS`)."""
+    return round(cosine_similarity(distance), DISTANCE_DIGITS)
+
+
+def with_similarity(value: object) -> object:
+    """A result's JSON (`to_dict()`, lists and dicts of them) with the cosine similarity beside each distance:
+    `similarity` after every `distance`, `threshold_similarity` after every `threshold` (None beside None). The
+    command line's `--json` and the server's answers show distances so."""
+    if isinstance(value, list):
+        return [with_similarity(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    shown: dict[object, object] = {}
+    for key, item in value.items():
+        shown[key] = with_similarity(item)
+        beside = {"distance": "similarity", "threshold": "threshold_similarity"}.get(key)  # type: ignore[call-overload]
+        if beside is not None and beside not in value and (item is None or isinstance(item, (int, float))):
+            shown[beside] = None if item is None else json_similarity(item)
+    return shown
+
+
 def threshold_for_similarity(similarity: object) -> float:
     """The squared-L2 threshold that accepts exactly the pairs of cosine similarity at least `similarity` (a real
     number in [-1, 1]): ``2 - 2 * similarity``, rounded to `SIMILARITY_THRESHOLD_DIGITS` decimals."""

@@ -8,9 +8,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from retrieval import dedup
 from retrieval.errors import InvalidArgumentError
-from retrieval.dedup import Candidate, connected_groups, duplicate_groups, keeper_order, pairs_within
+from retrieval.dedup import Candidate, DuplicateGroup, connected_groups, keeper_order, pairs_within
 from retrieval.file_identity import FileIdentity
+from retrieval.pixel_rule import PixelSignature
+
+
+def duplicate_groups(*args: object, **options: object) -> list[DuplicateGroup]:
+    """`retrieval.dedup.duplicate_groups` of images that are neither tiny nor flat, whose pixels are never read
+    (these tests' paths are not on disk; the pixel rule is tested in tests/test_lookalikes.py)."""
+    photo = PixelSignature(np.zeros((8, 8, 3), np.float32), 50.0, 640, 480)
+    return dedup.duplicate_groups(*args, signatures=lambda _: photo, **options)  # type: ignore[arg-type]
 
 
 def image(path: str, width: int | None, height: int | None, mtime_ns: int | None, file_id: str | None = None,

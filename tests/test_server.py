@@ -187,7 +187,9 @@ def test_a_threshold_that_finds_too_many_pairs_is_refused_before_the_work(tmp_pa
         assert everything.status_code == 422 and "lower the threshold" in everything.json()["detail"]
         assert api.get("/api/duplicates", params={"threshold": 0.001}).status_code == 200
     with client(tmp_path, limits=Limits(max_duplicate_pairs=28)) as api:
-        assert api.get("/api/duplicates", params={"threshold": 4}).json()["total"] == 1, "28 pairs are within 28"
+        within = api.get("/api/duplicates", params={"threshold": 4})
+        # 28 pairs are within 28; none is proposed: these 64x48 photos are tiny, judged on pixels, and they differ
+        assert within.status_code == 200 and within.json()["total"] == 0, within.text
 
 
 def test_duplicate_groups_are_found_off_the_event_loop(tmp_path: Path, indexed: list[Path],
