@@ -18,9 +18,10 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from retrieval.errors import ArgumentTypeError, CalibrationError
+from retrieval.errors import ArgumentTypeError, CalibrationError, ModelError
+from retrieval.false_pairs import curve_thresholds, false_pair_curve
 from retrieval.metrics import roc_auc
-from retrieval.model_spec import MAX_DISTANCE, PrecisionLevel
+from retrieval.model_spec import MAX_DISTANCE, FalsePairRate, PrecisionLevel, false_pair_rates_from_dicts
 
 Criterion = Literal["accuracy", "eer", "target-fpr"]
 CRITERIA: tuple[str, ...] = get_args(Criterion)
@@ -63,10 +64,15 @@ class CalibrationResult:
     fpr_interval: Interval | None = None
     levels: tuple[PrecisionLevel, ...] = ()
     """The thresholds at the `PRECISION_LEVELS` the pairs reach (`precision_levels`)."""
+    false_pairs: tuple[FalsePairRate, ...] = ()
+    """The measured false-pair rate (with its Clopper-Pearson upper end) and recall on a grid of thresholds and at
+    the chosen one and the levels' (`retrieval.false_pairs.false_pair_curve`): how many false pairs a threshold
+    means in a collection of N images."""
 
     def to_dict(self) -> dict[str, object]:
         """Plain floats, ints, strings and None (intervals as ``{"low", "high"}``, levels as a list of
-        ``{"precision", "threshold", "recall"}``), ready for JSON."""
+        ``{"precision", "threshold", "recall"}``, false pairs as a list of ``{"threshold", "fpr", "fpr_upper",
+        "recall"}``), ready for JSON."""
         return asdict(self)
 
     @classmethod
@@ -76,12 +82,25 @@ class CalibrationResult:
             if values[key] is not None:
                 values[key] = Interval(**values[key])  # type: ignore[arg-type]
         values["levels"] = levels_from_dicts(values.get("levels", ()))  # type: ignore[arg-type]
+        values["false_pairs"] = stored_false_pairs(values)
         return cls(**values)  # type: ignore[arg-type]
 
 
 def levels_from_dicts(levels: Sequence[dict[str, float]]) -> tuple[PrecisionLevel, ...]:
     """The levels of a `CalibrationResult.to_dict` (stored in the index, so written by this code)."""
     return tuple(PrecisionLevel(**level) for level in levels)
+
+
+def stored_false_pairs(metrics: dict[str, object]) -> tuple[FalsePairRate, ...]:
+    """The false-pair curve of a `CalibrationResult.to_dict` (none in a calibration stored before they were);
+    `CalibrationError` for one that is not a curve."""
+    points = metrics.get("false_pairs") or []
+    if not points:
+        return ()
+    try:
+        return false_pair_rates_from_dicts(points)
+    except ModelError as exc:
+        raise CalibrationError(f"the stored calibration's false-pair curve is broken: {exc}") from exc
 
 
 def decide(distance: float | np.ndarray, threshold: float) -> bool | np.ndarray:
@@ -123,10 +142,12 @@ def calibrate(same: np.ndarray, different: np.ndarray, criterion: Criterion = "a
     if bootstrap > 0:
         draws = _bootstrap(same, different, criterion, target_fpr, bootstrap, np.random.default_rng(seed))
         intervals = {f"{name}_interval": _interval(values) for name, values in draws.items()}
-    return CalibrationResult(criterion, float(sweep.thresholds(column)[0]),
-                             target_fpr if criterion == "target-fpr" else None, roc_auc(same, different),
-                             accuracy, tpr, fpr, len(same), len(different), **intervals,
-                             levels=_levels(sweep, PRECISION_LEVELS))
+    threshold = float(sweep.thresholds(column)[0])
+    levels = _levels(sweep, PRECISION_LEVELS)
+    shown = [t for t in (threshold, *(level.threshold for level in levels)) if 0 <= t <= MAX_DISTANCE]
+    return CalibrationResult(criterion, threshold, target_fpr if criterion == "target-fpr" else None,
+                             roc_auc(same, different), accuracy, tpr, fpr, len(same), len(different), **intervals,
+                             levels=levels, false_pairs=false_pair_curve(different, same, curve_thresholds(*shown)))
 
 
 def precision_levels(same: np.ndarray, different: np.ndarray,

@@ -169,8 +169,12 @@ MAX_DISTANCE = 4.0
 """The largest squared L2 distance between two L2-normalised embeddings."""
 MAX_LEVELS = 32
 MAX_MEASURED_ON_LENGTH = 256
+MAX_CURVE_POINTS = 128
 _LEVEL_FIELDS = {"precision", "threshold", "recall"}
 _CALIBRATION_FIELDS = {"levels", "measured_on"}
+_OPTIONAL_CALIBRATION_FIELDS = {"false_pairs"}
+_POINT_FIELDS = {"threshold", "fpr", "fpr_upper", "recall"}
+_CURVE_FIELDS = {"points", "measured_on", "default_threshold"}
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,89 @@ class PrecisionLevel:
     precision: float
     threshold: float
     recall: float
+
+
+@dataclass(frozen=True)
+class FalsePairRate:
+    """At a distance threshold (squared L2): the share of different pairs within it (`fpr`, the estimate), the
+    upper end of its 95 % interval (`fpr_upper`), and the share of same pairs within it (`recall`)."""
+
+    threshold: float
+    fpr: float
+    fpr_upper: float
+    recall: float
+
+
+def check_false_pair_rates(points: object) -> None:
+    """`ModelError` unless `points` is a tuple of 1 to `MAX_CURVE_POINTS` `FalsePairRate`s of ascending thresholds
+    in [0, 4], rates and recalls in [0, 1] that never fall as the threshold grows, and each `fpr` at most its
+    `fpr_upper`."""
+    if not (isinstance(points, tuple) and 1 <= len(points) <= MAX_CURVE_POINTS
+            and all(isinstance(point, FalsePairRate) for point in points)):
+        raise ModelError(f"points must be a tuple of 1 to {MAX_CURVE_POINTS} false-pair rates "
+                         f"(got {shown_value(points)})")
+    for point in points:
+        _require_number("threshold", point.threshold, 0.0, MAX_DISTANCE)
+        for name in ("fpr", "fpr_upper", "recall"):
+            _require_number(name, getattr(point, name), 0.0, 1.0)
+        if point.fpr > point.fpr_upper:
+            raise ModelError(f"fpr {point.fpr} is above its upper bound {point.fpr_upper} at threshold "
+                             f"{point.threshold}")
+    for lower, higher in zip(points, points[1:]):
+        if higher.threshold <= lower.threshold:
+            raise ModelError(f"the points must have ascending thresholds (got {lower.threshold} before "
+                             f"{higher.threshold})")
+        if higher.fpr < lower.fpr or higher.fpr_upper < lower.fpr_upper or higher.recall < lower.recall:
+            raise ModelError(f"threshold {higher.threshold} cannot have a smaller fpr, fpr_upper or recall than "
+                             f"threshold {lower.threshold}")
+
+
+def false_pair_rates_from_dicts(points: object) -> tuple[FalsePairRate, ...]:
+    """The points of a JSON list of ``{"threshold", "fpr", "fpr_upper", "recall"}`` objects, checked
+    (`check_false_pair_rates`); `ModelError` naming the field at fault."""
+    if not isinstance(points, list):
+        raise ModelError(f"points must be a list (got {shown_value(points)})")
+    for point in points:
+        if not isinstance(point, dict) or point.keys() != _POINT_FIELDS:
+            raise ModelError(f"each point must be a JSON object of {', '.join(sorted(_POINT_FIELDS))} "
+                             f"(got {shown_value(point)})")
+    rates = tuple(FalsePairRate(**point) for point in points)
+    check_false_pair_rates(rates)
+    return rates
+
+
+@dataclass(frozen=True)
+class FalsePairCurve:
+    """A model's false-pair rate at several thresholds, measured on hard different pairs that `measured_on`
+    names, and the threshold its decisions use when none is asked for (`default_threshold`, one of the points),
+    chosen by what that rate means in a collection (`retrieval.false_pairs`)."""
+
+    points: tuple[FalsePairRate, ...]
+    measured_on: str
+    default_threshold: float
+
+    def __post_init__(self) -> None:
+        check_false_pair_rates(self.points)
+        _require_measured_on(self.measured_on)
+        if not any(point.threshold == self.default_threshold for point in self.points):
+            raise ModelError(f"default_threshold must be the threshold of one of the points "
+                             f"(got {shown_value(self.default_threshold)})")
+
+    @property
+    def default(self) -> FalsePairRate:
+        """The point of the default threshold."""
+        return next(point for point in self.points if point.threshold == self.default_threshold)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"points": [vars(point) for point in self.points], "measured_on": self.measured_on,
+                "default_threshold": self.default_threshold}
+
+    @classmethod
+    def from_dict(cls, data: object) -> FalsePairCurve:
+        if not isinstance(data, dict) or data.keys() != _CURVE_FIELDS:
+            raise ModelError(f"false_pairs must be a JSON object of {', '.join(sorted(_CURVE_FIELDS))} "
+                             f"(got {shown_value(data)})")
+        return cls(false_pair_rates_from_dicts(data["points"]), data["measured_on"], data["default_threshold"])
 
 
 @dataclass(frozen=True)
@@ -195,11 +282,15 @@ class ShippedCalibration:
     levels: tuple[PrecisionLevel, ...]
     """Ascending precision; a higher precision never has a larger threshold or recall."""
     measured_on: str
+    false_pairs: FalsePairCurve | None = None
+    """Where present, its default threshold is the one decisions use when no threshold or precision is asked for
+    (else the level at `retrieval.calibration.DEFAULT_PRECISION`), and its rates say how many false pairs to
+    expect in a collection."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.measured_on, str) and 1 <= len(self.measured_on) <= MAX_MEASURED_ON_LENGTH):
-            raise ModelError(f"measured_on must be a string of 1 to {MAX_MEASURED_ON_LENGTH} characters "
-                             f"(got {shown_value(self.measured_on)})")
+        _require_measured_on(self.measured_on)
+        if self.false_pairs is not None and not isinstance(self.false_pairs, FalsePairCurve):
+            raise ModelError(f"false_pairs must be a FalsePairCurve (got {shown_value(self.false_pairs)})")
         if not (isinstance(self.levels, tuple) and 1 <= len(self.levels) <= MAX_LEVELS
                 and all(isinstance(level, PrecisionLevel) for level in self.levels)):
             raise ModelError(f"levels must be a tuple of 1 to {MAX_LEVELS} precision levels "
@@ -217,15 +308,19 @@ class ShippedCalibration:
                                  f"precision {lower.precision}")
 
     def to_json(self) -> str:
-        return json.dumps({"levels": [vars(level) for level in self.levels], "measured_on": self.measured_on},
-                          sort_keys=True)
+        data: dict[str, object] = {"levels": [vars(level) for level in self.levels], "measured_on": self.measured_on}
+        if self.false_pairs is not None:
+            data["false_pairs"] = self.false_pairs.to_dict()
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ShippedCalibration:
         """The calibration saved by `to_json`; `ModelError` naming the field at fault."""
         data = _parse_json(text, "it is")
-        if not isinstance(data, dict) or data.keys() != _CALIBRATION_FIELDS:
+        if not (isinstance(data, dict) and data.keys() >= _CALIBRATION_FIELDS
+                and data.keys() <= _CALIBRATION_FIELDS | _OPTIONAL_CALIBRATION_FIELDS):
             raise ModelError(f"must be a JSON object of {', '.join(sorted(_CALIBRATION_FIELDS))} "
+                             f"(and optionally {', '.join(sorted(_OPTIONAL_CALIBRATION_FIELDS))}) "
                              f"(got {shown_value(data)})")
         levels = data["levels"]
         if not isinstance(levels, list):
@@ -234,7 +329,14 @@ class ShippedCalibration:
             if not isinstance(level, dict) or level.keys() != _LEVEL_FIELDS:
                 raise ModelError(f"each level must be a JSON object of {', '.join(sorted(_LEVEL_FIELDS))} "
                                  f"(got {shown_value(level)})")
-        return cls(tuple(PrecisionLevel(**level) for level in levels), data["measured_on"])
+        curve = FalsePairCurve.from_dict(data["false_pairs"]) if "false_pairs" in data else None
+        return cls(tuple(PrecisionLevel(**level) for level in levels), data["measured_on"], curve)
+
+
+def _require_measured_on(measured_on: object) -> None:
+    if not (isinstance(measured_on, str) and 1 <= len(measured_on) <= MAX_MEASURED_ON_LENGTH):
+        raise ModelError(f"measured_on must be a string of 1 to {MAX_MEASURED_ON_LENGTH} characters "
+                         f"(got {shown_value(measured_on)})")
 
 
 def _require_number(name: str, value: object, low: float, high: float, above_low: bool = False) -> None:
