@@ -28,7 +28,7 @@ from retrieval.keeper_rules import DEFAULT_RULES, parse_rules
 from retrieval.sources.embed import embed_each, embed_files
 from retrieval.embedding import Embedder, pick_device
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InputPathError, InvalidArgumentError,
-                              ModelMismatchError)
+                              ModelError, ModelMismatchError)
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.false_pairs import CollectionFalsePairs, collection_false_pairs
 from retrieval.file_identity import identify_file
@@ -178,7 +178,12 @@ class Collection:
         curve of the index's calibration where it has one, else of the shipped one."""
         if threshold is not None and precision is not None:
             raise InvalidArgumentError("give a threshold or a precision, not both")
-        model_hash, shipped = self._model_facts()
+        try:
+            model_hash, shipped = self._model_facts()
+        except ModelError:
+            if threshold is None:
+                raise
+            return self._picked(threshold, None, None, None)  # the vectors decide; the model file is not needed
         stored = None if self.index is None else latest_calibration(self.index, model_hash)
         choice = self._picked(threshold, precision, stored, shipped)
         if choice is None:
@@ -217,8 +222,8 @@ class Collection:
         if shipped is not None and precision is None and shipped.false_pairs is not None:
             default = shipped.false_pairs.default
             return ThresholdChoice(default.threshold, "model calibration", None, default.recall,
-                                   f"the model's shipped default (recall {default.recall:.3f} of the edited "
-                                   "copies it was measured on)")
+                                   f"the model's shipped default (recall {default.recall:.3f} of edited copies in "
+                                   "edit families it never trained on)")
         if shipped is not None:
             level = level_at(shipped.levels, DEFAULT_PRECISION if precision is None else precision,
                              "the model's shipped calibration")

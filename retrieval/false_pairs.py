@@ -231,13 +231,13 @@ class CollectionFalsePairs:
         among = f"among these {self.images:,} images"
         if self.point.fpr == 0:
             return (f"at this threshold no different pair was measured within it; at most "
-                    f"{_count(self.expected_upper)} false pairs are expected {among} (measured on {self.measured_on})")
-        amount = ("fewer than 0.01" if self.expected < 0.01 else
+                    f"{_count(self.expected_upper)} false pairs are expected {among} (estimated on {self.measured_on})")
+        amount = (f"fewer than {_count(0)}" if self.expected < SMALLEST_SHOWN else
                   f"{'about' if self.exact else 'at most about'} {_count(self.expected)}")
         where = "" if self.exact else f" at threshold {self.point.threshold:.4f}, the nearest measured above"
         return (f"at this threshold {amount} false pairs are expected {among} (at most "
                 f"{_count(self.expected_upper)}; a false-pair rate of {self.point.fpr:.2g} per pair{where}, "
-                f"measured on {self.measured_on})")
+                f"estimated on {self.measured_on})")
 
     def warning(self) -> str | None:
         """One line when the goal fails here: too many images for this threshold, and what would keep it."""
@@ -251,11 +251,16 @@ class CollectionFalsePairs:
                 f"on them; {keeps}")
 
 
+SMALLEST_SHOWN = 1e-4
+"""Fewer expected false pairs than this are shown as "fewer than" it: a count, not a rate, needs no exponent."""
+
+
 def _count(pairs: float) -> str:
-    """A number of pairs as a person reads it: two significant digits, no exponent (0.01 at the least)."""
-    if pairs < 0.01:
-        return "0.01"
-    return f"{pairs:,.0f}" if pairs >= 100 else f"{float(f'{pairs:.2g}'):g}"
+    """A number of pairs as a person reads it: two significant digits, no exponent (`SMALLEST_SHOWN` at the
+    least)."""
+    if pairs < SMALLEST_SHOWN:
+        return f"{SMALLEST_SHOWN:f}".rstrip("0")
+    return f"{pairs:,.0f}" if pairs >= 100 else f"{float(f'{pairs:.2g}'):f}".rstrip("0").rstrip(".")
 
 
 def collection_false_pairs(points: Sequence[FalsePairRate], threshold: float, images: int,
