@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParameter
@@ -27,11 +27,13 @@ from retrieval.dedup import Candidate, DuplicateSearch
 from retrieval.errors import MoveError
 from retrieval.index import SimilarityIndex
 from retrieval.keeper_rules import DEFAULT_RULES
+from retrieval.moves import MoveReport
 from retrieval.unit_distance import cosine_similarity
 from server.bodies import json_body, path_value, require_proof, shown
 from server.resolutions import RESOLUTION_ID, Resolutions
 from server.review_groups import GROUP_ID_PATTERN, display_root, find_group, group_view, member_view
 
+T = TypeVar("T")
 MAX_IMAGE_ID = 2**63 - 1
 MAX_IDS = 200
 """Images one facts request may name (a search shows at most 100)."""
@@ -86,7 +88,7 @@ class GroupSettings:
                 raise HTTPException(422, f"{key} must be a number")
             return float(value)
 
-        keep = body.get("keep", DEFAULT_RULES)
+        keep = body.get("keep") or DEFAULT_RULES
         if not isinstance(keep, str):
             raise HTTPException(422, "keep must be keeper rules, such as largest,oldest")
         reference = body.get("reference")
@@ -94,9 +96,10 @@ class GroupSettings:
                    None if reference is None else path_value(reference, "reference"))
 
 
-def group_settings(threshold: float | None = None, precision: float | None = None, keep: str = DEFAULT_RULES,
+def group_settings(threshold: float | None = None, precision: float | None = None, keep: str = "",
                    reference: str | None = None) -> GroupSettings:
-    return GroupSettings(threshold, precision, keep, None if reference is None else path_value(reference, "reference"))
+    return GroupSettings(threshold, precision, keep or DEFAULT_RULES,
+                         None if reference is None else path_value(reference, "reference"))
 
 
 Settings = Annotated[GroupSettings, Depends(group_settings)]
@@ -109,19 +112,22 @@ class Found:
     root: str
 
 
-async def found_groups(context: ReviewContext, settings: GroupSettings,
-                       then: Callable[[Found], object] | None = None) -> tuple[Found, object]:
-    """The groups at `settings` and the folder their paths are shown relative to; with `then`, what it makes of
-    them, run in the same turn of the lock (a resolve acts on the groups it found)."""
+async def found_groups(context: ReviewContext, settings: GroupSettings) -> Found:
+    """The groups at `settings`, and the folder their paths are shown relative to."""
+    return await acting_on_groups(context, settings, lambda found: found)
+
+
+async def acting_on_groups(context: ReviewContext, settings: GroupSettings, then: Callable[[Found], T]) -> T:
+    """What `then` makes of the groups at `settings`, in the same turn of the lock that found them (a resolve acts
+    on the groups it found, and no other search or resolve runs meanwhile)."""
     collection, _ = context.served.collection()
     choice = collection.threshold_choice(settings.threshold, settings.precision)
 
-    def search() -> tuple[Found, object]:
+    def search() -> T:
         found = collection.find_duplicates(choice.threshold, keep=settings.keep, reference=settings.reference,
                                            max_pairs=context.max_pairs)
         root = display_root(row.path for row in context.served.index.store.indexed_images())
-        result = Found(choice, found, root)
-        return result, (then(result) if then is not None else None)
+        return then(Found(choice, found, root))
 
     async with context.one_search_at_a_time:  # one search's memory at a time; the event loop keeps answering
         return await asyncio.to_thread(search)
@@ -148,7 +154,7 @@ async def groups(context: Context, settings: Settings, page: Annotated[int, Quer
     similarity to the keeper, exact copies marked); `root` is the folder the members' `relative` paths start
     at."""
     per_page = _per_page(context, per_page)
-    found, _ = await found_groups(context, settings)
+    found = await found_groups(context, settings)
     start = (page - 1) * per_page
     views = await asyncio.to_thread(lambda: [group_view(group, found.root)  # reads each member's header
                                              for group in found.search.groups[start:start + per_page]])
@@ -162,7 +168,7 @@ async def group(context: Context, settings: Settings,
     """The group `group_id` now, with its position among all groups (from 0) and the page that holds it at
     `per_page`; 404 when no group has that id any more (a member left or joined: a decision, a move, a change)."""
     per_page = _per_page(context, per_page)
-    found, _ = await found_groups(context, settings)
+    found = await found_groups(context, settings)
     hit = find_group(found.search.groups, group_id)
     if hit is None:
         raise HTTPException(404, f"no group {group_id} now: its members changed, or it was resolved")
@@ -190,7 +196,7 @@ async def resolve(context: Context, request: Request) -> dict[str, object]:
         raise HTTPException(422, 'destination must be "quarantine" or "trash"')
     settings = GroupSettings.of(body)
 
-    def act(found: Found) -> object:
+    def act(found: Found) -> tuple[str, MoveReport]:
         hit = find_group(found.search.groups, wanted)
         if hit is None:
             raise HTTPException(404, f"no group {shown(wanted)} now: its members changed, or it was resolved")
@@ -202,8 +208,7 @@ async def resolve(context: Context, request: Request) -> dict[str, object]:
         except MoveError as exc:
             raise HTTPException(409, " ".join(str(exc).split())) from None
 
-    _, outcome = await found_groups(context, settings, act)
-    resolution, report = outcome  # type: ignore[misc]
+    resolution, report = await acting_on_groups(context, settings, act)
     return {"resolution": resolution, "destination": destination, "group": wanted,
             "moved": len(report.moved), "copies": sum(record.copy for record in report.moved),
             "refused": [refusal.to_dict() for refusal in report.refused], "manifest": str(report.manifest),

@@ -7,10 +7,11 @@ the group back; it changes when a member leaves or joins (a "not duplicates" dec
 indexed file), because what was shown is then no longer what an action would touch. The keeper's hash alone would
 not do: "keep this one" would rename the group under the page's feet.
 
-A member's facts are those of the file as it was indexed (its dimensions, size, modification time; the group was
-made only of files that still hold what was indexed, `retrieval.dedup`), its format read from the file's header,
-and its path relative to `display_root`, the folder holding every indexed image, which `dedup --move-to` and the
-page's quarantine also lay moved files out under.
+A member's facts are those of the file as it was indexed (its dimensions and size; the group was made only of files
+that still hold what was indexed, `retrieval.dedup`), what its header says (its format; its capture time and JPEG
+quality, as the keeper rules read them, `retrieval.photo_facts`: else its file time, and the page says which), and
+its path relative to `display_root`, the folder holding every indexed image, which `dedup --move-to` and the page's
+quarantine also lay moved files out under.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from PIL import Image, UnidentifiedImageError
 
 from retrieval.dedup import Candidate, DuplicateGroup
 from retrieval.moves import collection_root
+from retrieval.photo_facts import indexed_photo_facts
 from retrieval.unit_distance import DISTANCE_DIGITS, cosine_similarity
 
 GROUP_ID_DIGITS = 16
 """Hex digits of a group id (64 bits: no two groups of one collection share one)."""
 GROUP_ID_PATTERN = f"^[0-9a-f]{{{GROUP_ID_DIGITS}}}$"
-DATE_SOURCE = "file time"
-"""Where a member's date comes from: the file's modification time as indexed (no capture time is read yet)."""
 
 
 def group_id(group: DuplicateGroup) -> str:
@@ -55,10 +55,10 @@ def file_format(path: str) -> str | None:
         return None
 
 
-def _date(mtime_ns: int | None) -> str | None:
-    if mtime_ns is None:
+def _date(ns: int | None) -> str | None:
+    if ns is None:
         return None
-    return datetime.fromtimestamp(mtime_ns / 1e9).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
 def member_view(image: Candidate, root: str, distance: float | None = None, copy: bool = False,
@@ -66,11 +66,15 @@ def member_view(image: Candidate, root: str, distance: float | None = None, copy
     """One member's facts as the page shows them; `distance` to its group's keeper (None: not in a group)."""
     relative = os.path.relpath(image.path, root) if image.path.startswith(root.rstrip(os.sep) + os.sep) \
         else image.path
+    facts = indexed_photo_facts(image.path, image.file_id, image.size, image.mtime_ns)
     view: dict[str, object] = {
         "image_id": image.image_id, "path": image.path, "relative": relative,
         "folder": os.path.dirname(relative), "name": os.path.basename(image.path),
         "width": image.width, "height": image.height, "size": image.size, "format": file_format(image.path),
-        "date": _date(image.mtime_ns), "date_source": DATE_SOURCE, "keeper": keeper, "copy": copy}
+        "jpeg_quality": facts.jpeg_quality,
+        "date": _date(facts.taken_ns if facts.taken_ns is not None else image.mtime_ns),
+        "date_source": "capture time" if facts.taken_ns is not None else "file time",
+        "keeper": keeper, "copy": copy}
     if distance is not None:
         view["distance"] = round(distance, DISTANCE_DIGITS)
         view["similarity"] = round(cosine_similarity(distance), DISTANCE_DIGITS)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import invoke, photo
 
@@ -59,7 +60,9 @@ def library(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> 
         shutil.copy(photos / f"img{i:04d}.png", copies / f"img{i:04d}.png")
     near = photos / "near"
     (near / LONG_FOLDER).mkdir(parents=True)
-    photo(900, (3000, 2000)).save(near / "big.jpg", quality=92)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2019:06:01 12:30:00"  # DateTimeOriginal
+    photo(900, (3000, 2000)).save(near / "big.jpg", quality=92, exif=exif)
     shutil.copy(near / "big.jpg", near / "big-copy.jpg")
     photo(900, (600, 400)).save(near / LONG_FOLDER / "small.png")
     result = invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0", cwd=root)
@@ -216,13 +219,17 @@ def test_compare_a_group_then_zoom_into_a_member(site: Site, browser: webdriver.
     assert len(tops) == 1, "side by side"
     keeper, *others = cards
     assert "KEEP" in keeper.text and "big.jpg" in keeper.text
-    assert f"the keeper chosen by {near['decided_by'].replace('-', ' ')}" in browser.find_element(
-        By.CSS_SELECTOR, ".group-head").text, "the rule that chose it"
-    assert "3000\u00d72000" in keeper.text and "JPEG" in keeper.text and "date" in keeper.text
+    rule = {"largest": "most pixels", "quality": "JPEG quality", "oldest": "oldest", "path": "path order",
+            "shortest-path": "shortest path"}[near["decided_by"]]
+    assert f"the keeper chosen by {rule}" in browser.find_element(By.CSS_SELECTOR, ".group-head").text, \
+        "the rule that chose it"
+    assert "3000\u00d72000" in keeper.text and "JPEG q92" in keeper.text, "dimensions, format, quality"
+    assert "taken\n2019-06-01 12:30" in keeper.text, "its capture time"
     copy = next(card for card in others if "big-copy.jpg" in card.text)
     small = next(card for card in others if "small.png" in card.text)
     assert "COPY" in copy.text and "similarity 1.0000" in copy.text
     assert "600\u00d7400" in small.text and "PNG" in small.text and "similarity" in small.text
+    assert "file\n20" in small.text, "no capture time in it: the file's time, said so"
     folder = small.find_element(By.CSS_SELECTOR, ".folder").text
     assert "\u2026" in folder and folder.startswith("near/a folder") and folder.endswith("at all/"), \
         "a long path is shortened in its middle"
@@ -457,8 +464,6 @@ def test_resolve_and_undo_name_only_ids(site: Site) -> None:
 
 
 def test_a_rendition_is_bounded_and_refused_for_a_changed_file(site: Site, tmp_path: Path) -> None:
-    from PIL import Image
-
     big = next(m for m in site.group_of("big.jpg")["members"] if m["name"] == "big.jpg")
     answer = site.api.get(f"/api/image/{big['image_id']}")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"

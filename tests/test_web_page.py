@@ -118,7 +118,7 @@ def search_and_see_thumbnails(browser: webdriver.Chrome, root: Path) -> None:
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results [data-image-id]")) >= 3)
     first = browser.find_element(By.CSS_SELECTOR, "#results [data-image-id]").text
     # The upload is embedded again, not the stored vector: its distance to itself is 0 to the 4 decimals shown.
-    assert "#1" in first and "img0003.png" in first and "distance 0.0000" in first
+    assert "#1" in first and "img0003.png" in first and "similarity 1.0000" in first
     wait.until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
     widths = browser.execute_script("return [...document.querySelectorAll('#results img')].map(i => i.naturalWidth)")

@@ -10,11 +10,11 @@
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
 const HEADERS = {"X-Simsearch-Request": "1", ...(token ? {Authorization: "Bearer " + token} : {})};
 const PER_PAGE = 100;
-const DEFAULT_KEEP = "largest,oldest,shortest-path";
+const DEFAULT_KEEP = "";  // the server's own keeper rules (`simsearch dedup --keep`'s default)
 const RULES = {
-  largest: "most pixels", smallest: "fewest pixels", oldest: "oldest file", newest: "newest file",
-  "shortest-path": "shortest path", "longest-path": "longest path", chosen: "your choice",
-  protected: "in the reference folder", path: "path order",
+  largest: "most pixels", smallest: "fewest pixels", oldest: "oldest", newest: "newest", quality: "JPEG quality",
+  "largest-file": "largest file", "smallest-file": "smallest file", "shortest-path": "shortest path",
+  "longest-path": "longest path", chosen: "your choice", protected: "in the reference folder", path: "path order",
 };
 const $ = (id) => document.getElementById(id);
 
@@ -62,8 +62,8 @@ function similarity(item) {
   return item.similarity ?? 1 - item.distance / 2;
 }
 
-function plural(count, word) {
-  return `${count.toLocaleString()} ${word}${count === 1 ? "" : "s"}`;
+function plural(count, word, many = word + "s") {
+  return `${count.toLocaleString()} ${count === 1 ? word : many}`;
 }
 
 // --- the API -----------------------------------------------------------------------------------------------------
@@ -178,11 +178,15 @@ function status(view, parts, kind = "") {
 
 function facts(member) {
   const rows = [
+    member.distance === undefined || member.keeper ? null
+      : ["distance", member.distance.toFixed(4), `squared L2 between the embeddings: ${member.distance}`],
     ["size", `${member.width ?? "?"}\u00d7${member.height ?? "?"} \u00b7 ${bytes(member.size)} \u00b7 ` +
-             `${member.format ?? "?"}`],
-    ["date", date(member.date), member.date_source ? `${member.date_source} (no capture time is read)` : null],
+             `${member.format ?? "?"}` + (member.jpeg_quality ? ` q${member.jpeg_quality}` : ""),
+     member.jpeg_quality ? `JPEG quality ${member.jpeg_quality}, as estimated from its tables` : null],
+    member.date_source === "capture time" ? ["taken", date(member.date), "when the photo was taken (EXIF)"]
+      : ["file", date(member.date), "the file's modification time: it holds no capture time"],
   ];
-  return el("dl", {class: "facts"}, ...rows.flatMap(([name, value, title]) =>
+  return el("dl", {class: "facts"}, ...rows.filter(Boolean).flatMap(([name, value, title]) =>
     [el("dt", {}, name), el("dd", {title}, value)]));
 }
 
@@ -203,8 +207,8 @@ function memberCard(member, {wide = false, onOpen, badges = [], measure}) {
 
 function measureLine(member) {
   if (member.keeper) return el("div", {class: "measure"}, "the keeper");
-  return el("div", {class: "measure", title: `distance ${member.distance.toFixed(6)}`},
-            `similarity ${similarity(member).toFixed(4)} \u00b7 distance ${member.distance.toFixed(4)}`);
+  return el("div", {class: "measure", title: "cosine similarity to the keeper (1: the same)"},
+            `similarity ${similarity(member).toFixed(4)}`);
 }
 
 // --- the viewer: one image, fitted, with zoom --------------------------------------------------------------------
@@ -229,8 +233,8 @@ async function showInViewer(index) {
   const member = viewer.items[viewer.index];
   const serial = ++viewer.serial;
   const img = $("viewer-image");
-  const measure = member.keeper ? "keeper" : member.distance !== undefined
-    ? `similarity ${similarity(member).toFixed(4)}` : "";
+  const measure = member.keeper ? "the keeper" : member.distance === undefined ? ""
+    : (member.copy ? "exact copy \u00b7 " : "") + `similarity ${similarity(member).toFixed(4)}`;
   $("viewer-caption").textContent = [
     `${viewer.index + 1}/${count}`, middle(member.relative, 60),
     `${member.width}\u00d7${member.height}`, bytes(member.size), member.format, measure,
@@ -440,11 +444,12 @@ async function showList(current) {
   summary(data);
   const first = (data.page - 1) * PER_PAGE;
   const rows = data.groups.map((group, i) => groupRow(group, first + i + 1, current.settings));
-  $("dup-body").replaceChildren(
+  $("dup-body").replaceChildren(...[
     pager(data, current.settings),
     data.total ? el("ol", {class: "group-list", start: first + 1}, ...rows)
       : el("p", {class: "empty"}, "No duplicate groups at this threshold."),
-    data.total > PER_PAGE ? pager(data, current.settings) : null);
+    data.total > PER_PAGE ? pager(data, current.settings) : null].filter(Boolean));
+  performance.mark("simsearch:list-drawn");  // what benchmarks/review_page.py times
   viewStatus(data.total
     ? `Groups ${first + 1}\u2013${first + data.groups.length} of ${data.total.toLocaleString()}. ` +
       "Open one to compare (\u2190 \u2192 turn pages)."
@@ -466,15 +471,16 @@ function groupRow(group, number, settings) {
     el("span", {class: "mini" + (member.keeper ? " keeper" : ""), dataset: {imageId: member.image_id},
                 title: member.relative}, lazyImage(member.image_id, member.name)));
   const more = group.members.length > 8 ? el("span", {class: "more"}, `+${group.members.length - 8}`) : null;
-  const copies = group.copies ? ` \u00b7 ${plural(group.copies, "exact copy").replace("copys", "copies")}` : "";
+  const copies = group.copies ? ` \u00b7 ${plural(group.copies, "exact copy", "exact copies")}` : "";
+  const about = `${group.members.length} images${copies} \u00b7 similarity \u2265 ` +
+    `${group.weakest_similarity.toFixed(4)} \u00b7 kept by ${rules(group.decided_by)}`;
   return el("li", {class: "group group-row", dataset: {groupId: group.id}},
     el("a", {href: groupUrl(group.id, settings), "data-nav": true, class: "row-link"},
       el("span", {class: "number"}, `${number}`),
       el("span", {class: "minis"}, ...shown, more),
       el("span", {class: "row-text"},
         el("span", {class: "name", title: keeper.path}, middle(keeper.relative, 64)),
-        el("span", {class: "muted"}, `${group.members.length} images${copies} \u00b7 kept by ` +
-          `${rules(group.decided_by)} \u00b7 weakest similarity ${group.weakest_similarity.toFixed(4)}`))));
+        el("span", {class: "muted", title: about}, about))));
 }
 
 async function showGroup(current) {
@@ -553,7 +559,6 @@ function drawGroup(data, index, settings) {
            "All groups"),
         el("button", {type: "button", id: "next-group", disabled: !next, onclick: () => step(1),
                       title: "Next group (\u2192)"}, "Next \u203a"))),
-    compare,
     el("div", {class: "group-actions"},
       el("button", {type: "button", id: "resolve", class: "primary", onclick: resolve,
                     title: "Move the others away, to be undone any time (R)"},
@@ -561,8 +566,10 @@ function drawGroup(data, index, settings) {
       el("button", {type: "button", id: "not-duplicates", onclick: noneAreDuplicates,
                     title: "None of these are duplicates of the keeper (N)"}, "Not duplicates"),
       el("span", {class: "keys muted"}, "\u2190 \u2192 groups \u00b7 1\u20139 pick \u00b7 Enter full image \u00b7 " +
-         "K keep \u00b7 N not duplicates \u00b7 R resolve \u00b7 U undo \u00b7 L list"))));
+         "K keep \u00b7 N not duplicates \u00b7 R resolve \u00b7 U undo \u00b7 L list")),
+    compare));
   select(dup.selected, false);
+  performance.mark("simsearch:group-drawn");
   viewStatus(`Group ${(position + 1).toLocaleString()} of ${data.total.toLocaleString()}.`);
 }
 
@@ -655,8 +662,8 @@ function noneAreDuplicates() {
     }
     return async () => {
       const copies = view.group.members.length - 1 - near.length;
-      notice(`Recorded: not duplicates` + (copies ? ` (its ${plural(copies, "exact copy")
-        .replace("copys", "copies")} stay: the same content)` : "") + ".");
+      notice(`Recorded: not duplicates` + (copies ? ` (its ${plural(copies, "exact copy", "exact copies")} stay: the same content)`
+        : "") + ".");
       await showPosition(view.position, view.settings, true);
     };
   });
@@ -668,7 +675,7 @@ function resolve() {
     const answer = await api("/api/review/resolve", {method: "POST", json: {
       group: view.group.id, keeper: view.group.members[0].image_id, destination,
       threshold: view.settings.threshold === "" ? null : Number(view.settings.threshold),
-      keep: view.settings.keep}});
+      keep: view.settings.keep || null}});
     return async () => {
       dup.lastResolve = answer;
       const where = destination === "trash" ? "to the trash" : "to the quarantine folder";
@@ -723,7 +730,10 @@ async function loadResolved() {
                    `kept ${middle(made.keeper.split("/").pop(), 40)} `),
     made.away ? el("button", {type: "button", class: "undo", onclick: () => undo(made.id)}, "Undo")
       : el("span", {class: "muted"}, "undone"),
-    el("code", {class: "muted manifest", title: made.manifest}, "simsearch undo " + middle(made.manifest, 60))));
+    el("code", {class: "muted manifest", title: "simsearch undo " + made.manifest},
+       "simsearch undo \u2026/" + made.manifest.split("/").slice(-3).join("/")),
+    el("button", {type: "button", class: "copy-command", title: "Copy the command, with the manifest's full path",
+                  onclick: () => navigator.clipboard.writeText("simsearch undo " + made.manifest)}, "copy")));
   $("resolved-list").replaceChildren(...items);
   $("resolved").querySelector("summary").textContent = `Resolved groups (${items.length})`;
 }
@@ -764,8 +774,8 @@ async function search(file) {
     .map((n) => ({...byId.get(n.image_id), distance: n.distance, similarity: n.similarity, rank: n.rank}));
   const cards = found.map((member, i) => memberCard(member, {
     badges: [el("span", {class: "badge rank"}, `#${member.rank}`)],
-    measure: el("div", {class: "measure", title: `distance ${member.distance.toFixed(6)}`},
-                `similarity ${similarity(member).toFixed(4)} \u00b7 distance ${member.distance.toFixed(4)}`),
+    measure: el("div", {class: "measure", title: "cosine similarity to your image (1: the same)"},
+                `similarity ${similarity(member).toFixed(4)}`),
     onOpen: () => openViewer(found, i)}));
   $("results").replaceChildren(...cards);
   status("search", `${plural(found.length, "result")} in ${Math.round(performance.now() - started)} ms` +
