@@ -4,9 +4,8 @@ A `simsearch serve` process over the demo index (the default model) takes upload
 bounded loopback load (httpx, `--requests` at each concurrency): latency p50 / p99 and throughput at concurrency
 1, 8 and 32, with batching (the default 5 ms window) and without (a window of 0, batches of one); beside them,
 the wall time of a cold `simsearch query` of one image; the server's resident memory after the load; and, in
-headless chromium, the page's time from picking an image to its results on screen (which also saves the
-screenshots in docs/screenshots/, shown in docs/serving.md). Results are appended to
-`benchmarks/results/server_load.jsonl`.
+headless chromium, the page's time from picking an image to its results on screen (the page's screenshots and its
+review timings are benchmarks/review_page.py's). Results are appended to `benchmarks/results/server_load.jsonl`.
 
     python benchmarks/server_load.py
 
@@ -48,7 +47,6 @@ AB_RESULTS = REPO / "benchmarks" / "results" / "server_load_ab.jsonl"
 CONCURRENCIES = (1, 8, 32)
 API_HEADERS = {"X-Simsearch-Request": "1"}
 """What a client that is not the page sends with an upload (a server that does not ask for it ignores it)."""
-SCREENSHOTS = REPO / "docs" / "screenshots"
 IMAGES = sorted([*(REPO / "demo" / "photos").iterdir(), *(REPO / "demo" / "queries").iterdir()])
 
 
@@ -128,7 +126,7 @@ def cold_query(index: Path, runs: int = 3) -> float:
 
 def page_seconds(url: str) -> float | None:
     """Seconds from picking an image on the page to its results on screen, in headless chromium (None without a
-    browser); saves the page's screenshots."""
+    browser)."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     try:
         from selenium import webdriver
@@ -151,20 +149,8 @@ def page_seconds(url: str) -> float | None:
         started = time.perf_counter()
         driver.find_element(By.ID, "file").send_keys(str(REPO / "demo" / "queries" / "motorcycle_right.png"))
         wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results figure"))
-        seconds = time.perf_counter() - started
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOTS / "search.png"))
-        driver.find_element(By.ID, "tab-duplicates").click()
-        driver.find_element(By.ID, "threshold").send_keys("0.3")
-        driver.find_element(By.ID, "refresh").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".group figure"))
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('.group img')].every(i => i.complete && i.naturalWidth > 0)"))
-        driver.save_screenshot(str(SCREENSHOTS / "duplicates.png"))
-        return seconds
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results [data-image-id]"))
+        return time.perf_counter() - started
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
