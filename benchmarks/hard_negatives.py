@@ -79,9 +79,9 @@ for _path in (str(REPO), str(REPO / "benchmarks")):
 
 import hard_pairs_data as data  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.false_pairs import (GOAL_PER_IMAGE, TAIL_PAIRS, RateEstimate, TailFit, curve_thresholds,  # noqa: E402
-                                   estimate_rate, expected_false_pairs, false_pair_curve, fit_tail,
-                                   largest_collection)
+from retrieval.false_pairs import (COLLECTIONS_SHOWN, GOAL_PER_IMAGE, TAIL_PAIRS, RateEstimate,  # noqa: E402
+                                   TailFit, curve_thresholds, estimate_rate, expected_false_pairs, false_pair_curve,
+                                   fit_tail, largest_collection)
 from retrieval.model import EmbeddingModel, load_default_model  # noqa: E402
 from retrieval.model_spec import DEFAULT_MODEL_FILE, FalsePairCurve, ShippedCalibration  # noqa: E402
 
@@ -90,7 +90,6 @@ OLD_DEFAULT = 1.1962149143218994
 """The shipped threshold before this benchmark: the precision-0.999 level of 81 validation photos and their edits."""
 GOAL_IMAGES = 1_000
 """The collection size the default keeps the goal for, on the validation photo set."""
-COLLECTIONS = (1_000, 12_000, 100_000)
 CLOSE = 1.3
 """Pairs within this distance are kept with their photos (for the "photo pairs" column and the tail checks)."""
 BLOCK = 512
@@ -283,7 +282,8 @@ def row_record(row: PairRow, thresholds: dict[str, float]) -> dict[str, object]:
                         "method": estimate.method, "low": estimate.measured.low, "high": estimate.fpr_upper,
                         "photo_pairs": row.photo_pairs(threshold),
                         "largest_collection": largest_collection(estimate.fpr),
-                        "expected_false_pairs": {str(n): expected_false_pairs(estimate.fpr, n) for n in COLLECTIONS}}
+                        "expected_false_pairs": {str(n): expected_false_pairs(estimate.fpr, n)
+                                                 for n in COLLECTIONS_SHOWN}}
     return record
 
 
@@ -292,7 +292,7 @@ def print_table(console: Console, rows: list[PairRow], default: float, found: di
                         "(95 % interval; * the tail model's estimate, fewer than 10 pairs counted)",
                   title_justify="left")
     for column in ("row", "pairs", f"FPR at {OLD_DEFAULT:.3f}", f"FPR at {default:.3f}", "counted",
-                   "photo pairs", *(f"false pairs, N={n:,}" for n in COLLECTIONS), "holds up to N"):
+                   "photo pairs", *(f"false pairs, N={n:,}" for n in COLLECTIONS_SHOWN), "holds up to N"):
         table.add_column(column, justify="left" if column == "row" else "right")
     for row in rows:
         old, new = row.estimate(OLD_DEFAULT), row.estimate(default)
@@ -301,7 +301,7 @@ def print_table(console: Console, rows: list[PairRow], default: float, found: di
         table.add_row(row.name, f"{len(row.distances):,}", rate_text(old), rate_text(new),
                       f"{new.measured.accepted:,}", "" if photo_pairs < 0 or not row.close_photos.size
                       else f"{photo_pairs:,}",
-                      *(f"{expected_false_pairs(new.fpr, n):.3g}" for n in COLLECTIONS),
+                      *(f"{expected_false_pairs(new.fpr, n):.3g}" for n in COLLECTIONS_SHOWN),
                       "any" if largest is None else f"{largest:,}")
     console.print(table)
     everything = np.sort(np.concatenate(list(found.values())))
@@ -347,7 +347,7 @@ def main() -> None:
     test, test_found, test_checks = split_rows(model, "test", console)
 
     default = choose_default(validation[0])
-    for_sizes = {n: choose_default(validation[0], n) for n in COLLECTIONS}
+    for_sizes = {n: choose_default(validation[0], n) for n in COLLECTIONS_SHOWN}
     by_estimate = choose_default(validation[0], upper=False)
     test_everything = np.sort(np.concatenate(list(test_found.values())))
     console.print(f"default: {default:.3f} (cosine {1 - default / 2:.3f}), the largest threshold at which the upper "

@@ -15,6 +15,7 @@ from cli.output import write_json
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
+    from retrieval.calibration import CalibrationResult
     from retrieval.index import SimilarityIndex
     from retrieval.model import EmbeddingModel
 
@@ -110,8 +111,22 @@ def calibrate_command(
         for level in result.levels:
             levels.add_row(f"{level.precision:g}", f"{level.threshold:.4f}", f"{level.recall:.4f}")
         out.print(levels)
+    print_false_pairs(result)
     err.print(f"stored for model {model.content_hash[:12]} in {shown_path(str(index.root))}; plot: "
               f"{shown_path(str(plot))}")
+
+
+def print_false_pairs(result: CalibrationResult) -> None:
+    """What the threshold's false-pair rate on these pairs means in collections of a few sizes (dedup says it for
+    the collection it looks at)."""
+    from retrieval.false_pairs import COLLECTIONS_SHOWN, expected_false_pairs
+
+    point = next((p for p in result.false_pairs if p.threshold == result.threshold), None)
+    if point is None:
+        return
+    sizes = ", ".join(f"{expected_false_pairs(point.fpr, n):.3g} among {n:,} images" for n in COLLECTIONS_SHOWN)
+    out.print(f"false pairs expected at this threshold: {sizes} (a rate of {point.fpr:.2g} of these "
+              f"{result.different_pairs:,} different pairs, at most {point.fpr_upper:.2g})", soft_wrap=True)
 
 
 def existing_index_and_model(index_dir: Optional[Path], db: Optional[str], model_name: Optional[str]

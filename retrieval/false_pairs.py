@@ -33,6 +33,8 @@ CURVE_STEP = 0.05
 """The distance between neighbouring thresholds of a false-pair curve."""
 CURVE_TOP = 2.0
 """The largest threshold on a curve's grid (cosine similarity 0): beyond it nearly every pair is accepted."""
+COLLECTIONS_SHOWN = (1_000, 12_000, 100_000)
+"""Collection sizes a calibration's rate is shown for."""
 MIN_COUNTED = 10
 """Fewest accepted pairs for which `estimate_rate` takes the measured rate; below it, the tail model's."""
 TAIL_PAIRS = 100

@@ -270,3 +270,16 @@ def test_a_given_threshold_needs_no_readable_model_file(tmp_path: Path, tiny_mod
     result = invoke("dedup", "--threshold", "0.001", "--json", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == 1
+
+
+def test_calibrate_stores_its_curve_and_says_what_its_rate_means(labelled: Path, tiny_model_file: Path) -> None:
+    result = invoke("calibrate", "data", "--model", str(tiny_model_file), "--bootstrap", "0", "--workers", "0",
+                    cwd=labelled)
+    assert result.exit_code == 0, result.output
+    assert ("false pairs expected at this threshold: 0 among 1,000 images, 0 among 12,000 images, 0 among 100,000 "
+            "images (a rate of 0 of these 27 different pairs, at most 0.13)") in result.stdout.replace("\n", " ")
+    stored = open_collection(labelled / ".simsearch", load_model(tiny_model_file)).calibration()
+    assert stored is not None
+    threshold = stored.threshold
+    [point] = [p for p in stored.metrics["false_pairs"] if p["threshold"] == threshold]  # type: ignore[union-attr]
+    assert (point["fpr"], round(point["fpr_upper"], 4), point["recall"]) == (0.0, 0.1277, 1.0)
