@@ -31,8 +31,10 @@ MAX_SAME_PAIRS = 200_000
 PRECISION_LEVELS: tuple[float, ...] = (0.9, 0.95, 0.99, 0.999)
 """The precision levels a calibration measures thresholds at."""
 DEFAULT_PRECISION = 0.999
-"""The level of a model's shipped calibration that decisions use when no precision is asked for: the strictest,
-because precision falls as a collection grows (its different pairs grow with the square of its size, its
+"""The level of a model's shipped calibration that decisions use when no precision is asked for, where the
+calibration has precision levels alone (one with a false-pair curve decides at the curve's default, chosen by the
+false pairs it means in a collection: `retrieval.false_pairs`): the strictest, because precision falls as a
+collection grows (its different pairs grow with the square of its size, its
 duplicates do not), and dedup groups chain. On the near-duplicate benchmark's test split, 3 times the size of the
 validation split the levels are measured on, the 0.99 level grouped pairs with precision 0.08; 0.999 is kept."""
 _CELLS = 1 << 20
