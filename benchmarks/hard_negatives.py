@@ -29,7 +29,9 @@ Rows: each source's pairs, and its hard subset, the pairs of one kind: photos of
 classes of one group of hard_pairs_data.RELATED_SUBJECTS, such as two dog breeds, or two Caltech photos), CIFAR
 images of one class, Omniglot drawings of one alphabet. Positives: each original and its copies in the edit
 families the model never trained on (edit_families.UNTRAINED_FAMILIES); recall is their share within the
-threshold.
+threshold. Every rate is the embedding's alone: dedup also requires the pixels of an image under 64 px or nearly
+one colour to agree with its match's (retrieval/pixel_rule.py), which removes most of the CIFAR and near-flat
+false pairs, and proposes only exact copies in a collection of look-alikes (retrieval/lookalikes.py).
 
 Rates and intervals: k of M pairs with a Clopper-Pearson 95 % interval. Pairs that share an image are not
 independent, and the false pairs of the photo set cluster on a few pairs of photos (each with 11 images, so one
@@ -167,12 +169,13 @@ def source_rows(images: data.SourceImages, vectors: np.ndarray, split: str,
                 row("  originals only", lambda i, j: different(i, j) & (family[i] == "") & (family[j] == ""), False),
                 row("  one subject (related classes, Caltech)", one_kind, False)]
     if source == "cifar":
-        return [row("CIFAR-10 (32x32)", different, True), row("  one class", one_kind, False)]
+        note = "the embedding's rate alone: dedup also requires the pixels of images under 64 px to agree"
+        return [row("CIFAR-10 (32x32)", different, True, note), row("  one class", one_kind, False, note)]
     if source == "omniglot":
         return [row("Omniglot drawings", different, True), row("  one alphabet", one_kind, False)]
     if source == "flat":
         return [row("near-flat, generated", different, True,
-                    "judged on pixels, not this threshold, once tiny/flat images are (issue 23 item 3)")]
+                    "the embedding's rate alone: dedup also requires their pixels to agree (pixel_rule)")]
     assert images.position is not None
     position = images.position
     return [row(f"potato frames >= {data.POTATO_GAP} apart", lambda i, j: np.abs(position[i] - position[j])
