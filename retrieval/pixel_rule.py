@@ -132,12 +132,14 @@ def judge(first: PixelSignature | None, second: PixelSignature | None) -> PixelJ
     agree: dedup fails closed."""
     if first is None or second is None:
         return PixelJudgement("not readable as indexed", None)
-    reasons = sorted({why for image in (first, second) if (why := image.why) is not None})
-    if not reasons:
+    one, other = first.why, second.why
+    if one is None and other is None:
         return None
-    which = "both are" if first.why is not None and second.why is not None else "one is"
-    return PixelJudgement(f"{which} {' and '.join(reasons)}",
-                          float(np.mean(np.abs(first.small - second.small))))
+    if one is not None and other is not None:
+        why = f"both are {one}" if one == other else f"one is {one}, the other {other}"
+    else:
+        why = f"one is {one or other}"
+    return PixelJudgement(why, float(np.mean(np.abs(first.small - second.small))))
 
 
 def same_by_rule(within: bool, judgement: PixelJudgement | None) -> bool:
