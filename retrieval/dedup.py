@@ -73,7 +73,8 @@ class Candidate:
 class DuplicateGroup:
     """A keeper and the others, each within the threshold of the keeper (groups do not chain); `distances[i]` is
     the distance of `others[i]` to the keeper, `copies[i]` whether it is an exact copy (the same content),
-    `pixels[i]` how its pixels compared with the keeper's where either is tiny or flat (else None), and
+    `pixels[i]` how its pixels compared with the keeper's where either is tiny or flat (else None; an exact copy
+    is judged on its content), and
     `decided_by` the keeper rule that chose the keeper."""
 
     keeper: Candidate
@@ -92,7 +93,7 @@ class DuplicateGroup:
         return {"keeper": self.keeper.to_dict(), "decided_by": self.decided_by,
                 "weakest_link": round(self.weakest_link, DISTANCE_DIGITS),
                 "duplicates": [{**other.to_dict(), "distance": round(distance, DISTANCE_DIGITS), "copy": copy,
-                                "judged_on": "embedding" if pixels is None else "pixels",
+                                "judged_on": "content" if copy else "embedding" if pixels is None else "pixels",
                                 **({} if pixels is None else {"pixels": pixels.to_dict()})}
                                for other, distance, copy, pixels in zip(self.others, self.distances, self.copies,
                                                                         self.pixels)]}

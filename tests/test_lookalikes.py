@@ -76,7 +76,7 @@ def test_an_exact_copy_of_a_solid_colour_is_still_proposed(tmp_path: Path, tiny_
         groups, _ = dedup(tmp_path, *options)
         assert proposed(groups) == ["copy-of-7.png"] or proposed(groups) == ["colour07.png"]
         [duplicate] = groups[0]["duplicates"]
-        assert duplicate["copy"] is True and duplicate["judged_on"] == "embedding"
+        assert duplicate["copy"] is True and duplicate["judged_on"] == "content"
 
 
 def test_a_tiny_edited_copy_is_judged_on_its_pixels(tmp_path: Path, tiny_model_file: Path) -> None:
