@@ -115,7 +115,7 @@ def test_a_collection_of_lookalikes_gets_only_exact_copies_unless_asked(tmp_path
     assert table.exit_code == 0 and "look-alikes" in table.stderr, table.output
     asked, _ = dedup(tmp_path, "--lookalikes")
     assert len(proposed(asked)) == 31, "every other image, judged on the embedding, is within the threshold"
-    assert {d["judged_on"] for g in asked for d in g["duplicates"]} == {"embedding"}
+    assert {d["judged_on"] for g in asked for d in g["duplicates"]} == {"embedding", "content"}
 
 
 def test_the_python_api_says_so_and_asks_for_more(tmp_path: Path, tiny_model_file: Path,
