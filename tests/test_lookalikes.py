@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import invoke, photo
 from retrieval.collection import open_collection
 from retrieval.file_identity import file_id
-from retrieval.lookalikes import MIN_IMAGES, nearest_share
+from retrieval.lookalikes import MIN_IMAGES, nearest_share, share_from_pairs
 from retrieval.pixel_rule import PIXEL_TOLERANCE, indexed_signature, judge, signature
 from server.app import create_app
 
@@ -153,6 +153,8 @@ def test_the_share_is_of_distinct_contents_with_a_neighbour_within_the_threshold
     sampled = nearest_share(near, 0.1, sample=10)
     assert sampled.sampled == 10 and sampled.images == 40 and sampled.share == 1.0
     assert "measured on 10 of them" in sampled.message()
+    graph = share_from_pairs(40, np.array([0, 2]), np.array([1, 3]))  # an approximate index's kNN-graph pairs
+    assert graph.share == 0.1 and not graph.lookalikes
 
 
 def test_verify_on_two_different_flat_images_says_different(tmp_path: Path, tiny_model_file: Path) -> None:
