@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import invoke, photo
+from conftest import invoke, photo, simsearch_process
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
@@ -525,3 +525,37 @@ def test_resolve_to_the_trash_and_undo(site: Site, monkeypatch: pytest.MonkeyPat
     back = site.api.post("/api/review/undo", json={"resolution": done["resolution"]}).json()
     assert back["restored"] == 1 and not list((trash / "files").iterdir())
     assert {path: sha256(path) for path in files} == files and site.groups()["total"] == PAIRS + 1
+
+
+def test_serve_quarantine_is_where_resolve_moves_files(site: Site, tmp_path: Path) -> None:
+    """`simsearch serve --quarantine DIR`: the server's folder, said when it starts; the page never names one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "held back"
+    log = tmp_path / "serve.log"
+    process = simsearch_process("serve", "--index", "idx", "--port", str(port), "--quarantine", str(folder),
+                                cwd=site.root, log=log)
+    try:
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=PROOF, timeout=60)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            try:
+                if api.get("/api/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        group = site.group_of("img0042.png")
+        done = api.post("/api/review/resolve", json={"group": group["id"], "keeper": group["members"][0]["image_id"],
+                                                     "threshold": float(THRESHOLD)}).json()
+        assert done["moved"] == 1 and Path(done["manifest"]).parent.parent == folder
+        assert [path.name for path in folder.rglob("img0042.png")] == ["img0042.png"]
+        assert api.post("/api/review/undo", json={"resolution": done["resolution"]}).json()["restored"] == 1
+        assert not list(folder.rglob("img0042.png")) and site.groups()["total"] == PAIRS + 1
+        api.close()
+    finally:
+        process.terminate()
+        process.wait(WAIT_SECONDS)
+    assert f"moves files under {folder}" in " ".join(log.read_text().split())
