@@ -81,8 +81,9 @@ def require_writable_folder(path: Path) -> None:
         raise fail(f"{exc} (to write {path})") from None
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """"1 file", "2 files"; `nouns` where the plural is not `noun` + "s"."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def shown_path(path: str) -> str:

@@ -278,8 +278,9 @@ def report_moves(report: MoveReport, verb: str) -> None:
         err.print(escape(f"not {verb}: {shown_path(refusal.path)}: {terminal_text(refusal.reason)}"), soft_wrap=True)
     copies = sum(record.copy for record in report.moved)
     where = "to the trash" if verb == "trashed" else f"under {shown_path(str(report.manifest.parent))}"
-    err.print(escape(f"{verb} {plural(len(report.moved), 'file')} ({copies} exact copies) {where}; they left the "
-                     f"index. To put them back: simsearch undo {shown_path(str(report.manifest))}"), soft_wrap=True)
+    err.print(escape(f"{verb} {plural(len(report.moved), 'file')} ({plural(copies, 'exact copy', 'exact copies')}) "
+                     f"{where}; they left the index. To put them back: "
+                     f"simsearch undo {shown_path(str(report.manifest))}"), soft_wrap=True)
     if report.unlocated:
         err.print(f"{plural(report.unlocated, 'file')} went where send2trash does not say: undo leaves "
                   f"{'it' if report.unlocated == 1 else 'them'} to the desktop's trash", soft_wrap=True)
@@ -347,7 +348,8 @@ def print_groups(groups: list[DuplicateGroup], threshold: float, acting: bool = 
     duplicates = sum(len(g.others) for g in groups)
     copies = sum(sum(g.copies) for g in groups)
     if not acting:
-        err.print(f"{plural(duplicates, 'duplicate')} ({copies} exact copies) in {plural(len(groups), 'group')}; "
+        err.print(f"{plural(duplicates, 'duplicate')} ({plural(copies, 'exact copy', 'exact copies')}) in "
+                  f"{plural(len(groups), 'group')}; "
                   "nothing was moved (`--move-to DIR` or `--trash` moves them, `simsearch undo` puts them back; "
                   "`--print0` lists them for scripts)", soft_wrap=True)
 
