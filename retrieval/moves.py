@@ -95,12 +95,15 @@ class MoveRecord:
     """The trash-info entry of a file in a freedesktop trash (for a person: undo removes the one its place names,
     `_trash_info_of`)."""
     at: str = ""
+    folder: str | None = None
+    """The real path (`os.path.realpath`) of the folder the file was moved from: undo puts it back only where
+    that folder still is, never through a symbolic link planted on the way since (None: a manifest of before)."""
 
     def to_dict(self) -> dict[str, object]:
         return {"action": self.action, "move_id": self.move_id, "from": self.source, "to": self.destination,
                 "content_hash": self.content_hash, "group": self.group, "keeper": self.keeper, "copy": self.copy,
                 "size": self.size, "width": self.width, "height": self.height, "label": self.label,
-                "index": self.index, "trash_info": self.trash_info, "at": self.at}
+                "index": self.index, "trash_info": self.trash_info, "at": self.at, "folder": self.folder}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> MoveRecord:
@@ -128,7 +131,7 @@ class MoveRecord:
         return cls(action, text("move_id") or "", source, destination,  # type: ignore[arg-type]
                    digest, number("group") or 0, text("keeper") or "", bool(data.get("copy")), number("size"),
                    number("width"), number("height"), text("label"), text("index"), text("trash_info"),
-                   text("at") or "")
+                   text("at") or "", text("folder"))
 
 
 @dataclass(frozen=True)
@@ -410,7 +413,8 @@ def _record(action: Action, run: str, proposal: _Proposal, destination: str | No
     return MoveRecord(action, f"{run}-{proposal.group}-{uuid.uuid4().hex[:8]}", other.path, destination, digest,
                       proposal.group, proposal.keeper.path, proposal.copy, other.size, other.width, other.height,
                       labels.get(other.path), str(index.root), None,
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      os.path.realpath(os.path.dirname(other.path)))
 
 
 def move_duplicates(index: SimilarityIndex, groups: Sequence[DuplicateGroup], target: Path,
@@ -597,7 +601,8 @@ def undo_moves(manifest: Path, index: SimilarityIndex | None = None) -> UndoRepo
     records, unreadable = read_manifest(manifest)
     report = UndoReport(failed=list(unreadable))
     for record in reversed(records):
-        outcome = _restore(record)
+        distrust = _untrusted(record, manifest)
+        outcome = _restore(record) if distrust is None else NotDone(record.source, distrust)
         if outcome == "restored":
             report.restored.append(record)
         elif outcome == "already":
@@ -612,6 +617,44 @@ def undo_moves(manifest: Path, index: SimilarityIndex | None = None) -> UndoRepo
         except SimsearchError as exc:
             report.index_error = str(exc)
     return report
+
+
+def _untrusted(record: MoveRecord, manifest: Path) -> str | None:
+    """Why undo must not act on `record`, a line of `manifest` (a file anyone may edit), None when it may. Undo
+    moves back only what a move of this manifest made, to where it came from:
+
+    - both places are absolute and normalised (no `..`);
+    - a file moved under a folder (`move`) lies under the manifest's own folder (real paths: no symbolic link
+      leads out of it), and the place it came from ends with its path there, as `destination_for` laid it out;
+    - a file in a freedesktop trash (`trash`) is `TRASH/files/NAME`, NAME the name it had (or the trash's `STEM
+      N.EXT` of it), and the trash's own entry `TRASH/info/NAME.trashinfo` names the place it came from;
+    - the folder it came from is still the folder it was moved from (`MoveRecord.folder`, its real path): no
+      symbolic link planted on the way since sends it elsewhere.
+    """
+    source, moved_to = record.source, record.destination
+    if os.path.normpath(source) != source or (moved_to is not None and os.path.normpath(moved_to) != moved_to):
+        return "its manifest line names a place that is not a normalised absolute path (left alone)"
+    if record.folder is not None and os.path.realpath(os.path.dirname(source)) != record.folder:
+        return (f"its folder is no longer the one it was moved from ({record.folder}): a symbolic link on the way? "
+                f"(left at {moved_to or 'the trash'})")
+    if moved_to is None or not os.path.lexists(moved_to):
+        return None  # nothing to move back: `_restore` says whether it is back already
+    if record.action == "move":
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(manifest)))
+        within = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(moved_to)),
+                                              os.path.basename(moved_to)), folder)
+        if within == os.curdir or within.split(os.sep)[0] == os.pardir or os.path.isabs(within):
+            return f"its manifest line names {moved_to}, which is not under the manifest's folder (left alone)"
+        if not source.endswith(os.sep + within):
+            return f"its manifest line's places do not match ({moved_to} was not moved from there; left alone)"
+        return None
+    trash, name = os.path.split(moved_to)
+    stem, extension = os.path.splitext(os.path.basename(source))
+    if os.path.basename(trash) != "files" \
+            or not re.fullmatch(re.escape(stem) + r"( \d+)?" + re.escape(extension), name) \
+            or not _trashinfo_names(Path(os.path.dirname(trash)) / "info" / f"{name}.trashinfo", source):
+        return f"{moved_to} is not where a trash keeps a file from there (left alone)"
+    return None
 
 
 def _restore(record: MoveRecord) -> Literal["restored", "already"] | NotDone:

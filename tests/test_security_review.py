@@ -1,0 +1,110 @@
+"""The review page's resolve and undo, attacked: a manifest edited on disk to point undo at other files, a symbolic
+link planted where a moved file's folder was, another index's resolve, stale and forged groups, and the answers'
+headers and error details. Small unit tests against `retrieval.moves`, and a real server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke, photo
+from retrieval import open_collection
+from retrieval.moves import MANIFEST_NAME, move_duplicates, read_manifest, undo_moves
+
+THRESHOLD = 0.05
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def library(tmp_path: Path, tiny_model_file: Path) -> Path:
+    """photos/a.png and its exact copy photos/sub/a.png, indexed in tmp_path/.simsearch; a victim's file
+    elsewhere/secret.png (not indexed)."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    photo(0, (64, 48)).save(photos / "a.png")
+    shutil.copy(photos / "a.png", photos / "sub" / "a.png")
+    (tmp_path / "elsewhere").mkdir()
+    photo(7, (64, 48)).save(tmp_path / "elsewhere" / "secret.png")
+    result = invoke("index", "photos", "--model", str(tiny_model_file), "--workers", "0", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def moved(library: Path) -> tuple[Path, dict[str, object]]:
+    """Move the group's other to library/q; (the manifest, its one line as a dict)."""
+    collection = open_collection(library / ".simsearch")
+    report = move_duplicates(collection.index, collection.dedup(threshold=THRESHOLD), library / "q")
+    assert len(report.moved) == 1, report
+    [line] = report.manifest.read_text().splitlines()
+    return report.manifest, json.loads(line)
+
+
+def rewrite(manifest: Path, line: dict[str, object]) -> None:
+    """`line` as the manifest's only line, its `folder` made to agree with its `from` (as an editor would)."""
+    folder = os.path.realpath(os.path.dirname(str(line["from"])))
+    manifest.write_text(json.dumps({**line, "folder": folder}) + "\n")
+
+
+def test_undo_never_moves_a_file_an_edited_manifest_names(library: Path) -> None:
+    """A manifest is a file anyone may edit: a line pointed at another file (its content hash computed) must not
+    move that file, nor put a file anywhere but where a move of this manifest took it from."""
+    manifest, line = moved(library)
+    secret = library / "elsewhere" / "secret.png"
+    digest = sha256(secret)
+    away = library / "loot" / "secret.png"
+    for edit in (
+            {"to": str(secret), "from": str(away)},  # another file, outside the manifest's folder
+            {"to": str(secret), "from": str(library / "photos" / "secret.png")},
+            {"to": line["to"], "from": str(library / "loot" / "x" / ".." / "a.png")},  # not normalised
+            {"to": line["to"], "from": str(library / "elsewhere" / "planted.png")}):  # not where it came from
+        rewrite(manifest, {**line, **edit, "content_hash": digest if edit["to"] == str(secret)
+                           else line["content_hash"]})
+        report = undo_moves(manifest)
+        assert report.restored == [] and len(report.failed) == 1, (edit, report)
+        assert sha256(secret) == digest and not away.exists() and not (library / "loot").exists()
+        assert not (library / "elsewhere" / "planted.png").exists() and not (library / "photos" / "secret.png"
+                                                                                 ).exists()
+    rewrite(manifest, {**line, "to": str(secret), "from": str(away), "content_hash": digest})
+    result = invoke("undo", str(manifest), cwd=library)  # the CLI's undo, the same
+    assert result.exit_code == 1 and "not under the manifest's folder" in result.stderr, result.output
+    assert sha256(secret) == digest and not away.exists()
+    rewrite(manifest, line)
+    assert len(undo_moves(manifest).restored) == 1, "the line as written still undoes"
+    assert sha256(library / "photos" / "sub" / "a.png") == sha256(library / "photos" / "a.png")
+
+
+def test_undo_never_writes_through_a_symbolic_link_planted_where_its_folder_was(library: Path) -> None:
+    manifest, line = moved(library)
+    source = Path(str(line["from"]))
+    folder = source.parent
+    assert not source.exists() and not any(folder.iterdir())
+    folder.rmdir()
+    outside = library / "outside"
+    outside.mkdir()
+    folder.symlink_to(outside, target_is_directory=True)
+    report = undo_moves(manifest)
+    assert report.restored == [] and "no longer the one it was moved from" in report.failed[0].reason
+    assert list(outside.iterdir()) == [] and Path(str(line["to"])).is_file(), "left where it was moved"
+    folder.unlink()
+    folder.mkdir()
+    assert len(undo_moves(manifest).restored) == 1 and source.is_file()
+
+
+def test_undo_of_a_trash_line_edited_to_name_another_file(library: Path) -> None:
+    """A trash line names a file in a trash only where the trash's own entry says it came from there."""
+    manifest, line = moved(library)
+    secret = library / "elsewhere" / "files" / "a.png"
+    secret.parent.mkdir()
+    shutil.copy(Path(str(line["to"])), secret)
+    rewrite(manifest, {**line, "action": "trash", "to": str(secret)})
+    report = undo_moves(manifest)
+    assert report.restored == [] and "not where a trash keeps" in report.failed[0].reason
+    assert secret.is_file()
