@@ -41,7 +41,7 @@ from retrieval.pixel_rule import signature
 from retrieval.search import QueryResult
 from retrieval.unit_distance import with_similarity
 from server.batching import MAX_BATCH, WINDOW_SECONDS, EmbedBatcher
-from server.bodies import Upload, form_body, json_body, path_value, require_proof, shown
+from server.bodies import Upload, form_body, json_body, path_value, require_proof, shown, threshold_value
 from server.body_limits import BodyLimits, BodyRules
 from server import docs_page, page, renditions, review
 from server.guards import CrossSiteGuard, trusted_hosts
@@ -266,7 +266,7 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         if page < 1 or not 1 <= per_page <= limits.max_page:
             raise HTTPException(422, f"page must be 1 or more and per_page 1 to {limits.max_page}")
         collection, _ = served.collection()
-        choice = collection.threshold_choice(threshold, precision)
+        choice = collection.threshold_choice(threshold_value(threshold), precision)
         async with one_dedup_at_a_time:  # one search's memory at a time, and the event loop keeps answering
             found = await asyncio.to_thread(collection.find_duplicates, choice.threshold, keep=keep,
                                             reference=reference, max_pairs=limits.max_duplicate_pairs,

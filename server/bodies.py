@@ -57,6 +57,19 @@ async def json_body(request: Request) -> object:
         raise HTTPException(400, "the body is not valid JSON") from None
 
 
+MAX_THRESHOLD = 4.0
+"""The largest squared-L2 distance between two unit vectors: a threshold above it names no other groups, and one
+far above it (1e308) does not fit the float32 the vector search takes."""
+
+
+def threshold_value(threshold: float | None) -> float | None:
+    """A duplicate search's threshold as a client sends it: 422 above `MAX_THRESHOLD` (the library refuses what
+    is negative or not finite)."""
+    if threshold is not None and threshold > MAX_THRESHOLD:
+        raise HTTPException(422, f"threshold must be a squared-L2 distance from 0 to {MAX_THRESHOLD:g}")
+    return threshold
+
+
 def path_value(value: object, what: str) -> str:
     """`value` as a path on the server: a non-empty string without NUL, at most `MAX_PATH` characters (422)."""
     if not isinstance(value, str) or not value:

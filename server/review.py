@@ -29,7 +29,7 @@ from retrieval.index import SimilarityIndex
 from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.moves import MoveReport
 from retrieval.unit_distance import cosine_similarity
-from server.bodies import json_body, path_value, require_proof, shown
+from server.bodies import json_body, path_value, require_proof, shown, threshold_value
 from server.resolutions import RESOLUTION_ID, Resolutions
 from server.review_groups import GROUP_ID_PATTERN, display_root, find_group, group_view, member_view
 
@@ -92,13 +92,13 @@ class GroupSettings:
         if not isinstance(keep, str):
             raise HTTPException(422, "keep must be keeper rules, such as largest,oldest")
         reference = body.get("reference")
-        return cls(number("threshold"), number("precision"), keep,
+        return cls(threshold_value(number("threshold")), number("precision"), keep,
                    None if reference is None else path_value(reference, "reference"))
 
 
 def group_settings(threshold: float | None = None, precision: float | None = None, keep: str = "",
                    reference: str | None = None) -> GroupSettings:
-    return GroupSettings(threshold, precision, keep or DEFAULT_RULES,
+    return GroupSettings(threshold_value(threshold), precision, keep or DEFAULT_RULES,
                          None if reference is None else path_value(reference, "reference"))
 
 

@@ -8,13 +8,21 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import invoke, photo
-from retrieval import open_collection
-from retrieval.moves import MANIFEST_NAME, move_duplicates, read_manifest, undo_moves
+httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pip install -e '.[test]'")
+uvicorn = pytest.importorskip("uvicorn", reason="the server's extra is not installed: pip install -e '.[server]'")
+
+from conftest import invoke, photo  # noqa: E402
+from retrieval import open_collection  # noqa: E402
+from retrieval.moves import move_duplicates, undo_moves  # noqa: E402
+from server.app import create_app  # noqa: E402
 
 THRESHOLD = 0.05
 
@@ -108,3 +116,57 @@ def test_undo_of_a_trash_line_edited_to_name_another_file(library: Path) -> None
     report = undo_moves(manifest)
     assert report.restored == [] and "not where a trash keeps" in report.failed[0].reason
     assert secret.is_file()
+
+
+# --- a real server on loopback ----------------------------------------------------------------------------------
+
+PROOF = {"X-Simsearch-Request": "1"}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> Iterator[httpx.Client]:
+    """A server (uvicorn, on loopback) over photos/{a,b}.png and their copies in photos/sub; a client of it that
+    sends the page's header."""
+    root = tmp_path_factory.mktemp("review-attacks")
+    photos = root / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i, name in enumerate("ab"):
+        photo(i, (64, 48)).save(photos / f"{name}.png")
+        shutil.copy(photos / f"{name}.png", photos / "sub" / f"{name}.png")
+    result = invoke("index", "photos", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
+                    cwd=root)
+    assert result.exit_code == 0, result.output
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(root / "idx"), host="127.0.0.1", port=port,
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=PROOF, timeout=60) as client:
+        client.root = root  # type: ignore[attr-defined]
+        yield client
+    server.should_exit = True
+    thread.join(30)
+
+
+def groups(site: httpx.Client) -> dict:  # type: ignore[type-arg]
+    answer = site.get("/api/review/groups", params={"threshold": THRESHOLD})
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def test_a_threshold_beyond_any_distance_is_a_422_not_a_500(site: httpx.Client) -> None:
+    """1e308 is finite, but no float32: the vector search raised a TypeError (500, a traceback logged)."""
+    group = groups(site)["groups"][0]
+    for huge in (1e308, 4.5):
+        assert site.get("/api/review/groups", params={"threshold": huge}).status_code == 422
+        assert site.get("/api/duplicates", params={"threshold": huge}).status_code == 422
+        answer = site.post("/api/review/resolve", json={"group": group["id"], "keeper": group["members"][0][
+            "image_id"], "threshold": huge})
+        assert answer.status_code == 422 and "threshold" in answer.json()["detail"], answer.text
+    assert groups(site)["total"] == 2, "nothing moved"
