@@ -25,6 +25,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi import Path as PathParameter
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -44,7 +45,7 @@ from server.batching import MAX_BATCH, WINDOW_SECONDS, EmbedBatcher
 from server.bodies import Upload, form_body, json_body, path_value, require_proof, shown, threshold_value
 from server.body_limits import BodyLimits, BodyRules
 from server import docs_page, page, renditions, review
-from server.guards import CrossSiteGuard, trusted_hosts
+from server.guards import AnswerHeaders, CrossSiteGuard, trusted_hosts
 from server.resolutions import QUARANTINE_FOLDER, Resolutions
 from server.review import ReviewContext
 from server.thumbnails import thumbnail
@@ -141,6 +142,15 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
                                                    limits.body_stall_seconds, limits.max_in_flight))
     app.add_middleware(CrossSiteGuard, token=token)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(hosts))
+    app.add_middleware(AnswerHeaders)  # outermost: refusals get the headers too
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """One short line naming the parameter and what is wrong with it, never the value sent (FastAPI's own
+        answer echoes it whole: a 60 KB query string came back in the 422)."""
+        first = exc.errors()[0] if exc.errors() else {}
+        where = " ".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"detail": shown(f"{where}: {first.get('msg', 'invalid')}")}, status_code=422)
 
     @app.exception_handler(SimsearchError)
     async def library_error(_: Request, exc: SimsearchError) -> JSONResponse:

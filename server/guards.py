@@ -25,9 +25,9 @@ import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 OPEN_PATHS = ("/", "/duplicates", "/api/health")
@@ -89,6 +89,31 @@ class CrossSiteGuard:
                 return _refused(401, "a bearer token is needed (Authorization: Bearer <token>)",
                                 {"WWW-Authenticate": "Bearer"})
         return None
+
+
+class AnswerHeaders:
+    """Pure ASGI middleware: every answer says `X-Content-Type-Options: nosniff` (a JSON answer or an image is
+    never read as a script or a page, whatever a browser guesses), and an API answer that says nothing of caching
+    (JSON with the index's paths, errors) is `Cache-Control: no-store`: no cache on disk keeps the paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"].startswith("/api/") or scope["path"] == "/openapi.json"
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if api:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 def is_open(path: str) -> bool:

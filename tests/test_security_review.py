@@ -170,3 +170,22 @@ def test_a_threshold_beyond_any_distance_is_a_422_not_a_500(site: httpx.Client) 
             "image_id"], "threshold": huge})
         assert answer.status_code == 422 and "threshold" in answer.json()["detail"], answer.text
     assert groups(site)["total"] == 2, "nothing moved"
+
+
+def test_api_answers_are_not_sniffed_nor_cached_and_details_stay_short(site: httpx.Client) -> None:
+    group = groups(site)["groups"][0]
+    image_id = group["members"][0]["image_id"]
+    for path in ("/api/review/groups?threshold=0.05", f"/api/review/images?ids={image_id}", "/api/decisions",
+                 "/api/review/resolutions", "/api/ready", "/api/review/groups?page=0", "/api/image/99999",
+                 f"/api/image/{image_id}", f"/api/thumbnail/{image_id}"):
+        answer = site.get(path)
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+        if answer.headers["content-type"].startswith("application/json"):
+            assert answer.headers.get("cache-control") == "no-store", path  # they name the index's files
+    refused = site.get("/api/decisions", headers={"Sec-Fetch-Site": "cross-site"})
+    assert refused.status_code == 403 and refused.headers.get("x-content-type-options") == "nosniff"
+    long = "9" * 20_000
+    for path in (f"/api/review/groups?page={long}", f"/api/review/groups?page=-{long}", f"/api/image/{long}",
+                 f"/api/review/groups/{'a' * 20_000}", f"/api/review/images?ids={'1,' * 9_000}"):
+        answer = site.get(path)
+        assert answer.status_code == 422 and len(answer.content) < 300, (path[:60], answer.text[:200])
