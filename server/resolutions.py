@@ -82,7 +82,12 @@ class Resolutions:
     def undo(self, resolution: str, index: SimilarityIndex) -> UndoReport:
         """Put the files of the resolve `resolution` back and into the index (`undo_moves`); `MoveError` for an
         id that names no resolve here."""
-        return undo_moves(self.manifest_of(resolution), index)
+        manifest = self.manifest_of(resolution)
+        records, _ = read_manifest(manifest)
+        if any(record.index not in (None, str(index.root)) for record in records):
+            # a quarantine folder two servers share: that index's files are not added to this one
+            raise MoveError(f"the resolve {resolution} was made on another index: `simsearch undo {manifest}`")
+        return undo_moves(manifest, index)
 
     def manifest_of(self, resolution: str) -> Path:
         if not RESOLUTION_ID.fullmatch(resolution):

@@ -189,3 +189,22 @@ def test_api_answers_are_not_sniffed_nor_cached_and_details_stay_short(site: htt
                  f"/api/review/groups/{'a' * 20_000}", f"/api/review/images?ids={'1,' * 9_000}"):
         answer = site.get(path)
         assert answer.status_code == 422 and len(answer.content) < 300, (path[:60], answer.text[:200])
+
+
+def test_the_page_undoes_no_resolve_of_another_index(site: httpx.Client) -> None:
+    """A quarantine folder two servers share (or a manifest edited to name another index): its files would have
+    been added to this index, or indexed into it."""
+    group = groups(site)["groups"][0]
+    done = site.post("/api/review/resolve", json={"group": group["id"], "keeper": group["members"][0]["image_id"],
+                                                  "threshold": THRESHOLD}).json()
+    assert done["moved"] == 1, done
+    manifest = Path(done["manifest"])
+    written = manifest.read_text()
+    manifest.write_text(written.replace(json.dumps(str(site.root / "idx")),  # type: ignore[attr-defined]
+                                        json.dumps(str(site.root / "another-index"))))  # type: ignore[attr-defined]
+    answer = site.post("/api/review/undo", json={"resolution": done["resolution"]})
+    assert answer.status_code == 404 and "another index" in answer.json()["detail"], answer.text
+    assert groups(site)["total"] == 1, "nothing came back"
+    manifest.write_text(written)
+    assert site.post("/api/review/undo", json={"resolution": done["resolution"]}).json()["restored"] == 1
+    assert groups(site)["total"] == 2
