@@ -48,7 +48,7 @@ from server import docs_page, page, renditions, review
 from server.guards import AnswerHeaders, CrossSiteGuard, trusted_hosts
 from server.resolutions import QUARANTINE_FOLDER, Resolutions
 from server.review import ReviewContext
-from server.thumbnails import thumbnail
+from server.thumbnails import CACHING, thumbnail
 
 STATUS_OF: list[tuple[type[SimsearchError], int]] = [
     (IndexNotFoundError, 404), (ModelMismatchError, 409), (CalibrationError, 409), (IndexUnavailableError, 503),
@@ -179,7 +179,7 @@ def create_app(root: Path, db: str | None = None, token: str | None = None, devi
         """A small JPEG of an indexed image (made once, cached by content); 404 once its file changed. Needs the
         header `X-Simsearch-Request` (the page fetches thumbnails and shows them as blob URLs)."""
         made = await asyncio.to_thread(thumbnail, served.index, image_id)  # decoding a photo: off the event loop
-        return Response(made, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+        return Response(made, media_type="image/jpeg", headers={"Cache-Control": CACHING})
 
     @app.get("/api/health")
     async def health() -> dict[str, str]:

@@ -20,7 +20,7 @@ from retrieval.errors import IndexNotFoundError
 from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex
 from server.bodies import require_proof
-from server.thumbnails import thumbnail
+from server.thumbnails import CACHING, thumbnail
 
 SIZE = 2048
 MAX_IMAGE_ID = 2**63 - 1
@@ -33,7 +33,7 @@ async def rendition(request: Request, image_id: Annotated[int, PathParameter(ge=
     """A JPEG of the indexed image, at most 2048 px on its long side (smaller images as they are); 404 once its
     file changed since it was indexed, 422 for one that no longer decodes."""
     made = await asyncio.to_thread(_rendition, request.app.state.served.index, image_id)  # off the event loop
-    return Response(made, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+    return Response(made, media_type="image/jpeg", headers={"Cache-Control": CACHING})
 
 
 def _rendition(index: SimilarityIndex, image_id: int) -> bytes:

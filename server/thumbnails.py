@@ -26,6 +26,9 @@ from retrieval.unsaved import not_saved
 
 SIZE = 256
 FOLDER = "thumbnails"
+CACHING = "private, no-cache"
+"""How a browser may keep an image the server sends, by id: only to check it again first. A file re-indexed under
+its id holds other content, and the page must never show an old picture beside an action on the new one."""
 
 
 def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> bytes:

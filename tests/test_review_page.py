@@ -467,6 +467,9 @@ def test_a_rendition_is_bounded_and_refused_for_a_changed_file(site: Site, tmp_p
     big = next(m for m in site.group_of("big.jpg")["members"] if m["name"] == "big.jpg")
     answer = site.api.get(f"/api/image/{big['image_id']}")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    thumb = site.api.get(f"/api/thumbnail/{big['image_id']}")
+    for image in (answer, thumb):  # an id may hold other content after a re-index: never shown from a cache unasked
+        assert "no-cache" in image.headers["cache-control"] and "max-age" not in image.headers["cache-control"]
     (tmp_path / "r.jpg").write_bytes(answer.content)
     with Image.open(tmp_path / "r.jpg") as image:
         assert image.size == (2048, 1365)
