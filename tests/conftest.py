@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,30 @@ def simsearch_process(*args: str, cwd: Path, log: Path) -> subprocess.Popen[byte
         return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, stdout=output,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
 
+
+@contextmanager
+def serving_in_thread(app: object, log_level: str = "warning", wait_seconds: float = 30) -> Iterator[str]:
+    """`app` (an ASGI app) served by uvicorn on a free loopback port in a thread while the block runs: its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from postgres_server import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + wait_seconds
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(wait_seconds)
 
 def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
     assert_one_line_output(result.exit_code, result.output, text)

@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import invoke, photo, simsearch_process
+from conftest import invoke, photo, serving_in_thread, simsearch_process
+from postgres_server import free_port
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
@@ -93,22 +93,10 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(library: Path) -> Iterator[Site]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(library / "idx"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    served = Site(f"http://127.0.0.1:{port}", library)
-    yield served
-    served.api.close()
-    server.should_exit = True
-    thread.join(WAIT_SECONDS)
+    with serving_in_thread(create_app(library / "idx"), wait_seconds=WAIT_SECONDS) as url:
+        served = Site(url, library)
+        yield served
+        served.api.close()
 
 
 @pytest.fixture(scope="module")
@@ -532,9 +520,7 @@ def test_resolve_to_the_trash_and_undo(site: Site, monkeypatch: pytest.MonkeyPat
 
 def test_serve_quarantine_is_where_resolve_moves_files(site: Site, tmp_path: Path) -> None:
     """`simsearch serve --quarantine DIR`: the server's folder, said when it starts; the page never names one."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     folder = tmp_path / "held back"
     log = tmp_path / "serve.log"
     process = simsearch_process("serve", "--index", "idx", "--port", str(port), "--quarantine", str(folder),

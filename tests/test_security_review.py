@@ -8,9 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the test extra is not installed: pip install -e '.[test]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the server's extra is not installed: pip install -e '.[server]'")
 
-from conftest import invoke, photo  # noqa: E402
+from conftest import invoke, photo, serving_in_thread  # noqa: E402
 from retrieval import open_collection  # noqa: E402
 from retrieval.moves import move_duplicates, undo_moves  # noqa: E402
 from server.app import create_app  # noqa: E402
@@ -136,22 +133,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> Ite
     result = invoke("index", "photos", "--index", "idx", "--model", str(tiny_model_file), "--workers", "0",
                     cwd=root)
     assert result.exit_code == 0, result.output
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(root / "idx"), host="127.0.0.1", port=port,
-                                           log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=PROOF, timeout=60) as client:
+    with serving_in_thread(create_app(root / "idx"), log_level="critical") as url, \
+            httpx.Client(base_url=url, headers=PROOF, timeout=60) as client:
         client.root = root  # type: ignore[attr-defined]
         yield client
-    server.should_exit = True
-    thread.join(30)
 
 
 def groups(site: httpx.Client) -> dict:  # type: ignore[type-arg]

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import invoke, photo
+from conftest import invoke, photo, serving_in_thread
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no headless browser: apt-get install chromium "
@@ -48,22 +45,8 @@ def indexed(tmp_path: Path, tiny_model_file: Path, make_photos) -> Path:  # type
 @contextmanager
 def serving(root: Path, token: str | None = None) -> Iterator[str]:
     """The URL of the index at `root / "idx"` served on loopback (with `token`) while the block runs."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(root / "idx", token=token), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(WAIT_SECONDS)
+    with serving_in_thread(create_app(root / "idx", token=token), wait_seconds=WAIT_SECONDS) as url:
+        yield url
 
 
 @pytest.fixture
