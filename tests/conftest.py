@@ -3,7 +3,6 @@ as a user meets it, and a fast indexing run. Tests import these from here, never
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import struct
@@ -20,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+import process_sessions
 from cli.main import app
 from indexer.pipeline import IndexOptions, index_paths
 from postgres_server import PostgresServer
@@ -109,9 +109,12 @@ def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str 
 
 def simsearch(*args: str, cwd: Path, env: dict[str, str] | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """The `simsearch` command in a process of its own, from `cwd`: what a user's shell runs."""
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=timeout)
+    """The `simsearch` command in a process of its own, from `cwd`: what a user's shell runs, with the environment
+    the tests began with (no variable a Ray joined in this process set). It runs in a session of its own, killed
+    whole when it ends, runs past `timeout` or the run is interrupted: a local Ray it started never outlives it."""
+    return process_sessions.run([sys.executable, "-m", "cli", *args], timeout, cwd=cwd, capture_output=True,
+                                text=True, env=process_sessions.child_environment({"PYTHONPATH": str(REPO),
+                                                                                    **(env or {})}))
 
 
 def simsearch_process(*args: str, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -119,7 +122,8 @@ def simsearch_process(*args: str, cwd: Path, log: Path) -> subprocess.Popen[byte
     output going to the file `log`; the caller stops it."""
     with log.open("wb") as output:
         return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, stdout=output,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                stderr=subprocess.STDOUT,
+                                env=process_sessions.child_environment({"PYTHONPATH": str(REPO)}))
 
 
 @contextmanager

@@ -1,10 +1,9 @@
 """Real Ray clusters on this machine for the Ray tests and `benchmarks/ray_overhead.py`: `ray start --block` for
-each node, in sessions of their own, killed whole when the block ends."""
+each node, in sessions of their own (`process_sessions`), killed whole, agents and workers included, when the
+block ends or the run is interrupted."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import process_sessions
 from postgres_server import free_port
 
 START_SECONDS = 60
@@ -24,7 +24,7 @@ def ray_cluster(cpus_per_node: Sequence[int] = (2,), python: Path | str = sys.ex
     """A cluster of one node per entry (the first the head), run by `python` with `RAY_AUTH_MODE=auth`; its
     address, once every node has joined and is ready for jobs, while the block runs."""
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": auth}
+    env = process_sessions.child_environment({"RAY_AUTH_MODE": auth})
     nodes = [_node(python, cwd, env, "--head", "--include-dashboard=false", "--port", str(port), "--num-cpus",
                    str(cpus_per_node[0]))]
     try:
@@ -39,14 +39,13 @@ def ray_cluster(cpus_per_node: Sequence[int] = (2,), python: Path | str = sys.ex
         yield address
     finally:
         for node in reversed(nodes):
-            os.killpg(node.pid, signal.SIGKILL)  # the node, its raylet (and GCS) and workers: a session of their own
-            node.wait(timeout=60)
+            process_sessions.end(node)  # the node, its raylet (and GCS), agents and workers
 
 
 def _node(python: Path | str, cwd: Path | None, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(python), "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
-                             *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return process_sessions.start([str(python), "-m", "ray.scripts.scripts", "start", "--block",
+                                   "--disable-usage-stats", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
 
 
 def _answers(port: int) -> bool:
@@ -60,4 +59,5 @@ def _answers(port: int) -> bool:
 def _wait_for_cpus(python: Path | str, env: dict[str, str], address: str, cpus: int) -> None:
     probe = f"import ray, time; ray.init(address='{address}', logging_level='ERROR')\n" \
             f"while ray.cluster_resources().get('CPU', 0) < {cpus}: time.sleep(0.5)"
-    subprocess.run([str(python), "-c", probe], env=env, check=True, capture_output=True, timeout=120)
+    joined = process_sessions.run([str(python), "-c", probe], timeout=120, env=env, capture_output=True)
+    assert joined.returncode == 0, f"a driver could not join the cluster at {address}: {joined.stderr[-500:]!r}"
