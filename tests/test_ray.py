@@ -4,37 +4,55 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
-from conftest import assert_one_line_error, assert_one_line_output, invoke, simsearch  # noqa: E402
+import process_sessions  # noqa: E402
+from conftest import REPO, assert_one_line_error, assert_one_line_output, invoke, simsearch  # noqa: E402
 from ray_cluster import ray_cluster  # noqa: E402
 from indexer import pipeline  # noqa: E402
 from retrieval.embedding_files import read_embeddings  # noqa: E402
 from retrieval.index import open_index  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_ray_left() -> Iterator[None]:
-    """Whatever Ray a test of this module leaves running in this process is stopped after the last."""
-    yield
-    ray.shutdown()
+RUN_SECONDS = 120
+"""The longest a `simsearch index` process of these tests may run (the slowest takes under 60 s on 2 busy cores)
+before the test fails, saying so."""
+
+
+@pytest.fixture(autouse=True)
+def no_ray_before_or_after() -> Iterator[None]:
+    """Each test begins with no Ray in this process and this process's environment as it was; after it (also when
+    it fails or the run is interrupted) a Ray it joined here is stopped and the variables `ray.init` and
+    `simsearch index --ray` set here are removed."""
+    ray.shutdown()  # a Ray joined by a test elsewhere, if any
+    environment = dict(os.environ)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 @pytest.fixture
-def local_ray() -> None:
-    """This process joined to a local Ray of 2 CPUs (started by the first test that asks, shared by the next)."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+def local_ray() -> Iterator[None]:
+    """This process joined to a local Ray of 2 CPUs of its own for the test, stopped after it."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def rows(index_dir: Path) -> dict[str, tuple[object, ...]]:
@@ -106,8 +124,6 @@ def test_a_driver_killed_mid_job_leaves_whole_batches_and_a_rerun_finishes(
 
 
 def test_an_address_with_no_cluster_is_one_line(tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
-    if ray.is_initialized():
-        ray.shutdown()
     make_photos(tmp_path / "p", 2)
     result = invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", "127.0.0.1:1",
                     cwd=tmp_path)
@@ -117,8 +133,6 @@ def test_an_address_with_no_cluster_is_one_line(tmp_path: Path, tiny_model_file:
 
 def test_a_ray_started_for_the_run_is_stopped_when_it_ends(tmp_path: Path, tiny_model_file: Path,  # type: ignore[no-untyped-def]
                                                           make_photos) -> None:
-    if ray.is_initialized():
-        ray.shutdown()
     make_photos(tmp_path / "p", 2)
     result = invoke("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", "local", cwd=tmp_path)
     assert result.exit_code == 0, result.output
@@ -133,8 +147,6 @@ def test_a_cluster_with_gpus_decodes_in_tasks_for_its_model_actors_with_the_same
     local run's."""
     from indexer import ray_embed
 
-    if ray.is_initialized():
-        ray.shutdown()
     jobs = []
     real = ray_embed._decode_then_embed
     monkeypatch.setattr(ray_embed, "_decode_then_embed", lambda *args: jobs.append(1) or real(*args))
@@ -152,30 +164,27 @@ def test_a_model_actor_killed_mid_job_is_restarted_and_the_result_complete(
         tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     """SIGKILL the model actor's process while the job runs (a separate `simsearch index` process with its own
     local Ray): Ray restarts it and retries its batch; every image is indexed once."""
-    from conftest import REPO
-
-    if ray.is_initialized():
-        ray.shutdown()
     make_photos(tmp_path / "p", 60)
-    run = subprocess.Popen([sys.executable, "-m", "cli", "index", str(tmp_path / "p"), "--index",
-                            str(tmp_path / "idx"), "--model", str(tiny_model_file), "--batch-size", "2",
-                            "--ray", "local"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed, environment, deadline = None, b"", time.monotonic() + 120
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        run = process_sessions.start([sys.executable, "-m", "cli", "index", str(tmp_path / "p"), "--index",
+                                      str(tmp_path / "idx"), "--model", str(tiny_model_file), "--batch-size", "2",
+                                      "--ray", "local"], cwd=REPO, stdout=out, stderr=err,
+                                     env=process_sessions.child_environment())
+    killed, environment, deadline = None, b"", time.monotonic() + RUN_SECONDS
     try:
-        while killed is None and run.poll() is None and time.monotonic() < deadline:
-            listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-            actors = [int(line.split()[0]) for line in listing.splitlines() if "MapBatches(_DecodeAndEmbed)" in line]
+        while run.poll() is None:
+            assert time.monotonic() < deadline, f"the run did not end within {RUN_SECONDS} s"
+            actors = [pid for pid, command in process_sessions.session_processes(run.pid).items()
+                      if "MapBatches(_DecodeAndEmbed)" in command]  # this run's actors, not another's on the machine
             shards = list((tmp_path / "idx" / "ray-shards").glob("*.parquet")) if (tmp_path / "idx").exists() else []
-            if actors and shards:  # the actor has embedded a batch: kill it mid-job
+            if killed is None and actors and shards:  # the actor has embedded a batch: kill it mid-job
                 environment = Path(f"/proc/{actors[0]}/environ").read_bytes()
                 os.kill(actors[0], signal.SIGKILL)
                 killed = actors[0]
             time.sleep(0.05)
-        out, err = run.communicate(timeout=300)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        process_sessions.end(run)
+    err = (tmp_path / "err").read_text()
     assert killed is not None, "the job ended before its actor could be killed"
     assert b"MALLOC_ARENA_MAX=1" in environment.split(b"\0"), "an actor embeds on a thread: one arena, or a fifth slower"
     assert run.returncode == 0, err
@@ -209,7 +218,7 @@ def test_a_cluster_that_refuses_the_driver_names_the_token_settings(
     make_photos(tmp_path / "p", 2)
     with ray_cluster(cwd=tmp_path, auth="token") as address:
         run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray", address,
-                        cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
+                        cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"}, timeout=RUN_SECONDS)
     assert_one_line_failure(run, f"could not join the Ray cluster at {address}")
     assert "RAY_AUTH_TOKEN" in run.stderr
     assert not (tmp_path / "idx").exists(), "nothing half-written"
@@ -219,31 +228,67 @@ def test_a_cluster_without_simsearch_on_its_workers_is_one_line(
         tmp_path: Path, tiny_model_file: Path, make_photos, cluster_without_simsearch: str) -> None:  # type: ignore[no-untyped-def]
     make_photos(tmp_path / "p", 6)
     run = simsearch("index", "p", "--index", "idx", "--model", str(tiny_model_file), "--ray",
-                    cluster_without_simsearch, cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"})
+                    cluster_without_simsearch, cwd=tmp_path, env={"RAY_AUTH_MODE": "disabled"},
+                    timeout=RUN_SECONDS)
     assert_one_line_failure(run, "the Ray workers cannot import simsearch (No module named ")
     assert not (tmp_path / "idx").exists(), "nothing half-written"
 
 
-def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
-        tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
-    """The worker decoding a 400-megapixel PNG (allowed by --max-pixels) grows by 1.2 GB, on a local Ray whose
-    memory monitor kills beyond what this machine uses now plus 1.5 GB: it is killed, its batch retried and killed
-    again. Under the same limit, the photos alone index: the image is what runs out of memory."""
-    make_photos(tmp_path / "p", 8)
+HUGE_SIDE = 24_000
+"""The huge image's side: 576 megapixels, 1.7 GB decoded."""
+MEMORY_MARGIN = 2.3e9
+"""How far above what the machine uses as a run starts its local Ray's memory monitor kills: the run of the photos
+alone peaks 1.1 to 1.4 GB above, the run with the huge image 3.3 GB above (2 cores, monitor off)."""
+
+
+def one_colour_png(path: Path, side: int, colour: tuple[int, int, int]) -> None:
+    """A `side` x `side` PNG of one colour, compressed a row at a time: this process never holds its pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, deflate, data = b"\0" + bytes(colour) * side, zlib.compressobj(1), bytearray()
+    for _ in range(side):
+        data += deflate.compress(row)
+    data += deflate.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", bytes(data)) + chunk(b"IEND", b""))
+
+
+def index_under_memory_limit(tmp_path: Path, model: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """`simsearch index p` with `--ray local`, whose memory monitor kills beyond `MEMORY_MARGIN` above what the
+    machine uses just before the run (measured then: whatever else runs here, this process included, may have
+    grown or shrunk since the last run)."""
     total, available = (int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                         if line.startswith(("MemTotal:", "MemAvailable:")))
-    threshold = (total - available + 1.5e9) / total
-
-    def index(name: str) -> subprocess.CompletedProcess[str]:
-        return simsearch("index", "p", "--index", name, "--model", str(tiny_model_file), "--batch-size", "4",
-                         "--max-pixels", "500000000", "--ray", "local", cwd=tmp_path,
+    threshold = (total - available + MEMORY_MARGIN) / total
+    try:
+        return simsearch("index", "p", "--index", name, "--model", str(model), "--batch-size", "4",
+                         "--max-pixels", str(HUGE_SIDE ** 2), "--ray", "local", cwd=tmp_path, timeout=RUN_SECONDS,
                          env={"RAY_memory_usage_threshold": f"{threshold:.4f}",
                               "RAY_memory_monitor_refresh_ms": "100", "RAY_task_oom_retry_delay_base_ms": "100"})
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`simsearch index --ray local` under a memory limit of {threshold:.4f} did not end within "
+                    f"{RUN_SECONDS} s. When memory the run cannot free (another process's) keeps the machine above "
+                    "the limit, Ray's memory monitor kills Ray Data's ActorLocationTracker (unlimited restarts) "
+                    "each time it restarts and the job never starts: was something else using memory here? "
+                    f"Its output: {(exc.stderr or '')[-500:]}")
 
-    control = index("control")
+
+def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
+        tmp_path: Path, tiny_model_file: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """The worker decoding a 576-megapixel PNG (allowed by --max-pixels) grows by 1.7 GB, on a local Ray whose
+    memory monitor kills beyond what this machine uses as the run starts plus 2.3 GB: it is killed, its batch
+    retried and killed again. Under the same limit, the photos alone index: the image is what runs out of memory.
+
+    The image is written without ever being held here: once any test has embedded in this process, its malloc
+    keeps what it frees (`retrieval.allocator.keep_freed_memory`), and an image made here with Pillow stayed in it
+    (1.6 GB), above the limit before the run began: the memory monitor could then kill only Ray Data's own
+    ActorLocationTracker, which restarts without limit, and the run never ended."""
+    make_photos(tmp_path / "p", 8)
+    control = index_under_memory_limit(tmp_path, tiny_model_file, "control")
     assert control.returncode == 0 and "added 8" in control.stderr, control.stderr
-    Image.new("RGB", (20_000, 20_000), (120, 30, 200)).save(tmp_path / "p" / "zz-huge.png")
-    run = index("idx")
+    one_colour_png(tmp_path / "p" / "zz-huge.png", HUGE_SIDE, (120, 30, 200))
+    run = index_under_memory_limit(tmp_path, tiny_model_file, "idx")
     assert_one_line_failure(run, "a Ray worker ran out of memory")
     if (tmp_path / "idx").exists():  # whole batches imported before the failure, if any, and nothing else
         assert set(rows(tmp_path / "idx")) == set(vectors(tmp_path / "idx"))
