@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import invoke, photo
@@ -21,21 +21,29 @@ from retrieval.errors import SimsearchError
 
 T = TypeVar("T")
 
-DETERMINISTIC = settings(derandomize=True, database=None)
-"""The same examples on every run, and nothing written to .hypothesis/."""
+DETERMINISTIC = settings(derandomize=True, database=None,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture])
+"""The same examples on every run, and nothing written to .hypothesis/; the function-scoped fixture `photos` is the
+same for every example (it sets the working directory)."""
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> Iterator[Collection]:
-    """An index of three photos; the working directory is its folder while the module's tests run."""
+def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> tuple[Path, Collection]:
+    """An index of three photos, made once for the module: its folder and the index opened."""
     root = tmp_path_factory.mktemp("api")
     (root / "p").mkdir()
     for i in range(3):
         photo(i).save(root / "p" / f"{i}.png")
     assert invoke("index", "p", "--model", str(tiny_model_file), "--workers", "0", cwd=root).exit_code == 0
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        yield open_collection(root / ".simsearch")
+    return root, open_collection(root / ".simsearch")
+
+
+@pytest.fixture
+def photos(indexed: tuple[Path, Collection], monkeypatch: pytest.MonkeyPatch) -> Collection:
+    """The module's index, with the working directory its folder while the test runs (and restored after it)."""
+    root, collection = indexed
+    monkeypatch.chdir(root)
+    return collection
 
 
 def within(seconds: float, call: Callable[[], T], fifo: Path | None = None) -> T:
