@@ -72,10 +72,12 @@ def end(process: subprocess.Popen[Any]) -> None:
 
 def run(args: Sequence[str], timeout: float, **popen: Any) -> subprocess.CompletedProcess[Any]:
     """As `subprocess.run(args, timeout=timeout, **popen)`, in a session of its own that is killed whole when the
-    command ends, when it runs past `timeout` (`subprocess.TimeoutExpired`) or when the run is interrupted."""
+    command ends (so a process it left holding its output cannot keep this waiting), when it runs past `timeout`
+    (`subprocess.TimeoutExpired`, with what it wrote) or when the run is interrupted."""
     if popen.pop("capture_output", False):
         popen |= {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     process = start(args, **popen)
+    threading.Thread(target=_end_after_exit, args=(process,), daemon=True).start()
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -85,6 +87,11 @@ def run(args: Sequence[str], timeout: float, **popen: Any) -> subprocess.Complet
     finally:
         end(process)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _end_after_exit(process: subprocess.Popen[Any]) -> None:
+    process.wait()
+    end(process)
 
 
 def session_processes(session: int) -> dict[int, str]:
