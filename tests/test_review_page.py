@@ -306,31 +306,40 @@ def test_resolve_then_undo_from_the_page_and_with_simsearch_undo(site: Site, bro
 
 
 @needs_browser
-def test_keyboard_decisions(site: Site, browser: webdriver.Chrome) -> None:
+def test_keyboard_decisions(site: Site, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """On a copy of the module's index, served on its own: the decisions recorded here last, and would change the
+    groups that the other tests find, whatever order they run in."""
     from retrieval.index import open_index
 
-    store = open_index(site.root / "idx").store
-    near = site.group_of("small.png")
-    browser.get(f"{site.url}/duplicates/group/{near['id']}?threshold={THRESHOLD}")
-    group_shown(browser, near["id"])
-    position = browser.find_element(By.CSS_SELECTOR, ".group-head h2").text
-    press(browser, "3")  # the third member: small.png, its place in the order of the API's members
-    assert "selected" in browser.find_elements(By.CSS_SELECTOR, ".group-view .member")[2].get_attribute("class")
-    small = near["members"][2]
-    assert small["name"] == "small.png"
-    press(browser, "k")  # keep it instead: the same group, kept by your choice
-    wait(browser).until(lambda d: "Kept" in d.find_element(By.ID, "dup-status").text)
-    group_shown(browser, near["id"])
-    keeper = browser.find_element(By.CSS_SELECTOR, ".group-view .member.keeper")
-    assert keeper.get_attribute("data-image-id") == str(small["image_id"])
-    assert "chosen by your choice" in browser.find_element(By.CSS_SELECTOR, ".group-head").text
-    assert len(store.chosen_keepers()) == 1
-    press(browser, "n")  # none of these are duplicates of it: the group leaves
-    wait(browser).until(lambda d: "Recorded: not duplicates" in d.find_element(By.ID, "dup-status").text)
-    assert group_shown(browser) != near["id"] and len(store.distinct_pairs()) == 1
-    press(browser, Keys.ARROW_RIGHT)
-    wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, ".group-head h2").text != position)
-    no_errors_logged(browser)
+    shutil.copytree(site.root / "idx", tmp_path / "idx")
+    store = open_index(tmp_path / "idx").store
+    with serving_in_thread(create_app(tmp_path / "idx"), wait_seconds=WAIT_SECONDS) as url:
+        own = Site(url, site.root)
+        try:
+            near = own.group_of("small.png")
+            browser.get(f"{own.url}/duplicates/group/{near['id']}?threshold={THRESHOLD}")
+            group_shown(browser, near["id"])
+            position = browser.find_element(By.CSS_SELECTOR, ".group-head h2").text
+            press(browser, "3")  # the third member: small.png, its place in the order of the API's members
+            members = browser.find_elements(By.CSS_SELECTOR, ".group-view .member")
+            assert "selected" in members[2].get_attribute("class")
+            small = near["members"][2]
+            assert small["name"] == "small.png"
+            press(browser, "k")  # keep it instead: the same group, kept by your choice
+            wait(browser).until(lambda d: "Kept" in d.find_element(By.ID, "dup-status").text)
+            group_shown(browser, near["id"])
+            keeper = browser.find_element(By.CSS_SELECTOR, ".group-view .member.keeper")
+            assert keeper.get_attribute("data-image-id") == str(small["image_id"])
+            assert "chosen by your choice" in browser.find_element(By.CSS_SELECTOR, ".group-head").text
+            assert len(store.chosen_keepers()) == 1
+            press(browser, "n")  # none of these are duplicates of it: the group leaves
+            wait(browser).until(lambda d: "Recorded: not duplicates" in d.find_element(By.ID, "dup-status").text)
+            assert group_shown(browser) != near["id"] and len(store.distinct_pairs()) == 1
+            press(browser, Keys.ARROW_RIGHT)
+            wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, ".group-head h2").text != position)
+            no_errors_logged(browser)
+        finally:
+            own.api.close()
 
 
 @needs_browser
