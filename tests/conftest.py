@@ -150,6 +150,32 @@ def serving_in_thread(app: object, log_level: str = "warning", wait_seconds: flo
         server.should_exit = True
         thread.join(wait_seconds)
 
+@contextmanager
+def headless_chromium(chromium: str, driver_path: str, wait_seconds: float,
+                      log_browser: bool = False) -> Iterator[object]:
+    """A selenium driver of Debian's headless chromium (1280x900, a profile of its own, nothing fetched in the
+    background) while the block runs; with `log_browser`, the page's console is kept for the test to read."""
+    import tempfile
+
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tempfile.mkdtemp(prefix="simsearch-chromium-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    if log_browser:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    driver.set_page_load_timeout(wait_seconds)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
 def assert_one_line_error(result, text: str) -> None:  # type: ignore[no-untyped-def]
     assert_one_line_output(result.exit_code, result.output, text)
 

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import invoke, photo, serving_in_thread, simsearch_process
+from conftest import headless_chromium, invoke, photo, serving_in_thread, simsearch_process
 from postgres_server import free_port
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -103,19 +102,8 @@ def site(library: Path) -> Iterator[Site]:
 def browser() -> Iterator[webdriver.Chrome]:
     if not (CHROMIUM and DRIVER):
         pytest.skip("no headless browser: apt-get install chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # type: ignore[assignment]
-    profile = tempfile.mkdtemp(prefix="simsearch-chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,900", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-    driver.set_page_load_timeout(WAIT_SECONDS)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with headless_chromium(CHROMIUM, DRIVER, WAIT_SECONDS, log_browser=True) as driver:
+        yield driver  # type: ignore[misc]
 
 
 def wait(browser: webdriver.Chrome):  # type: ignore[no-untyped-def]
