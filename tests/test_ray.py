@@ -281,9 +281,9 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
     retried and killed again. Under the same limit, the photos alone index: the image is what runs out of memory.
 
     The image is written without ever being held here: once any test has embedded in this process, its malloc
-    keeps what it frees (`retrieval.allocator.keep_freed_memory`), and an image made here with Pillow stayed in it
-    (1.6 GB), above the limit before the run began: the memory monitor could then kill only Ray Data's own
-    ActorLocationTracker, which restarts without limit, and the run never ended."""
+    keeps what it frees (`retrieval.allocator.keep_freed_memory`), so an image made here with Pillow would stay in
+    it (1.6 GB), above the limit before the run begins; the memory monitor can then kill only Ray Data's own
+    ActorLocationTracker, which restarts without limit, and the run never ends."""
     make_photos(tmp_path / "p", 8)
     control = index_under_memory_limit(tmp_path, tiny_model_file, "control")
     assert control.returncode == 0 and "added 8" in control.stderr, control.stderr
