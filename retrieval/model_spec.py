@@ -222,16 +222,21 @@ def check_false_pair_rates(points: object) -> None:
                              f"threshold {lower.threshold}")
 
 
+def _objects(value: object, name: str, each: str, fields: set[str]) -> list[dict[str, Any]]:
+    """`value`, a JSON list of objects with exactly `fields`; `ModelError` naming `name` (the list) or `each` (an
+    item) otherwise."""
+    if not isinstance(value, list):
+        raise ModelError(f"{name} must be a list (got {shown_value(value)})")
+    for item in value:
+        if not isinstance(item, dict) or item.keys() != fields:
+            raise ModelError(f"each {each} must be a JSON object of {', '.join(sorted(fields))} "
+                             f"(got {shown_value(item)})")
+    return value
+
 def false_pair_rates_from_dicts(points: object) -> tuple[FalsePairRate, ...]:
     """The points of a JSON list of ``{"threshold", "fpr", "fpr_upper", "recall"}`` objects, checked
     (`check_false_pair_rates`); `ModelError` naming the field at fault."""
-    if not isinstance(points, list):
-        raise ModelError(f"points must be a list (got {shown_value(points)})")
-    for point in points:
-        if not isinstance(point, dict) or point.keys() != _POINT_FIELDS:
-            raise ModelError(f"each point must be a JSON object of {', '.join(sorted(_POINT_FIELDS))} "
-                             f"(got {shown_value(point)})")
-    rates = tuple(FalsePairRate(**point) for point in points)
+    rates = tuple(FalsePairRate(**point) for point in _objects(points, "points", "point", _POINT_FIELDS))
     check_false_pair_rates(rates)
     return rates
 
@@ -322,13 +327,7 @@ class ShippedCalibration:
             raise ModelError(f"must be a JSON object of {', '.join(sorted(_CALIBRATION_FIELDS))} "
                              f"(and optionally {', '.join(sorted(_OPTIONAL_CALIBRATION_FIELDS))}) "
                              f"(got {shown_value(data)})")
-        levels = data["levels"]
-        if not isinstance(levels, list):
-            raise ModelError(f"levels must be a list (got {shown_value(levels)})")
-        for level in levels:
-            if not isinstance(level, dict) or level.keys() != _LEVEL_FIELDS:
-                raise ModelError(f"each level must be a JSON object of {', '.join(sorted(_LEVEL_FIELDS))} "
-                                 f"(got {shown_value(level)})")
+        levels = _objects(data["levels"], "levels", "level", _LEVEL_FIELDS)
         curve = FalsePairCurve.from_dict(data["false_pairs"]) if "false_pairs" in data else None
         return cls(tuple(PrecisionLevel(**level) for level in levels), data["measured_on"], curve)
 
