@@ -78,3 +78,8 @@ class ArgumentTypeError(SimsearchError, TypeError):
 class MoveError(SimsearchError):
     """Moving duplicates or undoing moves cannot start: a target folder that cannot be made or written, a manifest
     that cannot be read. (A single file that is not moved or not restored is reported, never raised.)"""
+
+
+class ShardError(SimsearchError):
+    """A shard (a WebDataset tar, a parquet file of image bytes) cannot be read: not one, truncated, or lacking
+    the columns asked for."""
