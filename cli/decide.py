@@ -18,6 +18,7 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
 from cli.output import fit_path_columns, terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
 from retrieval.keeper_rules import DEFAULT_RULES
+from retrieval.sources.shards import is_shard
 
 if TYPE_CHECKING:
     from retrieval.collection import Collection, ThresholdChoice
@@ -197,6 +198,17 @@ def dedup_command(
                              "threshold of their nearest neighbour), where by default only exact copies are.")]
     = False,
     device: DeviceOption = None,
+    manifest: Annotated[Optional[Path], typer.Option(
+        "--manifest", metavar="OUT", help="Shards in (WebDataset .tar, .parquet with image bytes), a manifest out "
+                                          "(.parquet, .jsonl or .csv): one row a sample, `keep` for the next step "
+                                          "(docs/pipelines.md). With it, --index DIR keeps the samples' vectors in "
+                                          "DIR for later runs.")] = None,
+    image_column: Annotated[str, typer.Option(help="A parquet shard's column of image bytes (img2dataset's).")]
+    = "jpg",
+    key_column: Annotated[str, typer.Option(help="A parquet shard's key column (img2dataset's).")] = "key",
+    against: Annotated[Optional[Path], typer.Option(
+        "--against", metavar="DIR", help="With --manifest: compare the shards with the samples kept in DIR (by an "
+                                         "earlier --index DIR) without adding them.")] = None,
 ) -> None:
     """Near-duplicate groups, each with a suggested keeper (by --keep: most pixels, then oldest, then shortest
     path) and every member within the threshold of it; exact copies are marked apart from near-duplicates, and
@@ -206,6 +218,16 @@ def dedup_command(
     the file indexed, its keeper still there) and recorded, so that `simsearch undo MANIFEST` puts them back;
     `--print0` lists them for scripts.
     """
+    if manifest is not None or against is not None or (paths and any(is_shard(path) for path in paths)):
+        if manifest is None or not paths or not all(is_shard(path) for path in paths):
+            raise fail("shards (.tar, .parquet) and --manifest OUT go together: give both, and only shards")
+        if as_json or as_csv or print0 or stdin or move_to or trash or reference or db or keep != DEFAULT_RULES:
+            raise fail("--manifest writes the decisions: give no --json, --csv, --print0, --stdin, --move-to, "
+                       "--trash, --reference, --db or --keep")
+        from cli.shards import dedup_shards_command
+
+        return dedup_shards_command(paths, manifest, image_column, key_column, index_dir, against,
+                                    given_threshold(threshold, similarity, precision), precision, lookalikes, device)
     if sum([as_json, as_csv, print0, stdin]) > 1:
         raise fail("choose one of --json, --csv, --print0 and --stdin")
     if move_to is not None and trash:
