@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
 
 import faiss
 
@@ -29,13 +32,75 @@ TRAINING_PER_LIST = 39
 """FAISS warns below 39 training vectors a k-means centroid."""
 TRAINING_MIN, TRAINING_MAX = 30_000, 256_000
 ID_BYTES = 8
+PQ_BITS = 8
+"""Bits of each product-quantiser code when a description does not say (FAISS's default)."""
+_COMPONENT = re.compile(r"IVF(?P<lists>\d+)(?:_\w+)?|HNSW(?P<links>\d+)(?:_\w+)?|Flat"
+                        r"|PQ(?P<pq>\d+)(?:x(?P<bits>\d+))?(?:fs|np)?|(?P<other>.*)")
+"""One component of a description: a coarse quantiser (IVF, HNSW), flat codes, product-quantised codes, or
+anything else FAISS takes (a transform such as OPQ16 or PCA64, scalar quantisers...), which is only recorded."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """A FAISS factory description as its parts: what every caller asks instead of reading the string.
+
+    `kind` is how a query finds candidates: every code compared (`Flat`, whatever the codes), an inverted file
+    (`IVF`, `lists` of them) or a graph (`HNSW`, `links` a node). `pq_m` and `pq_bits` are product-quantised codes
+    (`pq_m` sub-vectors of `pq_bits` bits); None where the codes are the vectors themselves or another kind.
+    `transformed` says that a transform (OPQ, PCA...) comes first, before the index proper."""
+
+    text: str
+    kind: Literal["Flat", "IVF", "HNSW"] = "Flat"
+    lists: int | None = None
+    links: int | None = None
+    pq_m: int | None = None
+    pq_bits: int | None = None
+    transformed: bool = False
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the index keeps approximate codes instead of the vectors (its distances are estimates)."""
+        return self.pq_m is not None
+
+    @property
+    def keeps_ids(self) -> bool:
+        """Whether the index itself keeps the caller's ids (an inverted file, first in the description)."""
+        return self.kind == "IVF" and not self.transformed
+
+    def code_bytes(self, dim: int) -> int:
+        """Bytes the index holds for each vector, id aside: its PQ code, else the float32 vector."""
+        if self.pq_m is None or self.pq_bits is None:
+            return dim * 4
+        return math.ceil(self.pq_m * self.pq_bits / 8)
+
+
+@lru_cache(maxsize=64)
+def parse_description(text: str) -> Description:
+    """The parts of a FAISS factory description ("Flat", "IVF1024,Flat", "IVF4096,PQ32", "HNSW32"); parts FAISS
+    knows and this does not are kept in the text only (whether FAISS takes the whole is `check_description`'s)."""
+    kind: Literal["Flat", "IVF", "HNSW"] = "Flat"
+    lists = links = pq_m = pq_bits = None
+    transformed = False
+    components = text.split(",")
+    for position, component in enumerate(components):
+        match = _COMPONENT.fullmatch(component.strip())
+        assert match is not None  # the last alternative takes anything
+        if match["lists"] is not None:
+            kind, lists = "IVF", int(match["lists"])
+        elif match["links"] is not None and kind == "Flat":
+            kind, links = "HNSW", int(match["links"])
+        elif match["pq"] is not None:
+            pq_m, pq_bits = int(match["pq"]), int(match["bits"] or PQ_BITS)
+        elif match["other"] is not None and position == 0 and len(components) > 1:
+            transformed = True
+    return Description(text, kind, lists, links, pq_m, pq_bits, transformed)
 
 
 def new_faiss_index(dim: int, description: str, ids: bool = False) -> faiss.Index:
     """An empty inner-product index of `dim`-d vectors, of the kind `description` names; with `ids`, one that is
     added to (and searched for) with the caller's int64 ids instead of positions: an inverted file keeps ids
     itself, any other kind is wrapped in an IDMap2."""
-    native_ids = ids and description.startswith("IVF")
+    native_ids = ids and parse_description(description).keeps_ids
     return faiss.index_factory(dim, f"IDMap2,{description}" if ids and not native_ids else description,
                                faiss.METRIC_INNER_PRODUCT)
 
@@ -43,9 +108,9 @@ def new_faiss_index(dim: int, description: str, ids: bool = False) -> faiss.Inde
 def check_description(dim: int, description: str, count: int | None = None) -> str:
     """`description` if FAISS can build an index of it for `dim`-d vectors (and train it on `count`, when given);
     `InvalidArgumentError` otherwise."""
-    lists = re.match(r"IVF(\d+)", description)
-    if count is not None and lists and int(lists.group(1)) > count:
-        raise InvalidArgumentError(f"an index of type {description!r} needs at least {int(lists.group(1)):,} "
+    lists = parse_description(description).lists
+    if count is not None and lists is not None and lists > count:
+        raise InvalidArgumentError(f"an index of type {description!r} needs at least {lists:,} "
                                    f"vectors to train its lists; this index will hold {count:,}")
     try:
         new_faiss_index(dim, description, ids=True)
@@ -56,7 +121,8 @@ def check_description(dim: int, description: str, count: int | None = None) -> s
 
 
 def faiss_reason(exc: RuntimeError) -> str:
-    """FAISS's message without the C++ function and source line it prefixes."""
+    """FAISS's message without the C++ function and source line it prefixes (an error message read, not a
+    description)."""
     text = " ".join(str(exc).split())
     match = re.search(r" at \S+:\d+: (.*)$", text)
     return (match.group(1) if match else text) or "rejected"
@@ -70,11 +136,9 @@ def list_count(count: int) -> int:
 
 def index_bytes(description: str, count: int, dim: int) -> int:
     """What an index of this kind holds in memory for `count` vectors: codes, ids and centroids (an estimate)."""
-    lists = re.match(r"IVF(\d+)", description)
-    centroids = int(lists.group(1)) * dim * 4 if lists else 0
-    pq = re.search(r"PQ(\d+)", description)
-    code = int(pq.group(1)) if pq else dim * 4
-    return count * (code + ID_BYTES) + centroids
+    parsed = parse_description(description)
+    centroids = (parsed.lists or 0) * dim * 4
+    return count * (parsed.code_bytes(dim) + ID_BYTES) + centroids
 
 
 def choose_description(count: int, dim: int, max_memory: int | None = None) -> str:
@@ -99,10 +163,10 @@ def choose_description(count: int, dim: int, max_memory: int | None = None) -> s
 
 def training_size(count: int, description: str) -> int:
     """How many vectors to train an index of this kind on: a random sample of 30k to 256k, at least 39 a list."""
-    lists = re.match(r"IVF(\d+)", description)
-    if not lists:
+    lists = parse_description(description).lists
+    if lists is None:
         return 0
-    return min(count, max(TRAINING_MIN, TRAINING_PER_LIST * int(lists.group(1))), TRAINING_MAX)
+    return min(count, max(TRAINING_MIN, TRAINING_PER_LIST * lists), TRAINING_MAX)
 
 
 def set_search_breadth(index: faiss.Index, nprobe: int | None) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
+from retrieval.faiss_factory import parse_description
 from retrieval.store.backends import Backend, database_url, open_backend, shown_url
 from retrieval.store.index_store import IndexStore
 from retrieval.store.schema import ModelRecord
@@ -163,7 +164,7 @@ class SimilarityIndex:
         Copies of one file share a vector; each of them is listed.
         """
         vectors, info = self._vectors.current()
-        if info is not None and "PQ" in info.description:
+        if info is not None and parse_description(info.description).compressed:
             distances, ids = vectors.search(queries, k * RERANK_CANDIDATES)
             distances, ids = self._exact_order(queries, distances, ids)
             distances, ids = distances[:, :k], ids[:, :k]
