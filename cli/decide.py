@@ -17,6 +17,7 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
                         plural, print_error, shown_path)
 from cli.output import fit_path_columns, terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
+from retrieval.file_identity import something_at
 from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.sources.shards import is_shard
 
@@ -320,7 +321,7 @@ def index_first(paths: list[Path], index_dir: Optional[Path], db: Optional[str],
 
     from cli.progress import RichReporter
 
-    missing = [p for p in paths if not p.exists()]
+    missing = [p for p in paths if not something_at(p)]
     if missing:
         raise fail(f"no such file or directory: {missing[0]}")
     index = create_index(index_dir_for_writing(index_dir), db)

@@ -25,6 +25,7 @@ from cli.serve import serve_command
 from cli.transfer import export_command, import_command
 from cli.vectors import info_command, tune_command
 from retrieval.errors import SimsearchError
+from retrieval.file_identity import something_at
 
 
 EXIT_BROKEN_PIPE = 120
@@ -71,7 +72,7 @@ def index_command(
 
     index = None
     try:
-        missing = [p for p in paths if not os.path.lexists(p)]
+        missing = [p for p in paths if not something_at(p)]
         if missing:
             raise fail(f"no such file or directory: {missing[0]}")
         check_device_name(device)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from retrieval.classes import class_of
 from retrieval.errors import InputPathError
-from retrieval.file_identity import file_id
+from retrieval.file_identity import file_id, something_at
 from retrieval.images import IMAGE_SUFFIXES
 from retrieval.index import MODELS_DIR
 from retrieval.store.backends import SQLITE_NAME
@@ -110,7 +110,7 @@ def scan(paths: Iterable[Path], index_dir: Path | None = None) -> ScanResult:
     result = ScanResult(roots=roots)
     walk = _Walk(result, _identity(index_dir))
     for order, root in enumerate(roots):
-        if not os.path.lexists(root):
+        if not something_at(root):
             raise InputPathError(f"no such file or directory: {root}")
         if index_dir is not None and _is_within(root, index_dir):
             raise InputPathError(f"{root} is in the index directory {index_dir}: an index never indexes itself")

@@ -52,3 +52,14 @@ def identify_file(path: str) -> FileIdentity | None:
         return None
     absolute = os.path.abspath(path)
     return FileIdentity(file_id(info), os.path.realpath(absolute) != absolute, info.st_size, info.st_mtime_ns)
+
+
+def something_at(path: str | os.PathLike[str]) -> bool:
+    """Whether a path names anything now: a file, a folder, or a symbolic link, even one whose target is gone.
+    The one rule for "is it there" wherever a path given, indexed or moved is checked; False, never an error, for
+    a path no file can have (a NUL byte, a name too long).
+
+    It is `lexists`, not `exists`, because of the dangling symbolic link: its name is taken, so a move must not
+    overwrite it and an undo must not take its place for free, and a path given to index that is one is the
+    scan's to report (a link whose file is gone) rather than "no such file or directory"."""
+    return os.path.lexists(path)

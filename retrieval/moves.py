@@ -54,7 +54,7 @@ from retrieval.atomic import writable_folder
 from retrieval.content_hash import hash_file
 from retrieval.dedup import Candidate, DuplicateGroup
 from retrieval.errors import MoveError, OutputWriteError, SimsearchError
-from retrieval.file_identity import FileIdentity, file_id, identify_file
+from retrieval.file_identity import FileIdentity, file_id, identify_file, something_at
 from retrieval.index import SimilarityIndex
 from retrieval.store.index_store import ImageChange
 from retrieval.store.schema import STATUS_OK
@@ -236,7 +236,7 @@ def _link_or_rename(source: str, destination: str) -> None:
     except OSError as exc:
         if exc.errno not in NO_HARD_LINKS:
             raise
-        if os.path.lexists(destination):
+        if something_at(destination):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), destination) from None
         os.rename(source, destination)
         return
@@ -441,7 +441,7 @@ def move_duplicates(index: SimilarityIndex, groups: Sequence[DuplicateGroup], ta
 
     def plan(proposal: _Proposal, digest: str, run: str) -> MoveRecord | str:
         destination = destination_for(proposal.other.path, roots, target)
-        if os.path.lexists(destination):
+        if something_at(destination):
             return f"{destination} exists (left alone)"
         return _record("move", run, proposal, destination, digest, index, labels)
 
@@ -637,7 +637,7 @@ def _untrusted(record: MoveRecord, manifest: Path) -> str | None:
     if record.folder is not None and os.path.realpath(os.path.dirname(source)) != record.folder:
         return (f"its folder is no longer the one it was moved from ({record.folder}): a symbolic link on the way? "
                 f"(left at {moved_to or 'the trash'})")
-    if moved_to is None or not os.path.lexists(moved_to):
+    if moved_to is None or not something_at(moved_to):
         return None  # nothing to move back: `_restore` says whether it is back already
     if record.action == "move":
         folder = os.path.realpath(os.path.dirname(os.path.abspath(manifest)))
@@ -663,12 +663,12 @@ def _restore(record: MoveRecord) -> Literal["restored", "already"] | NotDone:
         if _holds(home, record.content_hash):
             return "already"
         return NotDone(home, "sent to the desktop's trash, which did not say where: restore it from the trash")
-    if not os.path.lexists(moved_to):
+    if not something_at(moved_to):
         if _holds(home, record.content_hash):
             return "already"
         where = "the trash" if record.action == "trash" else moved_to
         return NotDone(home, f"it is no longer at {where}")
-    if os.path.lexists(home):
+    if something_at(home):
         return NotDone(home, f"a file is there again (left alone); the moved file stays at {moved_to}")
     if not _holds(moved_to, record.content_hash):
         return NotDone(home, f"{moved_to} changed since it was moved (left there)")
