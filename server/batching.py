@@ -1,4 +1,9 @@
-"""Concurrent embedding requests share one model: each waits a moment for others, and they run as one batch."""
+"""Concurrent embedding requests share one model: each waits a moment for others, and they run as one batch.
+
+A batch is 1 to `MAX_BATCH` uploads already in memory: each is decoded with the model's preprocessing and the
+decoded ones are embedded by one `Embedder` call, in the batcher's thread. No decode workers, no read-ahead, no
+content hash (nothing is stored), and torch's thread settings are left as the process has them.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
+
 from retrieval.embedding import Embedder
-from retrieval.sources.decode import SourceResult
-from retrieval.sources.embed import embed_sources
+from retrieval.errors import DecodeError
+from retrieval.images import Preprocessing, decode_image
 
 WINDOW_SECONDS = 0.005
 """How long the first request of a batch waits for others: a few milliseconds against a 10-60 ms model run."""
@@ -17,19 +25,43 @@ MAX_BATCH = 32
 BATCHES_KEPT = 1000
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """One upload's L2-normalised float32 vector, or why it has none (it does not decode)."""
+
+    vector: np.ndarray | None = None
+    error: str | None = None
+
+
+def embed_uploads(embedder: Embedder, prep: Preprocessing, uploads: list[bytes], max_pixels: int) -> list[Embedded]:
+    """Each encoded image's embedding, in order: decoded one by one, the decoded ones embedded in one call;
+    `ModelError` (from the embedder) reaches the caller."""
+    decoded: list[np.ndarray | DecodeError] = []
+    for data in uploads:
+        try:
+            decoded.append(decode_image(data, prep, max_pixels).pixels)
+        except DecodeError as exc:
+            decoded.append(exc)
+    pixels = [item for item in decoded if isinstance(item, np.ndarray)]
+    vectors = iter(embedder.embed(torch.from_numpy(np.stack(pixels))) if pixels else ())
+    return [Embedded(error=str(item)) if isinstance(item, DecodeError) else Embedded(vector=next(vectors))
+            for item in decoded]
+
+
 @dataclass
 class _Waiting:
     data: bytes
-    done: asyncio.Future[SourceResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[Embedded] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class EmbedBatcher:
     """Embeds encoded images for async callers, batching those that arrive within `window` seconds (at most
     `max_batch`), one batch at a time on the model, in a thread of its own so the event loop keeps serving."""
 
-    def __init__(self, embedder: Embedder, max_pixels: int, window: float = WINDOW_SECONDS,
+    def __init__(self, embedder: Embedder, prep: Preprocessing, max_pixels: int, window: float = WINDOW_SECONDS,
                  max_batch: int = MAX_BATCH) -> None:
         self.embedder = embedder
+        self.prep = prep
         self.max_pixels = max_pixels
         self.window = window
         self.max_batch = max_batch
@@ -39,7 +71,7 @@ class EmbedBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="simsearch-embed")
 
-    async def embed(self, data: bytes) -> SourceResult:
+    async def embed(self, data: bytes) -> Embedded:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())
@@ -63,8 +95,8 @@ class EmbedBatcher:
                     break
             self.batch_sizes.append(len(batch))
             try:
-                results = await loop.run_in_executor(self._thread, lambda: embed_sources(
-                    self.embedder, [waiting.data for waiting in batch], self.max_pixels, batch_size=self.max_batch))
+                results = await loop.run_in_executor(self._thread, lambda: embed_uploads(
+                    self.embedder, self.prep, [waiting.data for waiting in batch], self.max_pixels))
             except Exception as exc:  # a model error reaches every request of the batch, as its own error
                 for waiting in batch:
                     if not waiting.done.done():

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import HTTPException, Request
+from fastapi import Path as PathParameter
 from starlette.datastructures import UploadFile
 
 PROOF_HEADER = "X-Simsearch-Request"
@@ -24,6 +26,10 @@ SHOWN = 120
 MAX_PATH = 4096
 """A path longer than Linux's PATH_MAX names nothing."""
 MAX_FORM_FIELDS = 8
+MAX_IMAGE_ID = 2**63 - 1
+"""The largest image id (a 64-bit signed database id): a larger number names no image."""
+ImageId = Annotated[int, PathParameter(ge=0, le=MAX_IMAGE_ID)]
+"""An image id in a route's path: 422 for a number out of range."""
 
 
 def shown(value: object) -> str:

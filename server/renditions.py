@@ -11,28 +11,26 @@ the file as it is or nothing (404).
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
-from fastapi import Path as PathParameter
+from fastapi import APIRouter, Depends, Response
 
 from retrieval.errors import IndexNotFoundError
 from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex
-from server.bodies import require_proof
+from server.bodies import ImageId, require_proof
+from server.state import State
 from server.thumbnails import CACHING, thumbnail
 
 SIZE = 2048
-MAX_IMAGE_ID = 2**63 - 1
 
 router = APIRouter(prefix="/api", tags=["review"], dependencies=[Depends(require_proof)])
 
 
 @router.get("/image/{image_id}", responses={200: {"content": {"image/jpeg": {}}}})
-async def rendition(request: Request, image_id: Annotated[int, PathParameter(ge=0, le=MAX_IMAGE_ID)]) -> Response:
+async def rendition(state: State, image_id: ImageId) -> Response:
     """A JPEG of the indexed image, at most 2048 px on its long side (smaller images as they are); 404 once its
     file changed since it was indexed, 422 for one that no longer decodes."""
-    made = await asyncio.to_thread(_rendition, request.app.state.served.index, image_id)  # off the event loop
+    made = await asyncio.to_thread(_rendition, state.served.index, image_id)  # off the event loop
     return Response(made, media_type="image/jpeg", headers={"Cache-Control": CACHING})
 
 

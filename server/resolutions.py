@@ -23,6 +23,7 @@ from typing import Literal
 from retrieval.atomic import writable_folder
 from retrieval.dedup import DuplicateGroup
 from retrieval.errors import MoveError, OutputWriteError
+from retrieval.file_identity import something_at
 from retrieval.index import SimilarityIndex
 from retrieval.moves import (MANIFEST_NAME, TRASH_MANIFEST_NAME, MoveReport, UndoReport, move_duplicates,
                              read_manifest, trash_duplicates, undo_moves)
@@ -118,7 +119,7 @@ class Resolutions:
             if not records:
                 continue
             away = sum(1 for record in records if record.destination is not None
-                       and os.path.lexists(record.destination) and not os.path.lexists(record.source))
+                       and something_at(record.destination) and not something_at(record.source))
             found.append(Resolution(name, "trash" if manifest.name == TRASH_MANIFEST_NAME else "quarantine",
                                     manifest, name.split("-")[1], records[0].keeper, len(records), away,
                                     records[0].at))

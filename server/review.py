@@ -6,8 +6,8 @@ Every route needs the header `X-Simsearch-Request` (`require_proof`), as duplica
 cross-site `<img>` or `<form>` can start the work or act. POST bodies are JSON sent as application/json
 (`json_body`), and name groups, images and resolves only by their ids: where files move is the server's choice
 (`server.resolutions`), and what moves is a group the server finds again itself, whose keeper must still be the
-one the page showed. Groups are computed off the event loop, one computation at a time (the lock the app's
-/api/duplicates takes too).
+one the page showed. Groups are computed off the event loop, one computation at a time (the lock /api/duplicates takes
+too, `ServerState.one_search_at_a_time`).
 """
 
 from __future__ import annotations
@@ -17,54 +17,27 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParameter
 
-from retrieval.collection import Collection, ThresholdChoice
+from retrieval.collection import ThresholdChoice
 from retrieval.dedup import Candidate, DuplicateSearch
 from retrieval.errors import MoveError
-from retrieval.index import SimilarityIndex
 from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.moves import MoveReport
 from retrieval.unit_distance import cosine_similarity
-from server.bodies import json_body, path_value, require_proof, shown, threshold_value
-from server.resolutions import RESOLUTION_ID, Resolutions
+from server.bodies import MAX_IMAGE_ID, json_body, path_value, require_proof, shown, threshold_value
+from server.resolutions import RESOLUTION_ID
 from server.review_groups import GROUP_ID_PATTERN, display_root, find_group, group_view, member_view
+from server.state import ServerState, State
 
 T = TypeVar("T")
-MAX_IMAGE_ID = 2**63 - 1
 MAX_IDS = 200
 """Images one facts request may name (a search shows at most 100)."""
 
 
-class Served(Protocol):
-    """What the app serves (`server.app._Served`): the index, and the collection over it."""
-
-    index: SimilarityIndex
-
-    def collection(self) -> tuple[Collection, Any]: ...
-
-
-@dataclass(frozen=True)
-class ReviewContext:
-    """What the review routes share with the app: the index served, the bounds on a duplicate search, the lock
-    that lets one run at a time, and the page's resolves."""
-
-    served: Served
-    max_page: int
-    max_pairs: int
-    one_search_at_a_time: asyncio.Lock
-    resolutions: Resolutions
-
-
-def review_context(request: Request) -> ReviewContext:
-    context: ReviewContext = request.app.state.review
-    return context
-
-
-Context = Annotated[ReviewContext, Depends(review_context)]
 router = APIRouter(prefix="/api/review", tags=["review"], dependencies=[Depends(require_proof)])
 
 
@@ -112,12 +85,12 @@ class Found:
     root: str
 
 
-async def found_groups(context: ReviewContext, settings: GroupSettings) -> Found:
+async def found_groups(context: ServerState, settings: GroupSettings) -> Found:
     """The groups at `settings`, and the folder their paths are shown relative to."""
     return await acting_on_groups(context, settings, lambda found: found)
 
 
-async def acting_on_groups(context: ReviewContext, settings: GroupSettings, then: Callable[[Found], T]) -> T:
+async def acting_on_groups(context: ServerState, settings: GroupSettings, then: Callable[[Found], T]) -> T:
     """What `then` makes of the groups at `settings`, in the same turn of the lock that found them (a resolve acts
     on the groups it found, and no other search or resolve runs meanwhile)."""
     collection, _ = context.served.collection()
@@ -125,7 +98,7 @@ async def acting_on_groups(context: ReviewContext, settings: GroupSettings, then
 
     def search() -> T:
         found = collection.find_duplicates(choice.threshold, keep=settings.keep, reference=settings.reference,
-                                           max_pairs=context.max_pairs)
+                                           max_pairs=context.limits.max_duplicate_pairs)
         root = display_root(row.path for row in context.served.index.store.indexed_images())
         return then(Found(choice, found, root))
 
@@ -140,14 +113,14 @@ def _summary(found: Found, per_page: int) -> dict[str, object]:
             "pages": max(1, -(-total // per_page)), "root": found.root}
 
 
-def _per_page(context: ReviewContext, per_page: int) -> int:
-    if not 1 <= per_page <= context.max_page:
-        raise HTTPException(422, f"per_page must be 1 to {context.max_page}")
+def _per_page(context: ServerState, per_page: int) -> int:
+    if not 1 <= per_page <= context.limits.max_page:
+        raise HTTPException(422, f"per_page must be 1 to {context.limits.max_page}")
     return per_page
 
 
 @router.get("/groups")
-async def groups(context: Context, settings: Settings, page: Annotated[int, Query(ge=1)] = 1,
+async def groups(context: State, settings: Settings, page: Annotated[int, Query(ge=1)] = 1,
                  per_page: int = 50) -> dict[str, object]:
     """Duplicate groups, largest first, a page at a time (past the last page: none), each with its id, the rule
     that chose its keeper and its members' facts (dimensions, file size, format, date, folder, distance and cosine
@@ -162,7 +135,7 @@ async def groups(context: Context, settings: Settings, page: Annotated[int, Quer
 
 
 @router.get("/groups/{group_id}")
-async def group(context: Context, settings: Settings,
+async def group(context: State, settings: Settings,
                 group_id: Annotated[str, PathParameter(pattern=GROUP_ID_PATTERN)],
                 per_page: int = 50) -> dict[str, object]:
     """The group `group_id` now, with its position among all groups (from 0) and the page that holds it at
@@ -178,7 +151,7 @@ async def group(context: Context, settings: Settings,
 
 
 @router.post("/resolve")
-async def resolve(context: Context, request: Request) -> dict[str, object]:
+async def resolve(context: State, request: Request) -> dict[str, object]:
     """Resolve a group: `{"group": id, "keeper": image_id, "destination": "quarantine" | "trash"}` and the
     settings its groups were made with (`threshold`, `precision`, `keep`, `reference`). Its others are moved as
     `dedup --move-to` or `--trash` moves them, each checked just before, into a resolve of their own whose
@@ -216,7 +189,7 @@ async def resolve(context: Context, request: Request) -> dict[str, object]:
 
 
 @router.post("/undo")
-async def undo(context: Context, request: Request) -> dict[str, object]:
+async def undo(context: State, request: Request) -> dict[str, object]:
     """Undo a resolve (`{"resolution": id}`): its files back where they were, never overwriting, and back in the
     index (those whose vector the index no longer holds are indexed again), as `simsearch undo` does."""
     from indexer.pipeline import IndexOptions, index_paths
@@ -248,14 +221,14 @@ async def undo(context: Context, request: Request) -> dict[str, object]:
 
 
 @router.get("/resolutions")
-async def resolutions(context: Context) -> list[dict[str, object]]:
+async def resolutions(context: State) -> list[dict[str, object]]:
     """The latest resolves made from the page, the latest first: where their files went, the manifest
     `simsearch undo` takes, how many of their files are still away (0: undone)."""
     return [made.to_dict() for made in await asyncio.to_thread(context.resolutions.recent)]
 
 
 @router.get("/images")
-async def images(context: Context, ids: Annotated[str, Query(max_length=MAX_IDS * 20)]) -> dict[str, object]:
+async def images(context: State, ids: Annotated[str, Query(max_length=MAX_IDS * 20)]) -> dict[str, object]:
     """The facts of indexed images by id (`ids=3,17,42`), as a group's members have them; ids that are not
     indexed are left out."""
     try:

@@ -169,7 +169,7 @@ def test_concurrent_uploads_are_embedded_in_one_batch(tmp_path: Path, indexed: l
         return [answer.status_code for answer in answers]
 
     assert asyncio.run(many()) == [200] * 8
-    batcher = app.state.served.collection()[1]
+    batcher = app.state.server.served.collection()[1]
     assert max(batcher.batch_sizes) > 1 and sum(batcher.batch_sizes) == 8
 
 
