@@ -46,7 +46,7 @@ class ShardDedup:
 
 
 @dataclass
-class _Keys:
+class UniqueKeys:
     """Unique keys: a key met again becomes KEY@SHARD, then KEY@SHARD#N."""
 
     taken: set[str] = field(default_factory=set)
@@ -83,7 +83,7 @@ def dedup_shards(shards: Sequence[Path], embedder: Embedder, threshold: float, *
                  skipped: Callable[[str, str], None] | None = None) -> ShardDedup:
     """Decide every sample of `shards` against `seen` and among themselves. `progress` is called for each sample
     once embedded (or failed), `skipped(shard, why)` for a shard that could not be read on."""
-    keys = _Keys(set(seen.keys) if seen is not None else set())
+    keys = UniqueKeys(set(seen.keys) if seen is not None else set())
     skips: list[SampleDecision] = []
     locations: list[SampleLocation | None] = []
     embedded: list[EmbeddedSample] = []
