@@ -43,12 +43,7 @@ def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, 
         embedder = Embedder(model, pick_device(device))
     except SimsearchError as exc:
         raise fail(str(exc)) from None
-    report_choice(choice)
     failed = 0
-
-    def skipped(shard: str, why: str) -> None:
-        err.print(f"[yellow]warning[/]: {escape(terminal_text(why))}; its samples from there on are left out",
-                  soft_wrap=True)
 
     with Progress(TextColumn("embedding samples"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
@@ -65,12 +60,17 @@ def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, 
 
         try:
             run = dedup_shards(shards, embedder, choice.threshold, columns=ShardColumns(image_column, key_column),
-                               seen=seen, lookalikes=lookalikes, progress=progress, skipped=skipped)
+                               seen=seen, lookalikes=lookalikes, progress=progress)
         except SimsearchError as exc:
             raise fail(str(exc)) from None
     samples = len(run.samples)
     if samples == 0:
-        raise fail(f"no sample could be read from {plural(len(shards), 'shard')}")
+        why = f": {run.skipped[0].error}" if run.skipped else ""
+        raise fail(f"no sample could be read from {plural(len(shards), 'shard')}{why}")
+    report_choice(choice)
+    for skip in run.skipped:
+        err.print(f"[yellow]warning[/]: {escape(terminal_text(skip.error or skip.shard))}; its samples from there "
+                  "on are left out", soft_wrap=True)
     check = run.decisions.lookalikes
     if not check.exact_only:
         report_false_pairs(choice, check.images + (len(seen) if seen is not None else 0))

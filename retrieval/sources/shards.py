@@ -126,6 +126,8 @@ def _tar_samples(path: Path, max_bytes: int) -> Iterator[Sample]:
                 found = Sample(key, shard, data, location)
                 archive.members.clear()  # a shard's headers need not be held: each sample is read once, in order
         except (OSError, tarfile.TarError, EOFError) as exc:
+            if found is not None:  # a sample whose image was read (or refused) before the damage
+                yield found
             raise ShardError(f"{path}: truncated or damaged tar file ({_reason(exc)})") from exc
         if current is not None:
             yield found or Sample(current, shard, None, error="no image member")
