@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+from typing import Literal
 
 import numpy as np
 import torch
@@ -13,6 +15,11 @@ from retrieval.allocator import keep_freed_memory
 from retrieval.devices import available_device
 from retrieval.errors import ModelError
 from retrieval.model import EmbeddingModel
+from retrieval.runtime_onnx import OnnxRunner, onnx_installed, onnx_runner
+
+Runtime = Literal["auto", "torch", "onnxruntime"]
+RUNTIME_ENV = "SIMSEARCH_RUNTIME"
+"""`torch` forces torch where the runtime is "auto" (the default of every command)."""
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -52,9 +59,14 @@ class Embedder:
     after changing its weights); its tensors move to the embedder's device. On CUDA the forward pass
     runs under autocast (float16); on a CPU the process keeps the memory a batch frees for the next one
     (`keep_freed_memory`).
+
+    On a CPU, `runtime` "auto" runs the model with ONNX Runtime (`retrieval.runtime_onnx`: the same vectors,
+    faster) when the `[onnx]` extra is installed, the model exports faithfully and `$SIMSEARCH_RUNTIME` is not
+    `torch`; else torch. "torch" always runs torch; "onnxruntime" raises `ModelError` where it cannot be used.
+    `runtime` says which runs: "torch" or "onnxruntime".
     """
 
-    def __init__(self, model: EmbeddingModel, device: torch.device | None = None) -> None:
+    def __init__(self, model: EmbeddingModel, device: torch.device | None = None, runtime: Runtime = "auto") -> None:
         self.device = device or pick_device()
         self.content_hash = model.content_hash
         shared = {id(tensor): tensor for tensor in (*model.parameters(), *model.buffers())}
@@ -62,6 +74,8 @@ class Embedder:
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
             keep_freed_memory()
+        self._onnx = _onnx_runner(self.model, model, self.device, runtime)
+        self.runtime = "onnxruntime" if self._onnx is not None else "torch"
 
     @property
     def pin_memory(self) -> bool:
@@ -70,9 +84,26 @@ class Embedder:
     def embed(self, pixels: torch.Tensor) -> np.ndarray:
         """Embeddings of a uint8 batch; `ModelError` if any is not finite (weights or preprocessing that
         overflow), which would otherwise be stored and poison every distance to it."""
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            out = self.model(pixels.to(self.device, non_blocking=True))
-        vectors = out.float().cpu().numpy()
+        if self._onnx is not None:
+            vectors = self._onnx(pixels)
+        else:
+            with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                out = self.model(pixels.to(self.device, non_blocking=True))
+            vectors = out.float().cpu().numpy()
         if not np.isfinite(vectors).all():
             raise ModelError("the model gives NaN or infinite embeddings (broken weights or preprocessing)")
         return vectors
+
+
+def _onnx_runner(module: nn.Module, model: EmbeddingModel, device: torch.device, runtime: Runtime) -> OnnxRunner | None:
+    """The ONNX Runtime runner `runtime` asks for and this device and install allow, else None (torch)."""
+    if runtime == "torch" or (runtime == "auto" and os.environ.get(RUNTIME_ENV, "").strip().lower() == "torch"):
+        return None
+    if device.type == "cpu" and onnx_installed():
+        runner = onnx_runner(module, model)
+        if runner is not None or runtime == "auto":
+            return runner
+    if runtime == "auto":
+        return None
+    raise ModelError(f"the model {model.spec.name} cannot run on ONNX Runtime here (it needs a CPU, the [onnx] "
+                     f"extra installed and a model that exports faithfully)")
