@@ -21,22 +21,36 @@ if TYPE_CHECKING:
 def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, key_column: str,
                          index_dir: Optional[Path], against: Optional[Path], threshold: Optional[float],
                          precision: Optional[float], lookalikes: bool, device: Optional[str]) -> None:
-    """Read, embed and decide every sample of `shards`, write the manifest (and the kept samples to `index_dir`)."""
-    from retrieval.collection import Collection
-    from retrieval.embedding import Embedder, pick_device
-    from retrieval.manifest import check_manifest_path, write_manifest
-    from retrieval.model import load_default_model
-    from retrieval.sample_store import load_samples, save_samples
-    from retrieval.shard_dedup import dedup_shards
+    """Read, embed and decide every sample of `shards`, write the manifest (and the kept samples to `index_dir`).
+    The first samples are read and their decoding started before torch is imported, as `index` does."""
+    from indexer.shard_samples import HeadStartedChunks, SampleChunks
+    from retrieval.manifest import check_manifest_path
+    from retrieval.model_spec import DEFAULT_MODEL_FILE, read_model_header
+    from retrieval.sample_store import stored_keys
     from retrieval.sources.shards import ShardColumns
 
     if index_dir is not None and against is not None:
         raise fail("choose one of --index (add the shards' kept samples to DIR) and --against (compare with DIR only)")
+    store = index_dir if index_dir is not None else against
+    columns = ShardColumns(image_column, key_column)
     try:
         check_manifest_path(manifest)
         require_writable_folder(manifest)
+        header = read_model_header(DEFAULT_MODEL_FILE)
+        chunks = HeadStartedChunks(SampleChunks(shards, columns, taken=stored_keys(store) if store else ()),
+                                   header.spec.preprocessing)
+    except SimsearchError as exc:
+        raise fail(str(exc)) from None
+
+    from indexer.shard_dedup import dedup_shards
+    from retrieval.collection import Collection
+    from retrieval.embedding import Embedder, pick_device
+    from retrieval.manifest import write_manifest
+    from retrieval.model import load_default_model
+    from retrieval.sample_store import load_samples, save_samples
+
+    try:
         model = load_default_model()
-        store = index_dir if index_dir is not None else against
         seen = None if store is None else load_samples(store, model.content_hash, model.embedding_dim,
                                                        must_exist=against is not None)
         choice = Collection(None, model).threshold_choice(threshold, precision)
@@ -59,8 +73,8 @@ def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, 
             bar.advance(task)
 
         try:
-            run = dedup_shards(shards, embedder, choice.threshold, columns=ShardColumns(image_column, key_column),
-                               seen=seen, lookalikes=lookalikes, progress=progress)
+            run = dedup_shards(chunks, embedder, choice.threshold, columns=columns, seen=seen,
+                               lookalikes=lookalikes, progress=progress)
         except SimsearchError as exc:
             raise fail(str(exc)) from None
     samples = len(run.samples)

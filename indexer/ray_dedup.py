@@ -22,7 +22,8 @@ from indexer.ray_embed import RETRIES, _Embed, plan_actors, ray_session
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.pixel_rule import SIGNATURE_SIDE, PixelSignature
 from retrieval.sample_groups import STATUS_SKIPPED, EmbeddedSample, SampleDecision, SeenSamples, decide_samples
-from retrieval.shard_dedup import UniqueKeys, signature_of_bytes
+from indexer.shard_dedup import UniqueKeys
+from retrieval.sample_groups import signature_of_bytes
 from retrieval.sources.decode import Source, decode_source
 from retrieval.sources.shards import MAX_SAMPLE_BYTES, ShardColumns, read_shard
 from retrieval.errors import ShardError
@@ -106,7 +107,7 @@ def dedup_shards_on_ray(shards: Sequence[Path], model_file: Path, threshold: flo
                         address: str | None = None, columns: ShardColumns = ShardColumns(),
                         seen: SeenSamples | None = None, lookalikes: bool = False, batch_size: int = 32,
                         max_bytes: int = MAX_SAMPLE_BYTES) -> list[SampleDecision]:
-    """The manifest's rows of `shards` (as `retrieval.shard_dedup.dedup_shards` gives them: one a sample in the
+    """The manifest's rows of `shards` (as `indexer.shard_dedup.dedup_shards` gives them: one a sample in the
     shards' order, then one a shard skipped), by the model in `model_file`, embedded on the Ray cluster at `address` (a local Ray when None)."""
     with ray_session(address):
         from ray import data as ray_data

@@ -23,8 +23,7 @@ from retrieval.embedding import Embedder
 from retrieval.errors import ArgumentTypeError, InvalidArgumentError
 from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.pixel_rule import PixelSignature
-from retrieval.sample_groups import EmbeddedSample, SampleDecision, SeenSamples, decide_samples
-from retrieval.shard_dedup import signature_of_bytes
+from retrieval.sample_groups import EmbeddedSample, SampleDecision, SeenSamples, decide_samples, signature_of_bytes
 from retrieval.sources.embed import embed_sources
 
 Image = bytes | np.ndarray

@@ -23,7 +23,8 @@ from retrieval.dedup import NO_PAIRS, Candidate, DuplicateGroup, GroupingRules, 
 from retrieval.file_identity import FileIdentity
 from retrieval.keeper_rules import FIXED, KeeperRule
 from retrieval.lookalikes import LookalikeCheck, nearest_share
-from retrieval.pixel_rule import PixelSignature
+from retrieval.errors import DecodeError
+from retrieval.pixel_rule import PixelSignature, signature
 from retrieval.unit_distance import DISTANCE_DIGITS
 
 SAMPLE_RULES = (KeeperRule("largest", FIXED["largest"]), KeeperRule("first", lambda sample: sample.mtime_ns))
@@ -205,3 +206,13 @@ def _rows(samples: Sequence[EmbeddedSample], groups: list[DuplicateGroup], seen:
         else:
             rows.append(decided.get(first_new + number, SampleDecision(sample.key, sample.shard)))
     return rows
+
+
+def signature_of_bytes(data: bytes | None) -> PixelSignature | None:
+    """The pixel rule's signature of encoded image bytes, or None for none that decode."""
+    if data is None:
+        return None
+    try:
+        return signature(data)
+    except DecodeError:
+        return None

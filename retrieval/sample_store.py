@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError, ModelMismatchError
 from retrieval.pixel_rule import SIGNATURE_SIDE, PixelSignature
-from retrieval.sample_groups import SeenSamples
+
+if TYPE_CHECKING:
+    from retrieval.sample_groups import SeenSamples
 
 FILE_NAME = "samples.parquet"
 _MODEL_KEY = b"simsearch.model_hash"
@@ -26,6 +29,8 @@ def load_samples(folder: Path, model_hash: str, dim: int, must_exist: bool) -> S
     """The samples kept in `folder` (none if it holds none yet, unless `must_exist`: then `IndexUnavailableError`);
     `ModelMismatchError` when another model made them."""
     import pyarrow.parquet as pq
+
+    from retrieval.sample_groups import SeenSamples
 
     path = folder / FILE_NAME
     if not path.is_file():
@@ -49,6 +54,17 @@ def load_samples(folder: Path, model_hash: str, dim: int, must_exist: bool) -> S
                                                           rows["height"])]
     return SeenSamples(rows["key"], rows["shard"], rows["content_hash"],
                        list(zip(rows["width"], rows["height"])), vectors, signatures)
+
+
+def stored_keys(folder: Path) -> list[str]:
+    """The keys of the samples kept in `folder` (none when it holds none, or cannot be read: `load_samples`
+    says why), read without the vectors."""
+    import pyarrow.parquet as pq
+
+    try:
+        return [str(key) for key in pq.read_table(folder / FILE_NAME, columns=["key"]).column("key").to_pylist()]
+    except Exception:  # absent or unreadable: load_samples, which follows, reports it
+        return []
 
 
 def save_samples(folder: Path, samples: SeenSamples, model_hash: str) -> None:

@@ -1,5 +1,5 @@
 """The Ray Data form of dedup over shards (`indexer.ray_dedup`): on a local Ray of 2 CPUs, the same manifest rows
-as the one-machine run (`retrieval.shard_dedup`)."""
+as the one-machine run (`indexer.shard_dedup`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from indexer.ray_dedup import dedup_shards_on_ray  # noqa: E402
 from retrieval.collection import Collection  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.model import DEFAULT_MODEL_FILE, load_default_model  # noqa: E402
-from retrieval.shard_dedup import dedup_shards  # noqa: E402
+from indexer.shard_dedup import dedup_shards  # noqa: E402
+from indexer.shard_samples import SampleChunks  # noqa: E402
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_the_ray_form_gives_the_one_machine_manifest(tmp_path: Path, local_ray: 
               write_parquet(tmp_path / "b.parquet", [("p0", samples[6][1]), *samples[5:]])]
     model = load_default_model()
     threshold = Collection(None, model).threshold()
-    local = dedup_shards(shards, Embedder(model), threshold).rows
+    local = dedup_shards(SampleChunks(shards), Embedder(model), threshold).rows
     on_ray = dedup_shards_on_ray(shards, DEFAULT_MODEL_FILE, threshold)
     assert on_ray == local
     rows = {row.key: row for row in on_ray}
