@@ -108,7 +108,8 @@ def dedup_shards_on_ray(shards: Sequence[Path], model_file: Path, threshold: flo
                         seen: SeenSamples | None = None, lookalikes: bool = False, batch_size: int = 32,
                         max_bytes: int = MAX_SAMPLE_BYTES) -> list[SampleDecision]:
     """The manifest's rows of `shards` (as `indexer.shard_dedup.dedup_shards` gives them: one a sample in the
-    shards' order, then one a shard skipped), by the model in `model_file`, embedded on the Ray cluster at `address` (a local Ray when None)."""
+    shards' order, then one a shard skipped), embedded by the model in `model_file` on the Ray cluster at
+    `address` (a local Ray when None)."""
     with ray_session(address):
         from ray import data as ray_data
 

@@ -31,7 +31,8 @@ Image = bytes | np.ndarray
 
 class Deduplicator:
     """Near-duplicate decisions batch by batch. `threshold` defaults to the model's shipped calibration (as
-    `simsearch dedup` chooses it with no index); `seen` starts it from samples kept before (`retrieval.sample_store`)."""
+    `simsearch dedup` chooses it with no index); `seen` starts it from samples kept before
+    (`retrieval.sample_store`)."""
 
     def __init__(self, model: EmbeddingModel | None = None, threshold: float | None = None,
                  device: str | None = None, lookalikes: bool = False, seen: SeenSamples | None = None,

@@ -193,7 +193,8 @@ def deduplicator_inputs() -> tuple[list[str], list[bytes | np.ndarray]]:
     return [key for key, _ in samples], images
 
 
-def test_the_deduplicator_over_two_batches_equals_one_batch(deduplicator_inputs) -> None:  # type: ignore[no-untyped-def]
+def test_the_deduplicator_over_two_batches_equals_one_batch(
+        deduplicator_inputs: tuple[list[str], list[bytes | np.ndarray]]) -> None:
     keys, images = deduplicator_inputs
     whole = Deduplicator().add(keys, images)
     step = Deduplicator()
