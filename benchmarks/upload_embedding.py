@@ -69,15 +69,13 @@ def main() -> None:
                 started = time.perf_counter()
                 ways[name](datas)
                 seconds[name][size].append(time.perf_counter() - started)
-    table = Table(title=f"Embedding a batch of uploads, default model, CPU ({torch.get_num_threads()} threads), "
+    medians = {size: [statistics.median(seconds[name][size]) for name in ways] for size in BATCHES}
+    ratios = {str(size): round(plain / before, 3) for size, (plain, before) in medians.items()}
+    table = Table("batch", *(f"{name} ms" for name in ways), "ratio (time)",
+                  title=f"Embedding a batch of uploads, default model, CPU ({torch.get_num_threads()} threads), "
                         f"median of {args.rounds} alternating rounds")
-    for column in ("batch", "one Embedder call ms", "embed_sources ms", "ratio (time)"):
-        table.add_column(column, justify="right")
-    ratios = {}
-    for size in BATCHES:
-        plain, before = (statistics.median(seconds[name][size]) for name in ways)
-        ratios[str(size)] = round(plain / before, 3)
-        table.add_row(str(size), f"{1000 * plain:.1f}", f"{1000 * before:.1f}", f"{plain / before:.2f}")
+    for size, times in medians.items():
+        table.add_row(str(size), *(f"{1000 * time_:.1f}" for time_ in times), f"{ratios[str(size)]:.2f}")
     Console(width=140).print(table)
     record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(REPO),
               "rounds": args.rounds, "seconds": seconds, "time_ratio_plain_over_embed_sources": ratios}
