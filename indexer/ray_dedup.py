@@ -22,7 +22,7 @@ from indexer.ray_embed import RETRIES, _Embed, plan_actors, ray_session
 from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.pixel_rule import SIGNATURE_SIDE, PixelSignature
 from retrieval.sample_groups import STATUS_SKIPPED, EmbeddedSample, SampleDecision, SeenSamples, decide_samples
-from indexer.shard_dedup import UniqueKeys
+from indexer.shard_samples import UniqueKeys
 from retrieval.sample_groups import signature_of_bytes
 from retrieval.sources.decode import Source, decode_source
 from retrieval.sources.shards import MAX_SAMPLE_BYTES, ShardColumns, read_shard
