@@ -1,19 +1,20 @@
 """simsearch library core: encoders, losses, storage, search, calibration and metrics.
 
-The Python API is `open_collection` (see `retrieval.collection`); it is imported on first use, so that importing
-this package stays cheap.
+The Python API is `open_collection` (see `retrieval.collection`) and, for a data pipeline's batches,
+`Deduplicator` (see `retrieval.deduplicator`); each is imported on first use, so that importing this package stays
+cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["Collection", "open_collection"]
+_MODULES = {"Collection": "collection", "open_collection": "collection", "Deduplicator": "deduplicator"}
+__all__ = list(_MODULES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from retrieval import collection
-
-        return getattr(collection, name)
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"retrieval.{_MODULES[name]}"), name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

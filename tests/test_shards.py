@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, assert_one_line_error, invoke
-from retrieval.deduplicator import Deduplicator
+from retrieval import Deduplicator
 from retrieval.manifest import read_manifest
 from retrieval.sample_groups import SampleDecision
 from retrieval.sample_store import FILE_NAME
