@@ -37,7 +37,8 @@ def calibrate_command(
     index_dir: IndexOption = None,
     db: DbOption = None,
     model_name: Annotated[Optional[str], typer.Option(
-        "--model", help="Model file, `default` or `pretrained` (default: the index's model, else `default`).")]
+        "--model", help="Model file, `default`, `default-v3` or `pretrained` (default: the index's model, else "
+                        "`default`).")]
     = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes.")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device.")] = None,

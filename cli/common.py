@@ -60,11 +60,14 @@ def exit_for_failures(failed: int, total: int) -> None:
 
 
 def model_from_argument(value: str) -> "EmbeddingModel":
-    """`default` (the shipped photo model), `pretrained` (raw ImageNet backbone features) or a model file."""
+    """`default` (the shipped photo model), `default-v3` (the previous one), `pretrained` (raw ImageNet backbone
+    features) or a model file."""
     from retrieval import model as models
 
     if value == "default":
         return models.load_default_model()
+    if value == "default-v3":
+        return models.load_v3_model()
     if value == "pretrained":
         return models.load_pretrained_backbone_model()
     return models.load_model(Path(value))

@@ -39,7 +39,7 @@ SimilarityOption = Annotated[Optional[float], typer.Option(
     min=-1.0, max=1.0, help="Instead of --threshold: the cosine similarity at or above which two images are the "
                             "same, e.g. 0.9 (the threshold 2 - 2 x similarity: 0.9 is distance 0.2).")]
 ModelOption = Annotated[Optional[str], typer.Option(
-    "--model", help="Model file, `default` or `pretrained` (default: the index's model).")]
+    "--model", help="Model file, `default`, `default-v3` or `pretrained` (default: the index's model).")]
 DeviceOption = Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")]
 
 

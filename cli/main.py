@@ -40,8 +40,9 @@ def index_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders or image files to index (recursively).")],
     index_dir: IndexOption = None,
     db: DbOption = None,
-    model_name: Annotated[Optional[str], typer.Option("--model", help="Model file, `default` or `pretrained` "
-                                                      "(default: the index's model; `default` for a new index).")] = None,
+    model_name: Annotated[Optional[str], typer.Option(
+        "--model", help="Model file, `default`, `default-v3` or `pretrained` (default: the index's model; `default` "
+                        "for a new index).")] = None,
     reembed: Annotated[bool, typer.Option(help="Re-embed every image when --model differs from the index's.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
     workers: Annotated[Optional[int], typer.Option(
@@ -159,7 +160,8 @@ app.command("serve")(serve_command)
 
 @app.command("eval")
 def eval_command(
-    model_name: Annotated[str, typer.Argument(metavar="MODEL", help="Model file, `default` or `pretrained`.")],
+    model_name: Annotated[str, typer.Argument(metavar="MODEL",
+                                              help="Model file, `default`, `default-v3` or `pretrained`.")],
     data: Annotated[Path, typer.Argument(help="Folder of class subfolders, or Lake's one-shot runs (all_runs.zip).")],
     way: Annotated[int, typer.Option(min=2, help="Classes per few-shot episode.")] = 20,
     shot: Annotated[int, typer.Option(min=1, help="Support images per class.")] = 1,

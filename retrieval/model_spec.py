@@ -22,11 +22,15 @@ FORMAT_VERSION = 1
 PRETRAINED_WEIGHTS = "imagenet"
 FILE_WEIGHTS = "file"
 BACKBONES = ("efficientnet-lite0", "small-cnn")
-Pooling = Literal["mean", "gem"]
+Pooling = Literal["mean", "gem", "regional-gem"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
-"""How efficientnet-lite0 pools its 7x7 feature map: the mean, or generalised mean (GeM, Radenovic et al.)."""
+"""How efficientnet-lite0 pools its 7x7 feature map: the mean, generalised mean (GeM, Radenovic et al.), or the
+sum of the L2-normalised GeM of the whole map and of five regions (R-MAC's regions, Tolias et al.)."""
 DEFAULT_GEM_P = 3.0
 MAX_GEM_P = 16.0
+MAX_SCALES = 4
+STAGE_COUNT = 7
+"""EfficientNet-Lite0's stages; `trained_from_stage` 7 means only the 1x1 head convolution is trained."""
 HEADS = ("identity", "linear")
 SMALL_CNN_CHANNELS = [64, 64, 64, 64]
 """The small-cnn blocks when the spec names none."""
@@ -37,6 +41,8 @@ _REQUIRED_FIELDS = {"format", "name", "backbone", "backbone_weights", "head", "e
 _OPTIONAL_FIELDS = {"backbone_options", "pair_head"}
 DEFAULT_MODEL_FILE = Path(__file__).resolve().parent / "weights" / "photo-default.safetensors"
 """The model `simsearch index` uses for a new index (`retrieval.model.load_default_model`)."""
+V3_MODEL_FILE = DEFAULT_MODEL_FILE.with_name("photo-default-v3.safetensors")
+"""photo-default-v3, the default before the triplet-trained one (`--model default-v3`)."""
 
 
 @dataclass(frozen=True)
@@ -99,12 +105,24 @@ class ModelSpec:
 
     def _check_efficientnet(self) -> None:
         options = self.backbone_options
-        _require_known_options(options, {"pooling", "gem_p"})
+        _require_known_options(options, {"pooling", "gem_p", "scales", "trained_from_stage"})
         _require_choice("backbone_options.pooling", options.get("pooling", "mean"), POOLINGS)
         gem_p = options.get("gem_p", DEFAULT_GEM_P)
-        if not (isinstance(gem_p, (int, float)) and not isinstance(gem_p, bool) and 1.0 <= gem_p <= MAX_GEM_P):
+        if not (_is_real(gem_p) and 1.0 <= gem_p <= MAX_GEM_P):  # type: ignore[operator]
             raise ModelError(f"backbone_options.gem_p must be a number from 1 to {MAX_GEM_P:g} "
                              f"(got {shown_value(gem_p)})")
+        scales = options.get("scales", [1.0])
+        if not (isinstance(scales, list) and 1 <= len(scales) <= MAX_SCALES
+                and all(_is_real(s) and 0.25 <= s <= 1.0 for s in scales)):  # type: ignore[operator]
+            raise ModelError(f"backbone_options.scales must be a list of 1 to {MAX_SCALES} numbers from 0.25 to 1 "
+                             f"(got {shown_value(scales)})")
+        trained_from = options.get("trained_from_stage")
+        if trained_from is not None:
+            if self.backbone_weights != PRETRAINED_WEIGHTS:
+                raise ModelError("backbone_options.trained_from_stage needs backbone_weights imagenet")
+            if not (is_integer(trained_from) and 0 <= trained_from <= STAGE_COUNT):  # type: ignore[operator]
+                raise ModelError(f"backbone_options.trained_from_stage must be an integer from 0 to {STAGE_COUNT} "
+                                 f"(got {shown_value(trained_from)})")
         if self.preprocessing.mode != "RGB":
             raise ModelError(f"the efficientnet-lite0 backbone takes RGB input (preprocessing mode "
                              f"{self.preprocessing.mode})")
@@ -157,6 +175,10 @@ def _parse_json(text: str, subject: str) -> object:
 def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ModelError(f"{name} must be one of {', '.join(choices)} (got {shown_value(value)})")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require_known_options(options: dict[str, object], known: set[str]) -> None:

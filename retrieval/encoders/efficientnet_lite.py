@@ -107,12 +107,13 @@ class EfficientNetLite0(nn.Module):
 
     feature_dim = FEATURE_DIM
 
-    def __init__(self, pooling: str = "mean", gem_p: float = 3.0) -> None:
+    def __init__(self, pooling: str = "mean", gem_p: float = 3.0, scales: tuple[float, ...] = (1.0,)) -> None:
         super().__init__()
-        if pooling not in ("mean", "gem"):
+        if pooling not in ("mean", "gem", "regional-gem"):
             raise ModelError(f"unknown pooling {pooling!r}")
         self.pooling = pooling
         self.gem_p = gem_p
+        self.scales = scales
         self.stem = nn.Sequential(*_conv_bn(3, 32, 3, 2), nn.ReLU6(inplace=True))
         self.stages = nn.ModuleList()
         for st in _STAGES:
@@ -125,16 +126,54 @@ class EfficientNetLite0(nn.Module):
         self.head = nn.Sequential(*_conv_bn(320, FEATURE_DIM, 1), nn.ReLU6(inplace=True))
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map_after(self.stages_before(x, len(self.stages)), len(self.stages))
+
+    def stages_before(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The activations entering stage `stage` (0-6): the stem and the stages before it."""
         x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        for block in self.stages[:stage]:
+            x = block(x)
+        return x
+
+    def map_after(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The 1280-channel feature map from the activations entering stage `stage` (`stages_before`'s output)."""
+        for block in self.stages[stage:]:
+            x = block(x)
         return self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.feature_map(x)
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """The global pooling of a feature map (B, 1280, H, W) -> (B, 1280)."""
         if self.pooling == "mean":
             return features.mean(dim=(2, 3))
+        if self.pooling == "gem":
+            return self._gem(features)
+        return sum(F.normalize(self._gem(region), dim=1) for region in _regions(features))  # type: ignore[return-value]
+
+    def _gem(self, features: torch.Tensor) -> torch.Tensor:
         return features.float().clamp(min=_GEM_EPS).pow(self.gem_p).mean(dim=(2, 3)).pow(1.0 / self.gem_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features of `x`; with several `scales`, the mean of the pooled features of `x` resized by
+        each (multi-scale descriptors: the input is decoded at the largest scale)."""
+        pooled = [self.pool(self.feature_map(_resized(x, scale))) for scale in self.scales]
+        return pooled[0] if len(pooled) == 1 else torch.stack(pooled).mean(dim=0)
+
+
+def _resized(x: torch.Tensor, scale: float) -> torch.Tensor:
+    if scale == 1.0:
+        return x
+    size = [max(32, round(side * scale)) for side in x.shape[-2:]]
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def _regions(features: torch.Tensor) -> list[torch.Tensor]:
+    """The whole map, its four corners and its centre, each two thirds of the map's side (R-MAC's regions at one
+    scale, Tolias et al. 2016)."""
+    height, width = features.shape[-2:]
+    h, w = max(1, round(height * 2 / 3)), max(1, round(width * 2 / 3))
+    tops, lefts = (0, (height - h) // 2, height - h), (0, (width - w) // 2, width - w)
+    corners = [(top, left) for top in (tops[0], tops[2]) for left in (lefts[0], lefts[2])] + [(tops[1], lefts[1])]
+    return [features] + [features[..., top:top + h, left:left + w] for top, left in corners]
 
 
 def imagenet_weights_path() -> Path:
