@@ -218,6 +218,9 @@ def dedup_command(
     Nothing is ever deleted. `--move-to DIR` or `--trash` moves the others away, each checked just before (still
     the file indexed, its keeper still there) and recorded, so that `simsearch undo MANIFEST` puts them back;
     `--print0` lists them for scripts.
+
+    Given WebDataset shards or parquet files of image bytes and `--manifest OUT`, it reads their samples instead
+    (nothing unpacked) and writes one row a sample, `keep` for the next step of a pipeline (docs/pipelines.md).
     """
     if manifest is not None or against is not None or (paths and any(is_shard(path) for path in paths)):
         if manifest is None or not paths or not all(is_shard(path) for path in paths):
