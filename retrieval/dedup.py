@@ -1,5 +1,7 @@
 """Near-duplicate groups: every pair within a distance (FAISS range search while the index is exact, a kNN graph
-through its approximate index beyond: `retrieval.neighbour_graph`), then connected components.
+through its approximate index beyond: `retrieval.neighbour_graph`; cell by cell in bounded memory beyond
+`PARTITION_ABOVE` vectors: `retrieval.partitioned_pairs`), then connected components; the same/different rule
+is `retrieval.calibration.decide`.
 
 Distances are squared L2 between L2-normalised vectors (``retrieval.unit_distance``), a function of their inner
 product, so ``d <= t`` is an inner-product range search (radius ``1 - t / 2``); the all-pairs work is FAISS's
@@ -28,18 +30,24 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from retrieval.calibration import decide
 from retrieval.errors import InvalidArgumentError
-from retrieval.faiss_factory import EXACT, new_faiss_index
+from retrieval.faiss_factory import EXACT, FLAT_UP_TO, new_faiss_index
 from retrieval.file_identity import FileIdentity, identify_file
 from retrieval.index import SimilarityIndex
 from retrieval.keeper_rules import DEFAULT, KeeperRule, deciding_rule, order_key
 from retrieval.lookalikes import LookalikeCheck, nearest_share, share_from_pairs
 from retrieval.neighbour_graph import GRAPH_NEIGHBOURS, PairSearch, graph_pairs, pair_recall
+from retrieval.partitioned_pairs import partitioned_pairs
 from retrieval.pixel_rule import PixelJudgement, PixelSignature, indexed_signature, judge, same_by_rule
+from retrieval.stored_vectors import StoredVectors
 from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, radius_for_threshold, squared_l2_from_scores
 
 QUERY_BLOCK = 4096
 """Queries per range search call, which bounds the memory of the result lists."""
+PARTITION_ABOVE = FLAT_UP_TO
+"""Collections of more vectors are searched cell by cell (`retrieval.partitioned_pairs`): all of theirs at once in
+float32 would take 512 MB and more (at 1,280 dimensions)."""
 DECODING_THREADS = 8
 """Images read at once for the pixel rule, at most (and no more than the CPUs): Pillow decodes outside the GIL."""
 Signatures = Callable[["Candidate"], PixelSignature | None]
@@ -256,7 +264,7 @@ def _groups_around_keepers(images: list[tuple[Candidate, int]], vectors: np.ndar
         for image, row in rest:
             distance = 0.0 if row == keeper_row else distance_between(vectors[row], vectors[keeper_row])
             eligible = protected is None or not protected(image.path)
-            within = distance <= threshold and eligible and not rules.apart(keeper, image)
+            within = decide(distance, threshold) and eligible and not rules.apart(keeper, image)
             judgement = None if row == keeper_row or not within else judge(pixels.get(keeper_row), pixels.get(row))
             if same_by_rule(within, judgement):
                 joined.append((image, row, distance, judgement))
@@ -329,22 +337,29 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     folder), its images are protected: they keep, and only images outside it are proposed. In a collection of
     look-alikes only exact copies are proposed, unless `lookalikes` asks for near-duplicates too.
 
-    While the index's vector index is exact, every pair is searched; once it is approximate, through it as a kNN
-    graph, whose pair recall is measured on a sample and reported. More than `max_pairs` close pairs are an
+    Up to `PARTITION_ABOVE` vectors, every pair is searched while the index's vector index is exact, and through
+    it as a kNN graph once it is approximate; beyond, cell by cell in bounded memory
+    (`retrieval.partitioned_pairs`), the vectors read from the database a block at a time. Beyond exact search,
+    the pair recall is measured on a sample and reported. More than `max_pairs` close pairs are an
     `InvalidArgumentError`, raised before the groups are made (and, searched exactly, before more are found)."""
-    ids, vectors = index.served_vectors()
-    row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
-    owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
     scope = None if roots is None else [*roots, *([reference] if reference else [])]
-    for path, width, height, mtime_ns, vector_id, image_id, file_id, size, digest in index.store.indexed_images(scope):
-        row = row_of.get(int(vector_id))
-        if row is not None:
-            owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size, digest))
+    images = index.store.indexed_images(scope)
     prefix = None if reference is None else reference.rstrip("/") + "/"
     rules = GroupingRules(tuple(keep), frozenset((a, b) for a, b, _ in index.store.distinct_pairs()),
                           None if prefix is None else (lambda path: path.startswith(prefix) or path == reference),
                           frozenset(digest for digest, _ in index.store.chosen_keepers()))
-    used = np.array([row for row, images in enumerate(owners) if images], dtype=np.int64)
+    if len(images) > PARTITION_ABOVE:
+        used = _served_among(index, np.unique(np.fromiter((row[4] for row in images), np.int64, len(images))))
+        if len(used) > PARTITION_ABOVE:
+            return _partitioned_duplicates(index, images, used, threshold, rules, max_pairs, lookalikes)
+    ids, vectors = index.served_vectors()
+    row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
+    owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
+    for path, width, height, mtime_ns, vector_id, image_id, file_id, size, digest in images:
+        row = row_of.get(int(vector_id))
+        if row is not None:
+            owners[row].append(Candidate(path, width, height, mtime_ns, image_id, file_id, size, digest))
+    used = np.array([row for row, held in enumerate(owners) if held], dtype=np.int64)
     if len(used) == 0:
         return DuplicateSearch([], PairSearch("exact"), LookalikeCheck(0.0, 0, 0, lookalikes))
     subset, members = vectors[used], [owners[row] for row in used]
@@ -358,3 +373,35 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     pairs = NO_PAIRS if check.exact_only else (first, second)
     groups = duplicate_groups(subset, members, threshold, pairs=pairs, rules=rules)
     return DuplicateSearch(groups, PairSearch("knn-graph", GRAPH_NEIGHBOURS, recall, sampled), check)
+
+
+def _served_among(index: SimilarityIndex, vector_ids: np.ndarray) -> np.ndarray:
+    """Those of `vector_ids` (sorted) that the served model's vectors hold."""
+    with index.store.reading() as session:
+        served = index.store.served_ids(session, index.store.state(session))
+    return np.intersect1d(vector_ids, served, assume_unique=True)
+
+
+def _partitioned_duplicates(index: SimilarityIndex, images: Sequence[Sequence[object]], used: np.ndarray,
+                            threshold: float, rules: GroupingRules, max_pairs: int | None,
+                            lookalikes: bool) -> DuplicateSearch:
+    """`index_duplicates` over the vectors `used` (sorted ids) by the partitioned search: only the vectors of
+    images in a pair, or of copies sharing one, are then read whole, to form the groups."""
+    model = index.served_model()
+    assert model is not None
+    source = StoredVectors(index.store, used, model.embedding_dim)
+    found = partitioned_pairs(source, threshold, max_pairs, seed=len(used))
+    check = share_from_pairs(len(used), found.first, found.second, lookalikes)
+    search = PairSearch("partitioned", found.probes, found.recall, found.sampled, found.cells)
+    pairs = NO_PAIRS if check.exact_only else (found.first, found.second)
+    rows_of_images = np.searchsorted(used, np.fromiter((row[4] for row in images), np.int64, len(images)))
+    shared = np.flatnonzero(np.bincount(rows_of_images, minlength=len(used)) > 1)
+    kept = np.union1d(np.union1d(pairs[0], pairs[1]), shared).astype(np.int64)
+    owners: list[list[Candidate]] = [[] for _ in range(len(kept))]
+    places = np.searchsorted(kept, rows_of_images)
+    for image, place, row in zip(images, places.tolist(), rows_of_images.tolist()):
+        if place < len(kept) and kept[place] == row:
+            owners[place].append(Candidate(*image[:4], *image[5:]))  # type: ignore[arg-type]
+    local = (np.searchsorted(kept, pairs[0]), np.searchsorted(kept, pairs[1]))
+    groups = duplicate_groups(source.rows(kept), owners, threshold, pairs=local, rules=rules)
+    return DuplicateSearch(groups, search, check)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from retrieval.calibration import decide
 from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.store.vector_index import VectorIndex
 from retrieval.unit_distance import radius_for_threshold, squared_l2_from_scores
@@ -25,14 +26,16 @@ QUERY_BLOCK = 4096
 
 @dataclass(frozen=True)
 class PairSearch:
-    """How the close pairs were found: "exact" (range search over every pair) or "knn-graph" (with `neighbours`
-    each, its pair `recall` against exact search measured on `sampled` vectors; None where the sample held no
-    pair)."""
+    """How the close pairs were found: "exact" (range search over every pair), "knn-graph" (with `neighbours`
+    each) or "partitioned" (in `cells` cells, each vector also compared in its `neighbours` next nearest:
+    `retrieval.partitioned_pairs`); beyond exact, its pair `recall` against exact search measured on `sampled`
+    vectors (None where the sample held no pair)."""
 
     method: str
     neighbours: int | None = None
     recall: float | None = None
     sampled: int = 0
+    cells: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,7 +58,7 @@ def graph_pairs(searcher: VectorIndex, ids: np.ndarray, vectors: np.ndarray, thr
         own = np.arange(start, start + len(block))[:, None]
         partners = np.where(known, rows, 0)
         distance = squared_l2_from_scores(np.einsum("ij,ikj->ik", block, data[partners]))
-        keep = known & (rows != own) & (distance <= threshold)
+        keep = known & (rows != own) & decide(distance, threshold)
         mine = np.broadcast_to(own, rows.shape)[keep]
         theirs = rows[keep]
         firsts.append(np.minimum(mine, theirs))
