@@ -263,8 +263,10 @@ def dedup_command(
         err.print(f"[yellow]warning[/]: {escape(found.lookalikes.message())}", soft_wrap=True)
     if found.pairs.method != "exact":
         recall = "no pair in the sample" if found.pairs.recall is None else f"pair recall {found.pairs.recall:.3f}"
-        err.print(f"pairs from a {found.pairs.neighbours}-nearest-neighbour graph of the approximate index ({recall} "
-                  f"against exact search on {found.pairs.sampled:,} sampled images)", soft_wrap=True)
+        how = (f"pairs from a {found.pairs.neighbours}-nearest-neighbour graph of the approximate index"
+               if found.pairs.method == "knn-graph" else f"pairs searched in {found.pairs.cells:,} cells, each image "
+               f"also in its {found.pairs.neighbours} next nearest")
+        err.print(f"{how} ({recall} against exact search on {found.pairs.sampled:,} sampled images)", soft_wrap=True)
     if print0:
         write_paths0(other.path for group in groups for other in group.others)
     elif as_json:
