@@ -143,3 +143,6 @@ def test_dedup_of_a_small_index_is_the_same_through_the_partitioned_search(
     assert partitioned.pairs.method == "partitioned" and exact.pairs.method == "exact"
     assert [group.to_dict() for group in partitioned.groups] == [group.to_dict() for group in exact.groups]
     assert len(exact.groups) == 1 and len(exact.groups[0].others) == 2
+    told = invoke("dedup", "--threshold", "0.05", "--json", cwd=tmp_path)
+    assert told.exit_code == 0, told.output
+    assert "pairs searched in 1 cell," in told.stderr and "pair recall" in told.stderr
