@@ -1,5 +1,5 @@
-"""ONNX Runtime inference of an `EmbeddingModel` on a CPU: 1.25 to 1.46 times torch's images/s for the default model
-on one core (`benchmarks/inference_speed.py`), with the same vectors (1 - cosine at most 1.2e-7 on real photos).
+"""ONNX Runtime inference of an `EmbeddingModel` on a CPU: 1.25 to 1.29 times torch's images/s for the default model
+on one thread (`benchmarks/inference_speed.py`), with the same vectors (1 - cosine at most 1.2e-7 on real photos).
 
 Used by `Embedder` when the optional `[onnx]` extra is installed. A model is exported once (its batch norms folded,
 its constants folded by onnxscript's optimizer) and the export is cached in the user's cache folder, named by the
