@@ -37,7 +37,7 @@ from retrieval.calibration import decide
 from retrieval.errors import InvalidArgumentError
 from retrieval.unit_distance import paired_distances, pairwise_distances, squared_l2_from_scores
 
-PROBES = 4
+PROBES = 6
 """Cells each vector visits beside its own (see `docs/decisions.md` for the recall this gives)."""
 PCA_DIMENSIONS = 128
 """Where the cells are trained and assigned: 10x less work than 1,280 dimensions, and a partition needs no more."""
