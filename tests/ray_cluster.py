@@ -4,6 +4,7 @@ block ends or the run is interrupted."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,22 @@ import process_sessions
 from postgres_server import free_port
 
 START_SECONDS = 60
+
+
+@contextmanager
+def ray_left_as_found() -> Iterator[None]:
+    """The block begins with no Ray joined in this process; after it (also when it fails or the run is interrupted)
+    a Ray it joined is stopped and the environment is as it was (`ray.init` sets variables in it)."""
+    import ray
+
+    ray.shutdown()  # a Ray joined by a test elsewhere, if any
+    environment = dict(os.environ)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 @contextmanager

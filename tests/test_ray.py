@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.
 
 import process_sessions  # noqa: E402
 from conftest import REPO, assert_one_line_error, assert_one_line_output, invoke, simsearch  # noqa: E402
-from ray_cluster import ray_cluster  # noqa: E402
+from ray_cluster import ray_cluster, ray_left_as_found  # noqa: E402
 from indexer import pipeline  # noqa: E402
 from retrieval.embedding_files import read_embeddings  # noqa: E402
 from retrieval.index import open_index  # noqa: E402
@@ -35,14 +35,8 @@ def no_ray_before_or_after() -> Iterator[None]:
     """Each test begins with no Ray in this process and this process's environment as it was; after it (also when
     it fails or the run is interrupted) a Ray it joined here is stopped and the variables `ray.init` and
     `simsearch index --ray` set here are removed."""
-    ray.shutdown()  # a Ray joined by a test elsewhere, if any
-    environment = dict(os.environ)
-    try:
+    with ray_left_as_found():
         yield
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(environment)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 
+from ray_cluster import ray_left_as_found  # noqa: E402
 from test_shards import planted, write_parquet, write_tar  # noqa: E402
 from indexer.ray_dedup import dedup_shards_on_ray  # noqa: E402
 from retrieval.collection import Collection  # noqa: E402
@@ -25,16 +26,10 @@ def local_ray() -> Iterator[None]:
     """A local Ray of 2 CPUs of its own for the test, stopped after it, and this process's environment restored.
     Its memory monitor is off: on a machine shared with other jobs, their memory would get this test's workers
     killed, which is not what it tests."""
-    ray.shutdown()
-    environment = dict(os.environ)
-    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
+    with ray_left_as_found():
+        os.environ["RAY_memory_monitor_refresh_ms"] = "0"
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         yield
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(environment)
 
 
 def test_the_ray_form_gives_the_one_machine_manifest(tmp_path: Path, local_ray: None) -> None:
