@@ -46,10 +46,10 @@ def test_shipped_default_model_is_the_recorded_trained_head(tmp_path: Path) -> N
     record = json.loads(DEFAULT_MODEL_FILE.with_suffix(".json").read_text())
     assert model.content_hash == record["content_hash"]
     assert model.spec.head == "linear" and model.embedding_dim == 1280
-    assert model.spec.backbone_options == {"pooling": "gem"}
+    assert model.spec.backbone_options == {"pooling": "gem", "trained_from_stage": 6}
     assert model.calibration is not None and [level.precision for level in model.calibration.levels] == [
         level["precision"] for level in record["calibration"]["levels"]]
-    assert DEFAULT_MODEL_FILE.stat().st_size < 8_000_000
+    assert DEFAULT_MODEL_FILE.stat().st_size < 12_000_000, "the head and the trained stage, not the whole backbone"
     model.save(tmp_path / "default.safetensors")
     assert load_model(tmp_path / "default.safetensors").content_hash == model.content_hash
 
