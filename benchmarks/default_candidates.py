@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +56,7 @@ import hard_pairs_data as data  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from neardup_scores import copy_scores  # noqa: E402
+from results_file import append_result  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.embedding import Embedder  # noqa: E402
 from retrieval.images import decode_image  # noqa: E402
@@ -257,11 +257,9 @@ def main() -> None:
     console.print(table)
     console.print(f"best candidate needing no training (by the lower of its unseen R@1 and TPR): {baseline['candidate']}")
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as handle:
-            handle.write(json.dumps({"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                     "test_images": len(images.keys), "best_untrained": baseline["candidate"],
-                                     "results": rows}) + "\n")
+        append_result(RESULTS, {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                "test_images": len(images.keys), "best_untrained": baseline["candidate"],
+                                "results": rows})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ the pipeline rather than its start-up; 500 shows the start-up's weight:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -55,6 +54,7 @@ from retrieval.atomic import atomic_write  # noqa: E402
 from retrieval.model import load_default_model  # noqa: E402
 from retrieval.sources.decode import Source  # noqa: E402
 from retrieval.sources.workers import decoding_loader, default_workers  # noqa: E402
+from benchmarks.results_file import append_result  # noqa: E402
 
 PHOTOS = datasets_root() / "photos"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -238,9 +238,7 @@ def main() -> None:
     table.add_row('`python -c "import torch"` wall time', f"{import_torch:.2f} s", "")
     console.print(table)
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as handle:
-            handle.write(json.dumps(result) + "\n")
+        append_result(RESULTS, result)
         console.print(f"appended to {RESULTS.relative_to(REPO)}")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -57,6 +56,7 @@ from retrieval.model import EmbeddingModel, load_default_model  # noqa: E402
 from retrieval.runtime_onnx import export_onnx, onnx_installed  # noqa: E402
 from retrieval.sources.decode import Source  # noqa: E402
 from retrieval.sources.workers import decoding_loader, default_workers  # noqa: E402
+from results_file import append_result  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "inference_speed.jsonl"
 PHOTOS = split_photos().train[0].parent
@@ -303,9 +303,7 @@ def main() -> None:
         record["whole_index"] = whole_index(console, args.pairs)  # first: a process that ran (a) may not outlive it
         record["model_stage"] = model_stage(console, args.rounds, not args.no_compile)
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_result(RESULTS, record)
 
 
 if __name__ == "__main__":

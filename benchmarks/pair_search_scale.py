@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.index_throughput import git_commit  # noqa: E402
 from retrieval.partitioned_pairs import PROBES  # noqa: E402
+from benchmarks.results_file import append_result  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "pair_search_scale.jsonl"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -213,9 +214,7 @@ def main() -> None:
                   f"{record['import_s']:.0f}")
     Console().print(table)
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as out:
-            out.write(json.dumps(record) + "\n")
+        append_result(RESULTS, record)
 
 
 if __name__ == "__main__":

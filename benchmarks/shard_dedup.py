@@ -45,6 +45,7 @@ from rich.table import Table  # noqa: E402
 
 import edit_families  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
+from results_file import append_result  # noqa: E402
 
 CACHE = REPO / "benchmarks" / ".cache" / "shard-dedup-v1"
 RESULTS = REPO / "benchmarks" / "results" / "shard_dedup.jsonl"
@@ -204,9 +205,7 @@ def main() -> None:
         "pairs_equal": pairs_of(by_files) == pairs_of(by_shards),
         "ray_two_nodes_rows_equal": same_on_ray, "ray_seconds": None if ray_seconds is None else round(ray_seconds, 2),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as handle:
-        handle.write(json.dumps(result) + "\n")
+    append_result(RESULTS, result)
     console.print(f"appended to {RESULTS.relative_to(REPO)}")
 
 
