@@ -171,16 +171,8 @@ def activations_for(model: EmbeddingModel, images: data.SourceImages, stacked: C
             pixels = stacked() if side == 224 else np.stack(
                 [decode_image(Path(str(images.read(i).path)), model.preprocessing).pixels
                  for i in range(len(images.keys))])
-            activations = []
-            for start in range(0, len(pixels), 64):
-                x = model.normalise_input(torch.from_numpy(pixels[start:start + 64]))
-                with torch.inference_mode():
-                    if scale != 1.0:
-                        x = F.interpolate(x, size=[round(side * scale)] * 2, mode="bilinear", antialias=True,
-                                          align_corners=False)
-                    activations.append(model.backbone.stages_before(x, SHARED_STAGE).half())  # type: ignore[operator]
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(torch.cat(activations), path)
+            torch.save(stage_activations(model, pixels, SHARED_STAGE, scale=scale), path)
         out[(side, scale)] = torch.load(path)
     return out
 

@@ -155,11 +155,12 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features of `x`; with several `scales`, the mean of the pooled features of `x` resized by
         each (multi-scale descriptors: the input is decoded at the largest scale)."""
-        pooled = [self.pool(self.feature_map(_resized(x, scale))) for scale in self.scales]
+        pooled = [self.pool(self.feature_map(resized_input(x, scale))) for scale in self.scales]
         return pooled[0] if len(pooled) == 1 else torch.stack(pooled).mean(dim=0)
 
 
-def _resized(x: torch.Tensor, scale: float) -> torch.Tensor:
+def resized_input(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """A normalised batch (B, 3, H, W) resized by `scale` for a multi-scale descriptor (sides at least 32)."""
     if scale == 1.0:
         return x
     size = [max(32, round(side * scale)) for side in x.shape[-2:]]

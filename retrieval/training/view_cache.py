@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from retrieval.encoders.efficientnet_lite import EfficientNetLite0
+from retrieval.encoders.efficientnet_lite import EfficientNetLite0, resized_input
 from retrieval.model import EmbeddingModel
 from retrieval.training.photo_edits import user_edit
 
@@ -57,16 +57,17 @@ def rendered_views(paths: list[Path], views: int, size: tuple[int, int], seed: i
 
 @torch.inference_mode()
 def stage_activations(model: EmbeddingModel, pixels: np.ndarray, stage: int, batch_size: int = 64,
-                      progress: Callable[[int], None] | None = None) -> Tensor:
+                      progress: Callable[[int], None] | None = None, scale: float = 1.0) -> Tensor:
     """float16 activations entering `stage` of the model's EfficientNet-Lite0 backbone for uint8 images
-    (..., H, W, 3); the leading dimensions are kept."""
+    (..., H, W, 3), resized by `scale` as the backbone's multi-scale pass resizes them; the leading dimensions
+    are kept."""
     backbone = model.backbone
     if not isinstance(backbone, EfficientNetLite0):
         raise TypeError("stage activations need the efficientnet-lite0 backbone")
     flat = pixels.reshape(-1, *pixels.shape[-3:])
     out = []
     for start in range(0, len(flat), batch_size):
-        x = model.normalise_input(torch.from_numpy(flat[start:start + batch_size]))
+        x = resized_input(model.normalise_input(torch.from_numpy(flat[start:start + batch_size])), scale)
         out.append(backbone.stages_before(x.contiguous(memory_format=torch.channels_last), stage).half())
         if progress is not None:
             progress(min(batch_size, len(flat) - start))
