@@ -1,20 +1,19 @@
 """Calibrations of an index: one threshold per model (and its precision levels), never applied to another model.
-The index's store writes and reads them; this names the model by its content."""
+The index writes and reads them; this names the model by its content."""
 
 from __future__ import annotations
 
 from retrieval.index import SimilarityIndex
 from retrieval.model import EmbeddingModel
-from retrieval.store.index_store import StoredCalibration
+from retrieval.store.records import StoredCalibration
 
 
 def save_calibration(index: SimilarityIndex, model: EmbeddingModel, criterion: str, threshold: float,
                      metrics: dict[str, object]) -> StoredCalibration:
     """Record a calibration of `model` (registering the model in the index if it is new there)."""
-    record = index.register_model(model)
-    return index.store.save_calibration(record.id, model.content_hash, criterion, threshold, metrics)
+    return index.save_calibration(model, criterion, threshold, metrics)
 
 
 def latest_calibration(index: SimilarityIndex, model_hash: str) -> StoredCalibration | None:
     """The most recent calibration of the model with this content hash, if any."""
-    return index.store.latest_calibration(model_hash)
+    return index.latest_calibration(model_hash)

@@ -343,11 +343,11 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     the pair recall is measured on a sample and reported. More than `max_pairs` close pairs are an
     `InvalidArgumentError`, raised before the groups are made (and, searched exactly, before more are found)."""
     scope = None if roots is None else [*roots, *([reference] if reference else [])]
-    images = index.store.indexed_images(scope)
+    images = index.indexed_images(scope)
     prefix = None if reference is None else reference.rstrip("/") + "/"
-    rules = GroupingRules(tuple(keep), frozenset((a, b) for a, b, _ in index.store.distinct_pairs()),
+    rules = GroupingRules(tuple(keep), frozenset((a, b) for a, b, _ in index.distinct_pairs()),
                           None if prefix is None else (lambda path: path.startswith(prefix) or path == reference),
-                          frozenset(digest for digest, _ in index.store.chosen_keepers()))
+                          frozenset(digest for digest, _ in index.chosen_keepers()))
     if len(images) > PARTITION_ABOVE:
         used = _served_among(index, np.unique(np.fromiter((row[4] for row in images), np.int64, len(images))))
         if len(used) > PARTITION_ABOVE:
@@ -377,9 +377,7 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
 
 def _served_among(index: SimilarityIndex, vector_ids: np.ndarray) -> np.ndarray:
     """Those of `vector_ids` (sorted) that the served model's vectors hold."""
-    with index.store.reading() as session:
-        served = index.store.served_ids(session, index.store.state(session))
-    return np.intersect1d(vector_ids, served, assume_unique=True)
+    return np.intersect1d(vector_ids, index.served_ids(), assume_unique=True)
 
 
 def _partitioned_duplicates(index: SimilarityIndex, images: Sequence[Sequence[object]], used: np.ndarray,
@@ -389,7 +387,7 @@ def _partitioned_duplicates(index: SimilarityIndex, images: Sequence[Sequence[ob
     images in a pair, or of copies sharing one, are then read whole, to form the groups."""
     model = index.served_model()
     assert model is not None
-    source = StoredVectors(index.store, used, model.embedding_dim)
+    source = StoredVectors(index, used, model.embedding_dim)
     found = partitioned_pairs(source, threshold, max_pairs, seed=len(used))
     check = share_from_pairs(len(used), found.first, found.second, lookalikes)
     search = PairSearch("partitioned", found.probes, found.recall, found.sampled, found.cells)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +36,7 @@ from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelErr
 from retrieval.faiss_factory import parse_description
 from retrieval.store.backends import Backend, database_url, open_backend, shown_url
 from retrieval.store.index_store import IndexStore
-from retrieval.store.schema import ModelRecord
+from retrieval.store.records import UNSET, ImageChange, IndexedImage, KnownImage, ModelInfo, StoredCalibration, Unset
 from retrieval.store.vector_index import VectorIndex
 from retrieval.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
 from retrieval.vector_cache import FILES as VECTOR_FILES
@@ -70,7 +72,12 @@ class Neighbour:
 
 
 class SimilarityIndex:
-    """Open index. Use `open_index` / `create_index` to get one."""
+    """Open index: the one owner of its database, its model files, its FAISS cache and the other files of its
+    directory. Use `open_index` / `create_index` to get one.
+
+    Nothing outside `retrieval.store` and this class opens a session, sees an ORM row or takes the writer's lock
+    by itself: what others need is a method here named for the job, taking and giving plain data
+    (`retrieval.store.records`). `store` is this class's own (tests inspect it)."""
 
     def __init__(self, root: Path, backend: Backend) -> None:
         self.root = root
@@ -82,14 +89,122 @@ class SimilarityIndex:
     def engine(self) -> Engine:
         return self.backend.engine
 
+    @property
+    def shown_database(self) -> str:
+        """The database's URL as a message may show it (no password)."""
+        return self.backend.shown
+
     def holds_images(self) -> bool:
         """Whether any file (indexed or failed) is recorded."""
         return self.store.holds_images()
 
+    @contextmanager
+    def writer(self, exclusive: bool = False) -> Iterator[None]:
+        """The right to write for a whole command: exclusive (switching the served model) or, where the backend
+        allows several writers at once, shared. `IndexUnavailableError` when refused."""
+        with self.store.writer(exclusive):
+            yield
+
+    # --- images ------------------------------------------------------------------------------
+
+    def indexed_count(self) -> int:
+        return self.store.indexed_count()
+
+    def indexed_sizes(self) -> set[int]:
+        """The file sizes of the indexed images (a new file of another size cannot be a copy of one)."""
+        return self.store.indexed_sizes()
+
+    def indexed_images(self, roots: Sequence[str] | None = None) -> list[IndexedImage]:
+        """Every indexed image, or those at or under `roots` (absolute paths)."""
+        return self.store.indexed_images(roots)
+
+    def image_by_id(self, image_id: int) -> IndexedImage | None:
+        """The indexed image `image_id` (None if there is none, or it failed)."""
+        return self.store.image_by_id(image_id)
+
+    def known_images(self, roots: Sequence[str], model_id: int, everything: bool) -> dict[str, KnownImage]:
+        """What the database holds of the paths at or under `roots` (every path with `everything`), by path;
+        `has_target_vector` says whether a row's vector is one of `model_id`'s."""
+        return self.store.known_images(roots, model_id, everything)
+
+    def indexed_paths_of_files(self, file_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """(path, file id) of the indexed images of these files (device:inode)."""
+        return self.store.indexed_paths_of_files(file_ids)
+
+    def export_rows(self) -> list[dict[str, object]]:
+        """Every indexed image as an export writes it, by path."""
+        return self.store.export_rows()
+
+    def write_images(self, model_id: int, changes: Sequence[ImageChange],
+                     vectors: Sequence[tuple[str, bytes]] = ()) -> None:
+        """New vectors of `model_id` (content hash, float32 bytes) and `changes`, in one transaction."""
+        self.store.write_images(model_id, changes, vectors)
+
+    def set_file_ids(self, file_ids: dict[int, str]) -> None:
+        """New device:inode of unchanged rows, by row id."""
+        self.store.set_file_ids(file_ids)
+
+    def remove_images(self, ids: Sequence[int]) -> None:
+        """Forget these rows; the files themselves are never touched."""
+        self.store.remove_images(ids)
+
+    def forget_paths(self, paths: Sequence[str]) -> tuple[int, list[str]]:
+        """Forget the indexed images at or under `paths` (the files are never touched): how many were forgotten,
+        and which of `paths` held none."""
+        rows = self.known_images(paths, 0, everything=False)
+        gone = [row.id for path, row in rows.items() if path in paths]
+        with self.writer():
+            self.remove_images(gone)
+        return len(gone), sorted(set(paths) - set(rows))
+
+    def finish(self, model_id: int, serving: bool) -> bool:
+        """After a run (inside `writer`): switch to `model_id` once every indexed image has its vector; drop the
+        vectors no image uses. Whether `model_id` is served now."""
+        return self.store.finish(model_id, serving)
+
+    # --- decisions ---------------------------------------------------------------------------
+
+    def mark_distinct(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Record that each pair of contents (SHA-256s) is not a duplicate; how many were new."""
+        return self.store.mark_distinct(pairs)
+
+    def distinct_pairs(self) -> list[tuple[str, str, datetime]]:
+        """Every "not duplicates" decision: (first hash, second hash, when), first < second."""
+        return self.store.distinct_pairs()
+
+    def mark_kept(self, content_hash: str) -> bool:
+        """Record that this content keeps in its duplicate groups; whether the decision is new."""
+        return self.store.mark_kept(content_hash)
+
+    def chosen_keepers(self) -> list[tuple[str, datetime]]:
+        """Every "keep" decision: (content hash, when)."""
+        return self.store.chosen_keepers()
+
+    # --- calibrations ------------------------------------------------------------------------
+
+    def save_calibration(self, model: EmbeddingModel, criterion: str, threshold: float,
+                         metrics: dict[str, object]) -> StoredCalibration:
+        """Store a calibration of `model` (registered with the index if new)."""
+        record = self.register_model(model)
+        return self.store.save_calibration(record.id, model.content_hash, criterion, threshold, metrics)
+
+    def latest_calibration(self, model_hash: str) -> StoredCalibration | None:
+        return self.store.latest_calibration(model_hash)
+
     # --- model -----------------------------------------------------------------------------
 
-    def served_model(self) -> ModelRecord | None:
+    def served_model(self) -> ModelInfo | None:
         return self.store.served_model()
+
+    def model_by_id(self, model_id: int) -> ModelInfo | None:
+        return self.store.model_by_id(model_id)
+
+    def model_by_hash(self, content_hash: str) -> ModelInfo | None:
+        return self.store.model_row(content_hash)
+
+    def serve_first_model(self, model_id: int) -> ModelInfo:
+        """Serve `model_id` if the index serves no model yet; the model it serves afterwards."""
+        return self.store.serve_first_model(model_id)
 
     def model_path(self, content_hash: str) -> Path:
         return self.root / MODELS_DIR / f"{content_hash}.safetensors"
@@ -111,18 +226,18 @@ class SimilarityIndex:
             raise ModelError(f"model file of {self.root} does not match the hash the index was built with")
         return model
 
-    def register_model(self, model: EmbeddingModel) -> ModelRecord:
+    def register_model(self, model: EmbeddingModel) -> ModelInfo:
         """The database row of `model`, adding it (and its file in the index directory) if new."""
         return self._register(model.content_hash, model.spec, model.save)
 
-    def register_model_file(self, path: Path, header: ModelHeader) -> ModelRecord:
+    def register_model_file(self, path: Path, header: ModelHeader) -> ModelInfo:
         """As `register_model` for the model in a file with this header, copied without loading it."""
         def copy(target: Path) -> None:
             atomic_write(target, lambda temporary: shutil.copyfile(path, temporary), "model file")
 
         return self._register(header.content_hash, header.spec, copy)
 
-    def _register(self, content_hash: str, spec: ModelSpec, write: Callable[[Path], object]) -> ModelRecord:
+    def _register(self, content_hash: str, spec: ModelSpec, write: Callable[[Path], object]) -> ModelInfo:
         """The row of the model, added with its file (`write(path)` writes it atomically) when it is new. The file
         comes first: a row never names a model this directory cannot load."""
         path = self.model_path(content_hash)
@@ -139,8 +254,13 @@ class SimilarityIndex:
 
     def search_settings(self) -> SearchSettings:
         """What the user asked of the vector index (`--index-type`, `--max-memory`, the target recall)."""
-        with self.store.reading() as session:
-            return SearchSettings.of(self.store.state(session))
+        with self.store.snapshot() as snapshot:
+            return SearchSettings.of(snapshot.state)
+
+    def set_search_settings(self, *, index_type: str | None | Unset = UNSET,
+                            max_memory: int | None | Unset = UNSET) -> None:
+        """Record the vector index the user asks for (None: back to the default; unset: as it was)."""
+        self.store.set_search_settings(index_type=index_type, max_memory=max_memory)
 
     def vector_info(self) -> VectorFileInfo | None:
         """What the FAISS index is (kind, training, tuning, counts); None while the index serves no model."""
@@ -152,11 +272,32 @@ class SimilarityIndex:
 
     def served_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Ids and rows (float32, L2-normalised) of every vector an indexed image uses, from the database."""
-        with self.store.reading() as session:
-            state = self.store.state(session)
-            if state.model is None:
+        with self.store.snapshot() as snapshot:
+            if snapshot.state.model is None:
                 raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
-            return self.store.served_arrays(session, state)
+            return snapshot.served_arrays()
+
+    def served_ids(self) -> np.ndarray:
+        """The ids of the served vectors, sorted (int64)."""
+        with self.store.snapshot() as snapshot:
+            return snapshot.served_ids()
+
+    def stored_hashes(self, model_id: int, hashes: Iterable[str]) -> set[str]:
+        """Which of these contents have a vector of `model_id` already."""
+        return self.store.stored_hashes(model_id, hashes)
+
+    def vectors_between(self, first: int, last: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and rows (float32) of the stored vectors whose ids lie in first..last, by id, in one query."""
+        return self.store.vectors_between(first, last, dim)
+
+    def vectors_of(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and rows (float32) of these stored vectors, in the database's order."""
+        with self.store.snapshot() as snapshot:
+            return snapshot.vectors_of(ids, dim)
+
+    def vector_of_path(self, path: str) -> bytes | None:
+        """The served vector (float32 bytes) of the indexed image at `path`, if there is one."""
+        return self.store.vector_of_path(path)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
         """The `k` nearest indexed images of each query vector, nearest first.
@@ -186,15 +327,13 @@ class SimilarityIndex:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Compressed codes give approximate distances: the candidates' stored vectors give the exact ones (the
         distance reported is always the true one), in their order."""
-        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-        with self.store.reading() as session:
-            rows = dict(self.store.rows_of_vectors(session, wanted))
+        found, stored = self.vectors_of(sorted({int(i) for i in ids.ravel() if i >= 0}), queries.shape[1])
+        rows = {int(vector_id): row for vector_id, row in zip(found, stored)}
         exact = distances.copy()
         for r, (query, row) in enumerate(zip(queries, ids)):
             for c, vector_id in enumerate(row):
                 if vector_id >= 0 and int(vector_id) in rows:
-                    stored = np.frombuffer(rows[int(vector_id)], dtype=np.float32)
-                    exact[r, c] = squared_l2_from_scores(np.float32(query @ stored))
+                    exact[r, c] = squared_l2_from_scores(np.float32(query @ rows[int(vector_id)]))
             order = np.argsort(exact[r], kind="stable")
             exact[r], ids[r] = exact[r][order], row[order]
         return exact, ids

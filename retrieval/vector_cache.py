@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from sqlalchemy.orm import Session
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError, InvalidArgumentError, OutputWriteError
 from retrieval.faiss_factory import choose_description, training_size
-from retrieval.store.index_store import IndexStore, vector_arrays
-from retrieval.store.schema import IndexState
+from retrieval.store.records import ServedState
 from retrieval.store.vector_index import VectorIndex
 from retrieval.unsaved import not_saved
 from retrieval.vector_tuning import DEFAULT_TARGET_RECALL, Tuning, tune
@@ -37,6 +38,26 @@ from retrieval.vector_tuning import DEFAULT_TARGET_RECALL, Tuning, tune
 RETUNE_AFTER = 0.5
 """Rebuild and tune again once the vector count has grown or shrunk by this fraction since the last tuning."""
 FILES = re.compile(r"vectors-([0-9a-f]+)-(\d+)\.(faiss|json)")
+
+
+class ServedSnapshot(Protocol):
+    """One read of the database: its served state and the vectors that state serves."""
+
+    state: ServedState
+
+    def served_ids(self) -> np.ndarray: ...
+
+    def vectors_of(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def served_arrays(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Database(Protocol):
+    """What the cache reads of an index's database, and the one setting it writes."""
+
+    def snapshot(self) -> AbstractContextManager[ServedSnapshot]: ...
+
+    def set_search_settings(self, *, target_recall: float | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -48,7 +69,7 @@ class SearchSettings:
     target_recall: float | None = None
 
     @classmethod
-    def of(cls, state: IndexState) -> SearchSettings:
+    def of(cls, state: ServedState) -> SearchSettings:
         return cls(state.index_type, state.max_memory, state.target_recall)
 
     @property
@@ -93,9 +114,9 @@ class VectorFileInfo:
 class VectorCache:
     """The FAISS index of one database, kept in the index directory `root`."""
 
-    def __init__(self, root: Path, store: IndexStore) -> None:
+    def __init__(self, root: Path, database: Database) -> None:
         self.root = root
-        self.store = store
+        self._database = database
         self._held: tuple[str, VectorIndex, VectorFileInfo] | None = None
 
     def _path(self, database_id: str, generation: int, suffix: str) -> Path:
@@ -103,20 +124,20 @@ class VectorCache:
 
     def current(self) -> tuple[VectorIndex, VectorFileInfo | None]:
         """The FAISS index of the database as it is now, and its description (None while no model is served)."""
-        with self.store.reading() as session:
-            state = self.store.state(session)
+        with self._database.snapshot() as snapshot:
+            state = snapshot.state
             if state.model is None:
                 return VectorIndex.build(1, np.empty(0, np.int64), np.empty((0, 1), np.float32)), None
             name = self._path(state.database_id, state.generation, "faiss").name
             if self._held is not None and self._held[0] == name:
                 return self._held[1], self._held[2]
-            found = self._matching(state) or self._grown(session, state) or self._built(session, state)
+            found = self._matching(state) or self._grown(snapshot) or self._built(snapshot)
             if found[1].tuning.target_recall != SearchSettings.of(state).recall:
-                found = self._tuned(session, state, *found)
+                found = self._tuned(snapshot, *found)
         self._held = (name, *found)
         return found
 
-    def _matching(self, state: IndexState) -> tuple[VectorIndex, VectorFileInfo] | None:
+    def _matching(self, state: ServedState) -> tuple[VectorIndex, VectorFileInfo] | None:
         """This generation's file, if it describes this database as it is and can be read."""
         info = VectorFileInfo.read(self._path(state.database_id, state.generation, "json"))
         if info is None or not self._fits(info, state):
@@ -130,7 +151,7 @@ class VectorCache:
         return vectors, info
 
     @staticmethod
-    def _fits(info: VectorFileInfo, state: IndexState) -> bool:
+    def _fits(info: VectorFileInfo, state: ServedState) -> bool:
         """Whether the file was made for this database, model and kind of index (the target recall changes only
         how it is searched)."""
         assert state.model is not None
@@ -138,16 +159,17 @@ class VectorCache:
                 and info.dim == state.model.embedding_dim and info.settings.index_type == state.index_type
                 and info.settings.max_memory == state.max_memory)
 
-    def _description(self, state: IndexState, count: int) -> tuple[str, str]:
+    def _description(self, state: ServedState, count: int) -> tuple[str, str]:
         assert state.model is not None
         settings = SearchSettings.of(state)
         if settings.index_type:
             return settings.index_type, "given"
         return choose_description(count, state.model.embedding_dim, settings.max_memory), "size"
 
-    def _grown(self, session: Session, state: IndexState) -> tuple[VectorIndex, VectorFileInfo] | None:
+    def _grown(self, snapshot: ServedSnapshot) -> tuple[VectorIndex, VectorFileInfo] | None:
         """The newest earlier file of this database, brought up to it by adding and removing vectors, when it is
         still the right kind and its tuning still holds."""
+        state = snapshot.state
         earlier = sorted((int(match.group(2)), path) for path in self.root.glob(f"vectors-{state.database_id}-*.json")
                          if (match := FILES.fullmatch(path.name)) and int(match.group(2)) < state.generation)
         if not earlier:
@@ -156,7 +178,7 @@ class VectorCache:
         info = VectorFileInfo.read(path)
         if info is None or not self._fits(info, state):
             return None
-        ids = self.store.served_ids(session, state)
+        ids = snapshot.served_ids()
         description, _ = self._description(state, len(ids))
         if description != info.description or abs(len(ids) - info.tuned_count) > RETUNE_AFTER * info.tuned_count:
             return None
@@ -169,18 +191,18 @@ class VectorCache:
             return None
         held = vectors.ids()
         added = np.setdiff1d(ids, held, assume_unique=True)
-        rows = self.store.rows_of_vectors(session, added.tolist())
         vectors.remove(np.setdiff1d(held, ids, assume_unique=True))
-        if rows:
-            vectors.add(*vector_arrays(rows, info.dim))
+        if len(added):
+            vectors.add(*snapshot.vectors_of(added.tolist(), info.dim))
         grown = replace(info, generation=state.generation, count=len(vectors))
         self._save(vectors, grown)
         return vectors, grown
 
-    def _built(self, session: Session, state: IndexState) -> tuple[VectorIndex, VectorFileInfo]:
+    def _built(self, snapshot: ServedSnapshot) -> tuple[VectorIndex, VectorFileInfo]:
         """A new index of the kind the collection calls for, trained on a random sample and tuned."""
+        state = snapshot.state
         assert state.model is not None
-        ids, data = self.store.served_arrays(session, state)
+        ids, data = snapshot.served_arrays()
         dim = state.model.embedding_dim
         description, chosen_by = self._description(state, len(ids))
         seed = _seed(state)
@@ -203,18 +225,19 @@ class VectorCache:
 
     def retune(self, target_recall: float) -> VectorFileInfo:
         """Keep from now on the fastest search that reaches `target_recall`, measured again on the index as it is."""
-        self.store.set_search_settings(target_recall=target_recall)
+        self._database.set_search_settings(target_recall=target_recall)
         self._held = None
         info = self.current()[1]
         if info is None:
             raise IndexUnavailableError("the index holds no images yet: nothing to tune")
         return info
 
-    def _tuned(self, session: Session, state: IndexState, vectors: VectorIndex,
+    def _tuned(self, snapshot: ServedSnapshot, vectors: VectorIndex,
                info: VectorFileInfo) -> tuple[VectorIndex, VectorFileInfo]:
         """The same index tuned to the target recall now asked for (its file is unchanged: only how it is
         searched)."""
-        ids, data = self.store.served_arrays(session, state)
+        state = snapshot.state
+        ids, data = snapshot.served_arrays()
         settings = SearchSettings.of(state)
         tuning = tune(vectors, ids, data, settings.recall, seed=_seed(state))
         tuned = replace(info, settings=settings, tuning=tuning, tuned_count=len(ids))
@@ -246,7 +269,7 @@ class VectorCache:
         not_saved(self.root, "the vector cache is kept in memory", error)
 
 
-def _seed(state: IndexState) -> int:
+def _seed(state: ServedState) -> int:
     """The seed of an index's training sample and tuning queries: its database's, so a rebuild draws the same."""
     return int(state.database_id[:8], 16)
 

@@ -10,25 +10,23 @@ duplicate a row; on SQLite the writer's lock still admits one writer at a time.
 
 from __future__ import annotations
 
-import enum
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrieval.calibration import levels_from_dicts
 from retrieval.errors import IndexUnavailableError, IndexWriteError
-from retrieval.model_spec import PrecisionLevel
 from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
 from retrieval.store.queries import images_under, root_batches
+from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelInfo, ServedState,
+                                     StoredCalibration, Unset)
 from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ChosenKeeper, DistinctPair, ImageRecord,
                                     IndexState, ModelRecord, VectorRecord, utcnow)
 
@@ -49,69 +47,28 @@ def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
         yield items[start:start + CHUNK]
 
 
-class Unset(enum.Enum):
-    """A keyword argument not given (None means something: back to the default)."""
+class Snapshot:
+    """One read transaction of the served vectors: what it reads agrees with `state` (the FAISS cache is named after
+    that generation)."""
 
-    UNSET = enum.auto()
+    def __init__(self, store: IndexStore, session: Session) -> None:
+        self._store = store
+        self._session = session
+        self._row = store.state(session)
+        self.state = store.served_state(session)
 
+    def served_ids(self) -> np.ndarray:
+        """The ids of the served vectors, sorted (int64)."""
+        return self._store.served_ids(self._session, self._row)
 
-UNSET = Unset.UNSET
+    def vectors_of(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and rows (float32) of these stored vectors, in the database's order."""
+        return vector_arrays(self._store.rows_of_vectors(self._session, ids), dim)
 
-
-@dataclass(frozen=True)
-class KnownImage:
-    """What the database holds about one path."""
-
-    id: int
-    path: str
-    size: int | None
-    mtime_ns: int | None
-    content_hash: str | None
-    status: str
-    has_target_vector: bool
-    file_id: str | None = None
-    label: str | None = None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageChange:
-    """The new state of one image row: the row `row_id`, or the row at `path` (made if there is none).
-
-    An indexed image (`status` ok) points at the vector of `vector_hash` for the model being written, which
-    must be stored already or come in the same `write_images` call; with `keep_vector` it keeps the vector it has
-    (while another model's vectors are being written, the served one stays until the switch).
-    """
-
-    path: str
-    status: str
-    row_id: int | None = None
-    file_id: str | None = None
-    size: int | None = None
-    mtime_ns: int | None = None
-    label: str | None = None
-    content_hash: str | None = None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-    vector_hash: str | None = None
-    keep_vector: bool = False
-
-
-@dataclass(frozen=True)
-class StoredCalibration:
-    model_hash: str
-    criterion: str
-    threshold: float
-    metrics: dict[str, object]
-    created_at: datetime
-
-    @property
-    def levels(self) -> tuple[PrecisionLevel, ...]:
-        """The thresholds at precision levels in its metrics (none in a calibration stored before they were)."""
-        return levels_from_dicts(self.metrics.get("levels", ()))  # type: ignore[arg-type]
+    def served_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and the rows (float32) of every served vector; the state names a model."""
+        assert self.state.model is not None
+        return self._store.served_arrays(self._session, self.state.model.id, self.state.model.embedding_dim)
 
 
 class IndexStore:
@@ -136,6 +93,12 @@ class IndexStore:
         except (OperationalError, DatabaseError) as exc:
             raise IndexUnavailableError(f"cannot read the index database {self.backend.shown}: "
                                         f"{_first_line(exc, self.backend.url)}") from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """`reading`, as the served state and its vectors."""
+        with self.reading() as session:
+            yield Snapshot(self, session)
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -194,9 +157,15 @@ class IndexStore:
         assert state is not None, "prepare made the row"
         return state
 
-    def served_model(self) -> ModelRecord | None:
+    def served_model(self) -> ModelInfo | None:
         with self.reading() as session:
-            return self.state(session).model
+            return _model_info(self.state(session).model)
+
+    def served_state(self, session: Session) -> ServedState:
+        """The index-state row as plain data."""
+        state = self.state(session)
+        return ServedState(state.database_id, state.generation, _model_info(state.model), state.index_type,
+                           state.max_memory, state.target_recall)
 
     def holds_images(self) -> bool:
         with self.reading() as session:
@@ -204,32 +173,32 @@ class IndexStore:
 
     # --- models ------------------------------------------------------------------------------------------
 
-    def model_by_id(self, model_id: int) -> ModelRecord | None:
+    def model_by_id(self, model_id: int) -> ModelInfo | None:
         with self.reading() as session:
-            return session.get(ModelRecord, model_id)
+            return _model_info(session.get(ModelRecord, model_id))
 
-    def model_row(self, content_hash: str) -> ModelRecord | None:
+    def model_row(self, content_hash: str) -> ModelInfo | None:
         with self.reading() as session:
-            return session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))
+            return _model_info(session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash)))
 
-    def register_model(self, content_hash: str, name: str, spec_json: str, embedding_dim: int) -> ModelRecord:
+    def register_model(self, content_hash: str, name: str, spec_json: str, embedding_dim: int) -> ModelInfo:
         """The row of a model, added if new (its file is the index directory's business)."""
         with self._writing() as session:
             session.execute(self.backend.insert(ModelRecord.__table__).values(
                 content_hash=content_hash, name=name, spec=spec_json, embedding_dim=embedding_dim,
                 created_at=utcnow()).on_conflict_do_nothing(index_elements=["content_hash"]))
-            record = session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash))
+            record = _model_info(session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash)))
             assert record is not None
             return record
 
-    def serve_first_model(self, model_id: int) -> ModelRecord:
+    def serve_first_model(self, model_id: int) -> ModelInfo:
         """Serve `model_id` if the index serves no model yet; the model it serves afterwards (another writer's
         first model, if it was quicker)."""
         with self._writing() as session:
             session.execute(update(IndexState).where(IndexState.id == 1, IndexState.model_id.is_(None))
                             .values(model_id=model_id))
             session.expire_all()
-            served = self.state(session).model
+            served = _model_info(self.state(session).model)
             assert served is not None
             return served
 
@@ -439,14 +408,15 @@ class IndexStore:
     # --- served vectors (for the FAISS cache and search) ------------------------------------------------
 
     @staticmethod
-    def _served(state: IndexState) -> ColumnElement[bool]:
+    def _served(model_id: int | None) -> ColumnElement[bool]:
         """The vectors of the served model that some indexed image uses."""
         used = exists().where(and_(ImageRecord.vector_id == VectorRecord.id, ImageRecord.status == STATUS_OK))
-        return and_(VectorRecord.model_id == state.model_id, used)
+        return and_(VectorRecord.model_id == model_id, used)
 
     def served_ids(self, session: Session, state: IndexState) -> np.ndarray:
         """The ids of the served vectors, sorted (int64)."""
-        ids = session.scalars(select(VectorRecord.id).where(self._served(state)).order_by(VectorRecord.id)).all()
+        ids = session.scalars(select(VectorRecord.id).where(self._served(state.model_id))
+                              .order_by(VectorRecord.id)).all()
         return np.fromiter(ids, dtype=np.int64, count=len(ids))
 
     def rows_of_vectors(self, session: Session, ids: Sequence[int]) -> list[tuple[int, bytes]]:
@@ -476,28 +446,26 @@ class IndexStore:
             with self._writing() as session:
                 session.execute(update(IndexState).where(IndexState.id == 1).values(**values))
 
-    def served_arrays(self, session: Session, state: IndexState) -> tuple[np.ndarray, np.ndarray]:
-        """The ids and the rows (float32) of every served vector; `state` names a model."""
-        assert state.model is not None
+    def served_arrays(self, session: Session, model_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and the rows (float32) of every served vector (`model_id` being the served model's)."""
         return vector_arrays([(row.id, row.data) for row in session.execute(
-            select(VectorRecord.id, VectorRecord.data).where(self._served(state)))], state.model.embedding_dim)
+            select(VectorRecord.id, VectorRecord.data).where(self._served(model_id)))], dim)
 
-    def indexed_images(self, roots: Sequence[str] | None = None) -> list[Row[Any]]:
-        """(path, width, height, mtime_ns, vector_id, id, file_id, size, content_hash) of every indexed image, or
-        of those at or under `roots` (absolute paths)."""
+    def indexed_images(self, roots: Sequence[str] | None = None) -> list[IndexedImage]:
+        """Every indexed image, or those at or under `roots` (absolute paths)."""
         query = select(ImageRecord.path, ImageRecord.width, ImageRecord.height, ImageRecord.mtime_ns,
                        ImageRecord.vector_id, ImageRecord.id, ImageRecord.file_id, ImageRecord.size,
                        ImageRecord.content_hash).where(
             ImageRecord.status == STATUS_OK)
         queries = [query.where(images_under(batch)) for batch in root_batches(roots)] if roots else [query]
         with self.reading() as session:
-            return [row for each in queries for row in session.execute(each)]
+            return [IndexedImage(*row) for each in queries for row in session.execute(each)]
 
-    def image_by_id(self, image_id: int) -> ImageRecord | None:
+    def image_by_id(self, image_id: int) -> IndexedImage | None:
         """The indexed image `image_id` (None if there is none, or it failed)."""
         with self.reading() as session:
             image = session.get(ImageRecord, image_id)
-            return image if image is not None and image.status == STATUS_OK else None
+            return _indexed(image) if image is not None and image.status == STATUS_OK else None
 
     def vector_of_path(self, path: str) -> bytes | None:
         """The served vector (float32 bytes) of the indexed image at `path`, if there is one."""
@@ -528,15 +496,15 @@ class IndexStore:
         return found
 
 
-@dataclass(frozen=True)
-class CopySummary:
-    """Rows copied, by table."""
+def _model_info(record: ModelRecord | None) -> ModelInfo | None:
+    if record is None:
+        return None
+    return ModelInfo(record.id, record.content_hash, record.name, record.spec, record.embedding_dim, record.created_at)
 
-    models: int
-    vectors: int
-    images: int
-    calibrations: int
-    decisions: int = 0
+
+def _indexed(image: ImageRecord) -> IndexedImage:
+    return IndexedImage(image.path, image.width, image.height, image.mtime_ns, image.vector_id,  # type: ignore[arg-type]
+                        image.id, image.file_id, image.size, image.content_hash)
 
 
 COPY_CHUNK = 2000
