@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, open_existing, out,
+from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
                         print_error, remove_if_empty, shown_path)
 from cli.calibrate import calibrate_command
 from cli.database import db_app
@@ -115,12 +115,10 @@ def query_command(
     device: Annotated[Optional[str], typer.Option(help="torch device (default: cuda if available, else cpu).")] = None,
 ) -> None:
     """Print the K nearest indexed images of each query image."""
-    try:
-        index = open_existing(index_dir, db)
-        from retrieval.embedding import Embedder, pick_device  # torch: only once there is an index to query
-        from retrieval.search import query_files
+    from retrieval.collection import open_collection
 
-        results = query_files(index, Embedder(index.load_model(), pick_device(device)), images, k)
+    try:
+        results = open_collection(index_dir, None, device, db).query(images, k)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     if as_json:

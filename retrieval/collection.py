@@ -33,7 +33,8 @@ from retrieval.faiss_factory import EXACT, new_faiss_index
 from retrieval.false_pairs import CollectionFalsePairs, collection_false_pairs
 from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex, open_index
-from retrieval.inputs import (path_argument, path_arguments, refuse_single_path, support_argument, threshold_argument)
+from retrieval.inputs import (k_argument, path_argument, path_arguments, refuse_single_path, support_argument,
+                             threshold_argument)
 from retrieval.locate import find_index_dir
 from retrieval.model import EmbeddingModel, load_default_model
 from retrieval.model_spec import DEFAULT_MODEL_FILE, FalsePairRate, ShippedCalibration, read_model_header
@@ -144,8 +145,27 @@ class Collection:
         return embed_files(self.embedder, path_arguments(paths))
 
     def query(self, paths: Sequence[Path | str], k: int = 5) -> list[QueryResult]:
-        """The k nearest indexed images of each file (a file that fails carries its error)."""
-        return query_files(self._require_searchable_index(), self.embedder, paths, k)
+        """The k nearest indexed images of each file (a file that fails carries its error), by the index's own
+        model; `IndexNotFoundError` while the index holds no images."""
+        index = self._require_served_index()
+        return query_files(index, self.embedder, paths, k)
+
+    def query_vector(self, name: str, vector: np.ndarray, k: int = 5) -> QueryResult:
+        """The k nearest indexed images of an embedding already made by this collection's model (an upload the
+        server embedded), reported under `name`."""
+        [neighbours] = self._require_searchable_index().search(vector[None], k_argument(k))
+        return QueryResult(name, neighbours)
+
+    def query_indexed(self, path: str, k: int = 5) -> QueryResult | None:
+        """The k nearest indexed images of the image indexed at `path` (its stored vector: nothing decoded, no
+        model loaded); None when no image is indexed there."""
+        k = k_argument(k)
+        index = self._require_index()
+        stored = index.store.vector_of_path(path)
+        if stored is None:
+            return None
+        [neighbours] = index.search(np.frombuffer(stored, dtype=np.float32)[None], k)
+        return QueryResult(path, neighbours)
 
     def calibration(self) -> StoredCalibration | None:
         """The latest calibration of this collection's model, if any (never one of another model)."""
@@ -455,6 +475,14 @@ class Collection:
         if self.index is None:
             raise IndexNotFoundError("this needs an index: run `simsearch index PATH` first or pass --index")
         return self.index
+
+    def _require_served_index(self) -> SimilarityIndex:
+        """The searchable index, once it serves a model (holds images): before, there is nothing to search and no
+        model of its own to embed with."""
+        index = self._require_searchable_index()
+        if index.served_model() is None:
+            raise IndexNotFoundError(f"the index at {index.root} holds no images yet")
+        return index
 
     def _require_searchable_index(self) -> SimilarityIndex:
         """The index, when its vectors come from this collection's model: another model's embeddings (and

@@ -14,7 +14,6 @@ from fastapi import APIRouter, HTTPException, Request
 
 from retrieval.inputs import k_argument
 from retrieval.pixel_rule import signature
-from retrieval.search import QueryResult
 from retrieval.unit_distance import with_similarity
 from server.batching import EmbedBatcher
 from server.bodies import Upload, form_body, json_body, path_value, shown
@@ -53,17 +52,15 @@ async def query(state: State, request: Request) -> dict[str, object]:
         if not isinstance(body, dict):
             raise HTTPException(422, 'send {"path": "<an indexed image>", "k": 5} or a multipart image')
         path = path_value(body.get("path"), "path")
-        k = k_argument(body.get("k", 5))
-        stored = served.index.store.vector_of_path(path)
-        if stored is None:
+        found = served.reader.query_indexed(path, body.get("k", 5))
+        if found is None:
             raise HTTPException(404, f"no indexed image at {shown(path)}")
-        name, vector = path, np.frombuffer(stored, dtype=np.float32)
-    else:
-        form = await form_body(request, ["image"], state.limits.max_upload_bytes)
-        k = k_argument(_number(form.fields.get("k", 5), "k", int))
-        name, vector = await _embedded(form.files["image"], served.collection()[1])
-    [neighbours] = served.index.search(vector[None], k)
-    return QueryResult(name, neighbours).to_dict()
+        return found.to_dict()
+    form = await form_body(request, ["image"], state.limits.max_upload_bytes)
+    k = k_argument(_number(form.fields.get("k", 5), "k", int))
+    collection, batcher = served.collection()
+    name, vector = await _embedded(form.files["image"], batcher)
+    return collection.query_vector(name, vector, k).to_dict()
 
 
 @router.post("/verify")

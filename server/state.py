@@ -55,11 +55,14 @@ class Limits:
 
 
 class Served:
-    """The index and the collection over it, made anew when the index's model changes under the server."""
+    """The index and the collection over it, made anew when the index's model changes under the server; and
+    `reader`, a collection over the index that loads no model, for what its stored vectors answer (also while it
+    holds no images)."""
 
     def __init__(self, root: Path, db: str | None, device: str | None, limits: Limits) -> None:
         self.root, self.device, self.limits = root, device, limits
         self.index: SimilarityIndex = open_index(root, db)
+        self.reader = Collection(self.index, None, device)
         self._collection: Collection | None = None
         self._batcher: EmbedBatcher | None = None
         self._lock = threading.Lock()
