@@ -161,7 +161,7 @@ class Collection:
         model loaded); None when no image is indexed there."""
         k = k_argument(k)
         index = self._require_index()
-        stored = index.store.vector_of_path(path)
+        stored = index.vector_of_path(path)
         if stored is None:
             return None
         [neighbours] = index.search(np.frombuffer(stored, dtype=np.float32)[None], k)
@@ -314,24 +314,24 @@ class Collection:
         paths holding each now."""
         index = self._require_index()
         paths: dict[str, list[str]] = {}
-        for row in index.store.indexed_images():
+        for row in index.indexed_images():
             paths.setdefault(row.content_hash, []).append(row.path)
         apart = [{"decision": "not-duplicates", "first_hash": first, "second_hash": second,
                   "decided_at": when.isoformat(), "first_paths": sorted(paths.get(first, [])),
                   "second_paths": sorted(paths.get(second, []))}
-                 for first, second, when in index.store.distinct_pairs()]
+                 for first, second, when in index.distinct_pairs()]
         kept = [{"decision": "keep", "content_hash": digest, "decided_at": when.isoformat(),
-                 "paths": sorted(paths.get(digest, []))} for digest, when in index.store.chosen_keepers()]
+                 "paths": sorted(paths.get(digest, []))} for digest, when in index.chosen_keepers()]
         return apart + kept
 
     def mark_kept(self, path: Path | str) -> bool:
         """Record that the indexed image at `path` keeps in its duplicate groups (by content: after moves and
         re-indexing, for every later dedup, before the keeper rules); whether the decision is new."""
-        return self._require_index().store.mark_kept(self._content_of(path))
+        return self._require_index().mark_kept(self._content_of(path))
 
     def _content_of(self, path: Path | str) -> str:
         absolute = os.path.abspath(Path(path_argument(path, "path")).expanduser())
-        row = self._require_index().store.known_images([absolute], 0, everything=False).get(absolute)
+        row = self._require_index().known_images([absolute], 0, everything=False).get(absolute)
         if row is None or row.content_hash is None:
             raise InputPathError(f"not an indexed image: {path}")
         return row.content_hash
@@ -348,7 +348,13 @@ class Collection:
                 raise InvalidArgumentError(f"{pair[0]} and {pair[1]} hold the same content: exact copies are "
                                            "duplicates by definition")
             hashes.append((digests[0], digests[1]))
-        return index.store.mark_distinct(hashes)
+        return index.mark_distinct(hashes)
+
+    def remove(self, paths: Sequence[Path | str]) -> tuple[int, list[str]]:
+        """Forget the indexed images at these paths (made absolute; the files themselves are never touched): how
+        many were forgotten, and which of the paths held none."""
+        absolute = [str(Path(path).expanduser().absolute()) for path in path_arguments(paths, "paths")]
+        return self._require_index().forget_paths(absolute)
 
     def stream_duplicates(self, paths: Iterable[str], threshold: float | None = None,
                           precision: float | None = None) -> Iterator[StreamMatch]:
