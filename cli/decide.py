@@ -403,20 +403,13 @@ def classify_command(
     """One-shot (or few-shot) classification: each query gets its nearest support class, or `unknown` beyond
     the threshold (the given one, else the index's or the model's calibration; without any, always the nearest)."""
     from indexer.labelled import support_from_folder
-    from retrieval.errors import IndexNotFoundError
-    from retrieval.model import load_default_model
+    from retrieval.collection import open_for_classify
 
     limit = given_threshold(threshold, similarity, precision)
     try:
         classes = support_from_folder(support)
-        try:
-            collection = open_for_decisions(index_dir, db, model_name, device)
-        except IndexNotFoundError:
-            if index_dir is not None or db is not None:
-                raise
-            from retrieval.collection import Collection
-
-            collection = Collection(None, load_default_model(), device)
+        model = model_from_argument(model_name) if model_name is not None else None
+        collection = open_for_classify(index_dir, model, device, db)
         choice = collection.classify_threshold(limit, precision)
         results = collection.classify(classes, queries, prototype, None if choice is None else choice.threshold)
     except SimsearchError as exc:

@@ -533,3 +533,15 @@ def open_collection(path: Path | str | None = None, model: EmbeddingModel | None
                                      "run `simsearch index PATH` first or pass --index")
         return Collection(None, model, device)
     return Collection(open_index(root, db), model, device)
+
+
+def open_for_classify(path: Path | str | None = None, model: EmbeddingModel | None = None,
+                      device: str | None = None, db: str | None = None) -> Collection:
+    """The collection `classify` decides with: as `open_collection`, else (no index found, and neither `path` nor
+    `db` named one) the default model alone, which needs no index to compare a query with its support images."""
+    try:
+        return open_collection(path, model, device, db)
+    except IndexNotFoundError:
+        if path is not None or db is not None:
+            raise
+        return Collection(None, load_default_model(), device)
