@@ -9,15 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import (DbOption, IndexOption, err, fail, model_from_argument, out, remove_if_empty, require_writable_folder,
+from cli.common import (DbOption, IndexOption, err, fail, model_from_argument, out, require_writable_folder,
                         shown_path)
 from cli.output import write_json
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
     from retrieval.calibration import CalibrationResult
-    from retrieval.index import SimilarityIndex
-    from retrieval.model import EmbeddingModel
 
 
 def calibrate_command(
@@ -48,10 +46,9 @@ def calibrate_command(
     model (never applied to another) with the thresholds at precision levels (for `--precision`), and draw the
     distance histograms and ROC curve."""
     from indexer.calibration_data import calibration_distances
-    from retrieval.calibration import CRITERIA, calibrate
-    from retrieval.calibration_plot import check_plot_path, write_calibration_plot
-    from retrieval.calibration_store import save_calibration
-    from retrieval.embedding import Embedder, pick_device
+    from retrieval.calibration import CRITERIA
+    from retrieval.calibration_plot import check_plot_path
+    from retrieval.index_calibration import calibrate_and_store, calibration_collection, existing_index
 
     from cli.progress import RichReporter
 
@@ -61,9 +58,6 @@ def calibrate_command(
         raise fail(f"--criterion must be one of {', '.join(CRITERIA)} (got {criterion!r})")
     if criterion == "target-fpr" and target_fpr is None:
         raise fail("--criterion target-fpr needs --target-fpr, e.g. --target-fpr 0.01")
-    from retrieval.index import create_index
-    from retrieval.locate import index_dir_for_writing
-
     if plot is not None:
         if plot.is_dir():
             raise fail(f"cannot write the plot {plot}: it is a folder")
@@ -73,24 +67,20 @@ def calibrate_command(
             raise fail(str(exc)) from None
         require_writable_folder(plot)
 
-    created = None
     try:
-        index, model = existing_index_and_model(index_dir, db, model_name)
+        index = existing_index(index_dir, db)
+        collection = calibration_collection(index, model_from_argument(model_name) if model_name is not None
+                                            else None, device)
+        model = collection.model
         with RichReporter(err) as reporter:
-            pairs = calibration_distances(data, Embedder(model, pick_device(device)), negatives=negatives,
-                                          seed=seed, workers=workers, reporter=reporter)
-        same, different = pairs.same, pairs.different
-        err.print(f"{len(same)} same pairs, {len(different)} different pairs")
-        result = calibrate(same, different, criterion, target_fpr, bootstrap=bootstrap, seed=seed)  # type: ignore[arg-type]
-        if index is None:
-            index = created = create_index(index_dir_for_writing(index_dir), db)
-        plot = plot or index.root / f"calibration-{model.content_hash[:12]}.png"
-        write_calibration_plot(same, different, result, plot)
-        save_calibration(index, model, criterion, result.threshold, result.to_dict())
+            pairs = calibration_distances(data, collection.embedder, negatives=negatives, seed=seed,
+                                          workers=workers, reporter=reporter)
+        err.print(f"{len(pairs.same)} same pairs, {len(pairs.different)} different pairs")
+        run = calibrate_and_store(collection, pairs.same, pairs.different, criterion,  # type: ignore[arg-type]
+                                  target_fpr, bootstrap=bootstrap, seed=seed, plot=plot, index_dir=index_dir, db=db)
     except SimsearchError as exc:
-        if created is not None:
-            remove_if_empty(created)
         raise fail(str(exc)) from None
+    result, plot = run.result, run.plot
     report = result.to_dict()
     if as_json:
         write_json({"model": model.content_hash, "data": str(data), "plot": str(plot), **report})
@@ -113,7 +103,7 @@ def calibrate_command(
             levels.add_row(f"{level.precision:g}", f"{level.threshold:.4f}", f"{level.recall:.4f}")
         out.print(levels)
     print_false_pairs(result)
-    err.print(f"stored for model {model.content_hash[:12]} in {shown_path(str(index.root))}; plot: "
+    err.print(f"stored for model {model.content_hash[:12]} in {shown_path(str(run.index_root))}; plot: "
               f"{shown_path(str(plot))}")
 
 
@@ -129,18 +119,3 @@ def print_false_pairs(result: CalibrationResult) -> None:
     out.print(f"false pairs expected at this threshold: {sizes} (a rate of {point.fpr:.2g} of these "
               f"{result.different_pairs:,} different pairs, at most {point.fpr_upper:.2g})", soft_wrap=True)
 
-
-def existing_index_and_model(index_dir: Optional[Path], db: Optional[str], model_name: Optional[str]
-                              ) -> tuple[Optional[SimilarityIndex], EmbeddingModel]:
-    """The index, if there is one yet, and the model to calibrate: `--model`, else the index's, else the
-    default. Nothing is created here, so bad data leaves no trace."""
-    from retrieval.collection import Collection
-    from retrieval.index import open_index
-    from retrieval.locate import find_index_dir
-    from retrieval.model import load_default_model
-
-    root = find_index_dir(index_dir)
-    index = open_index(root, db) if root is not None and root.exists() else None
-    if model_name is not None:
-        return index, model_from_argument(model_name)
-    return index, Collection(index).model if index is not None else load_default_model()
