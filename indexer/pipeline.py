@@ -1,6 +1,6 @@
 """`simsearch index`: bring an index up to date with the image files under some paths.
 
-The pipeline decides what happens to each file; the index's store (`retrieval.store.index_store`) writes it, each
+The pipeline decides what happens to each file; the index (`retrieval.index`) writes it, each
 write one transaction that leaves the index consistent and usable: cheap changes (moves, copies, touches) commit
 together, then each embedded batch commits on its own. A run killed at any point keeps what it committed, and the
 next run picks up what is left.
@@ -35,8 +35,7 @@ from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
 from retrieval.sources.decode import Source, SourceResult
-from retrieval.store.index_store import UNSET, ImageChange, Unset
-from retrieval.store.schema import STATUS_ERROR, STATUS_OK, ModelRecord
+from retrieval.store.records import UNSET, ImageChange, ModelInfo, Unset
 
 if TYPE_CHECKING:
     from retrieval.model import EmbeddingModel
@@ -103,11 +102,10 @@ def _ray_address(options: IndexOptions) -> str | None:
 def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None,
                  options: IndexOptions, reporter: Reporter, started: float) -> IndexSummary:
     scanned = scan(paths, index.root)
-    store = index.store
-    with store.writer(exclusive=options.reembed):
+    with index.writer(exclusive=options.reembed):
         target = _resolve_target(index, model, options.reembed)
-        known = store.known_images(scanned.roots, target.model_id, everything=not target.serving)
-        sizes = store.indexed_sizes()
+        known = index.known_images(scanned.roots, target.model_id, everything=not target.serving)
+        sizes = index.indexed_sizes()
         problem_paths = {p.path for p in scanned.problems if p.is_file}
         if not scanned.files and not known and not problem_paths:
             others = f" ({other_files_text(scanned.other_files)})" if scanned.other_files else ""
@@ -118,14 +116,14 @@ def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: Embedding
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
                                aliases=scanned.alias_paths, other_files=dict(scanned.other_files))
         _drop_aliases_of_indexed(index, plan, known, summary)
-        store.set_file_ids(plan.new_file_ids)
+        index.set_file_ids(plan.new_file_ids)
         _record_scan_problems(index, scanned, known, target, summary, reporter)
         hashed = _hash(plan.to_hash, reporter)
         to_embed = plan.to_embed + _apply_hashed(index, hashed, plan.gone, target, summary)
-        store.remove_images([row.id for row in plan.gone])
+        index.remove_images([row.id for row in plan.gone])
         summary.removed += len(plan.gone)
         _embed(index, target, to_embed, options, summary, reporter)
-        store.finish(target.model_id, target.serving)
+        index.finish(target.model_id, target.serving)
         index.vector_index()  # the FAISS file, brought up to the database now rather than by the first query
     summary.seconds = time.perf_counter() - started
     return summary
@@ -143,7 +141,7 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
         else:
             record = index.register_model(requested)
             target = _Target(lambda: requested, record.id, requested.spec, serving=True)
-        served = index.store.serve_first_model(record.id)
+        served = index.serve_first_model(record.id)
         if served.id == record.id:
             return target
         active = served
@@ -165,7 +163,7 @@ def _configure_search(index: SimilarityIndex, target: _Target, plan: Plan, optio
     was."""
     if options.index_type is UNSET and options.max_memory is UNSET:
         return
-    most = index.store.indexed_count() + len(plan.to_embed) + sum(1 for work in plan.to_hash if work.known is None)
+    most = index.indexed_count() + len(plan.to_embed) + sum(1 for work in plan.to_hash if work.known is None)
     state = index.search_settings()
     index_type = state.index_type if options.index_type is UNSET else options.index_type
     max_memory = state.max_memory if options.max_memory is UNSET else options.max_memory
@@ -173,7 +171,7 @@ def _configure_search(index: SimilarityIndex, target: _Target, plan: Plan, optio
         check_description(target.spec.embedding_dim, index_type, most)
     elif max_memory is not None:
         choose_description(most, target.spec.embedding_dim, max_memory)
-    index.store.set_search_settings(index_type=index_type, max_memory=max_memory)
+    index.set_search_settings(index_type=index_type, max_memory=max_memory)
 
 
 def _load_default_model() -> EmbeddingModel:
@@ -191,7 +189,7 @@ def _drop_aliases_of_indexed(index: SimilarityIndex, plan: Plan, known: dict[str
     if not new:
         return
     aliases: set[str] = set()
-    for path, indexed_id in index.store.indexed_paths_of_files(new):
+    for path, indexed_id in index.indexed_paths_of_files(new):
         identity = identify_file(path) if path not in known else None
         if identity is not None and identity.file_id == indexed_id:
             aliases.add(new[indexed_id])
@@ -204,7 +202,7 @@ def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[Sc
     inside = {f.path for f in scanned.files}
     files = []
     for path, row in known.items():
-        if path in inside or row.status != STATUS_OK:
+        if path in inside or not row.indexed:
             continue
         try:
             file = stat_file(path, label=row.label)  # not under a scanned folder: it keeps its class
@@ -226,12 +224,12 @@ def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: di
         if not (problem.is_file and problem.recordable):
             continue
         row = known.get(problem.path)
-        if row is not None and row.status == STATUS_ERROR:
+        if row is not None and row.failed:
             summary.still_failing += 1
         else:
             summary.failed += 1
         changes.append(_failed(problem.path, row, problem.reason, None, None, None))
-    index.store.write_images(target.model_id, changes)
+    index.write_images(target.model_id, changes)
 
 
 def _hash(works: list[Work], reporter: Reporter) -> list[Work]:
@@ -262,15 +260,15 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
     to_embed: list[Work] = []
     if not works:
         return to_embed
-    gone_by_hash = {row.content_hash: row for row in gone if row.status == STATUS_OK and row.content_hash}
-    stored = index.store.stored_hashes(target.model_id, (w.content_hash for w in works if w.content_hash))
+    gone_by_hash = {row.content_hash: row for row in gone if row.indexed and row.content_hash}
+    stored = index.stored_hashes(target.model_id, (w.content_hash for w in works if w.content_hash))
     changes = []
     for work in works:
         row, digest = work.known, work.content_hash
         if digest is None:
             to_embed.append(work)
             continue
-        if row is not None and row.status == STATUS_ERROR and row.content_hash == digest:
+        if row is not None and row.failed and row.content_hash == digest:
             changes.append(_failed(row.path, row, row.error or "", work.file.size, work.file.mtime_ns, digest))
             summary.still_failing += 1
             continue
@@ -289,14 +287,14 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
             summary.copies += 1
         else:
             width, height = row.width, row.height
-            same = row.content_hash == digest and row.status == STATUS_OK
+            same = row.content_hash == digest and row.indexed
             if same:
                 summary.unchanged += 1
             else:
                 summary.updated += 1
             keep_vector = same and not target.serving
         changes.append(_indexed(work.file, row, digest, width, height, keep_vector))
-    index.store.write_images(target.model_id, changes)
+    index.write_images(target.model_id, changes)
     return to_embed
 
 
@@ -306,7 +304,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
         return
     started = time.perf_counter()
     sources = [Source(i, path=work.file.path, content_hash=work.content_hash) for i, work in enumerate(works)]
-    shipped = index.store.model_by_id(target.model_id) if options.ray else None  # the model Ray workers get
+    shipped = index.model_by_id(target.model_id) if options.ray else None  # the model Ray workers get
     assert shipped is not None or not options.ray
     batches = (_ray_results(index, shipped, target, sources, options) if shipped is not None
                else _local_results(target, sources, options))
@@ -317,7 +315,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
                                               reporter)
             if shipped is not None:
                 _write_shard(index, shipped, number, changes, vectors)
-            index.store.write_images(target.model_id, changes, vectors)
+            index.write_images(target.model_id, changes, vectors)
             summary.embedded += sum(result.vector is not None for result in results)
             reporter.advance(len(results))
     finally:
@@ -344,7 +342,7 @@ def _local_results(target: _Target, sources: list[Source], options: IndexOptions
     yield from embed_decoded(chain(early_batches, rest), embedder, workers=workers, batch_size=options.batch_size)
 
 
-def _ray_results(index: SimilarityIndex, model: ModelRecord, target: _Target, sources: list[Source],
+def _ray_results(index: SimilarityIndex, model: ModelInfo, target: _Target, sources: list[Source],
                  options: IndexOptions) -> Generator[list[SourceResult]]:
     """Decoded and embedded on Ray (`indexer.ray_embed`), with the index's copy of `model` shipped to the model
     actors."""
@@ -355,14 +353,14 @@ def _ray_results(index: SimilarityIndex, model: ModelRecord, target: _Target, so
                            max_pixels=options.max_pixels, device=options.device)
 
 
-def _write_shard(index: SimilarityIndex, model: ModelRecord, number: int, changes: list[ImageChange],
+def _write_shard(index: SimilarityIndex, model: ModelInfo, number: int, changes: list[ImageChange],
                  vectors: list[tuple[str, bytes]]) -> None:
     """The batch as the shard a distributed job hands over (the format `simsearch import` reads), written before the
     driver imports it through the store: `ray-shards/shard-<n>.parquet` in the index directory."""
     from retrieval.embedding_files import Embeddings, write_parquet
 
     data = dict(vectors)
-    rows = [change for change in changes if change.status == STATUS_OK and change.content_hash in data]
+    rows = [change for change in changes if change.is_indexed and change.content_hash in data]
     if not rows:
         return
     metadata = [{"path": c.path, "image_id": None, "label": c.label, "width": c.width, "height": c.height,
@@ -388,7 +386,7 @@ def _batch_changes(target: _Target, batch: list[tuple[Work, SourceResult]], summ
             continue
         assert result.content_hash is not None and result.vector is not None
         vectors.append((result.content_hash, np.asarray(result.vector, dtype=np.float32).tobytes()))
-        content_changed = row is None or row.content_hash != result.content_hash or row.status != STATUS_OK
+        content_changed = row is None or row.content_hash != result.content_hash or not row.indexed
         if row is None:
             summary.added += 1
         elif content_changed:
@@ -402,11 +400,13 @@ def _batch_changes(target: _Target, batch: list[tuple[Work, SourceResult]], summ
 
 def _indexed(file: ScannedFile, row: KnownImage | None, content_hash: str, width: int | None, height: int | None,
              keep_vector: bool = False) -> ImageChange:
-    return ImageChange(file.path, STATUS_OK, row.id if row else None, file.file_id, file.size, file.mtime_ns,
-                       file.label, content_hash, width, height, vector_hash=content_hash, keep_vector=keep_vector)
+    return ImageChange.indexed(file.path, row_id=row.id if row else None, file_id=file.file_id, size=file.size,
+                               mtime_ns=file.mtime_ns, label=file.label, content_hash=content_hash, width=width,
+                               height=height, vector_hash=content_hash, keep_vector=keep_vector)
 
 
 def _failed(path: str, row: KnownImage | None, reason: str, size: int | None, mtime_ns: int | None,
             content_hash: str | None) -> ImageChange:
-    return ImageChange(path, STATUS_ERROR, row.id if row else None, row.file_id if row else None, size, mtime_ns,
-                       row.label if row else None, content_hash, error=reason)
+    return ImageChange.failed(path, row_id=row.id if row else None, file_id=row.file_id if row else None, size=size,
+                              mtime_ns=mtime_ns, label=row.label if row else None, content_hash=content_hash,
+                              error=reason)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from indexer.scan import ScannedFile
-from retrieval.store.index_store import KnownImage
-from retrieval.store.schema import STATUS_ERROR
+from retrieval.store.records import KnownImage
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def make_plan(files: list[ScannedFile], known: dict[str, KnownImage], known_size
         if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
             if row.file_id != file.file_id:
                 plan.new_file_ids[row.id] = file.file_id
-            if row.status == STATUS_ERROR:
+            if row.failed:
                 plan.still_failing += 1
             elif row.has_target_vector:
                 plan.unchanged += 1

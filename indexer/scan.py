@@ -33,8 +33,7 @@ from retrieval.classes import class_of
 from retrieval.errors import InputPathError
 from retrieval.file_identity import file_id, something_at
 from retrieval.images import IMAGE_SUFFIXES
-from retrieval.index import MODELS_DIR
-from retrieval.store.backends import SQLITE_NAME
+from retrieval.index import MODELS_DIR, SQLITE_NAME
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ from retrieval.atomic import atomic_write
 from retrieval.errors import IndexNotFoundError, InputPathError, ModelMismatchError, OutputWriteError
 from retrieval.imported_rows import ModelTag, check_columns, check_rows, model_tag
 from retrieval.index import SimilarityIndex
-from retrieval.store.index_store import ImageChange
-from retrieval.store.schema import STATUS_OK
+from retrieval.store.records import ImageChange
 
 FORMATS = ("parquet", "npy")
 META_KEY = b"simsearch"
@@ -67,7 +66,7 @@ def _exported(index: SimilarityIndex) -> Embeddings:
     ids, vectors = index.served_vectors()
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     metadata, rows = [], []
-    for record in index.store.export_rows():
+    for record in index.export_rows():
         row = row_of.get(int(record["vector_id"]))  # type: ignore[arg-type]
         if row is not None:
             metadata.append({column: record[column] for column in COLUMNS})
@@ -313,12 +312,12 @@ def import_embeddings(index: SimilarityIndex, paths: Sequence[Path]) -> int:
     found = read_embeddings(paths)
     model = index.served_model()
     if model is None:
-        record = index.store.model_row(found.model_hash)
+        record = index.model_by_hash(found.model_hash)
         if record is None or not index.model_path(found.model_hash).is_file():
             raise IndexNotFoundError(f"the index at {index.root} serves no model yet and does not hold model "
                                      f"{found.model_hash[:12]} ({found.model_name}): index one image with it first "
                                      "(`simsearch index PATH --model FILE`)")
-        model = index.store.serve_first_model(record.id)
+        model = index.serve_first_model(record.id)
     if model.content_hash != found.model_hash:
         raise ModelMismatchError.between(index.root, (model.name, model.content_hash),
                                          (found.model_name, found.model_hash),
@@ -326,12 +325,12 @@ def import_embeddings(index: SimilarityIndex, paths: Sequence[Path]) -> int:
     if found.vectors.shape[1] != model.embedding_dim:
         raise InputPathError(f"the vectors have {found.vectors.shape[1]} dimensions, the index's model "
                              f"{model.embedding_dim}")
-    with index.store.writer():
+    with index.writer():
         for start in range(0, len(found.metadata), WRITE_ROWS):
             rows = found.metadata[start:start + WRITE_ROWS]
             vectors = found.vectors[start:start + WRITE_ROWS]
             new_vectors = [(str(row["content_hash"]), vector.tobytes()) for row, vector in zip(rows, vectors)]
-            index.store.write_images(model.id, [_change(row) for row in rows], new_vectors)
+            index.write_images(model.id, [_change(row) for row in rows], new_vectors)
     return len(found.metadata)
 
 
@@ -339,6 +338,6 @@ def _change(row: dict[str, Any]) -> ImageChange:
     """The image row for a row `read_embeddings` checked. It has no device and inode (`file_id`): those of another
     machine's file mean nothing here, and a row's path is no proof of its file, so dedup takes the row for the
     file at its path only once `simsearch index` has seen it (`FileIdentity.is_as_indexed`)."""
-    return ImageChange(row["path"], STATUS_OK, size=row["size"], mtime_ns=row["mtime_ns"], label=row.get("label"),
+    return ImageChange.indexed(row["path"], size=row["size"], mtime_ns=row["mtime_ns"], label=row.get("label"),
                        content_hash=row["content_hash"], width=row.get("width"), height=row.get("height"),
                        vector_hash=row["content_hash"])

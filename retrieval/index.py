@@ -34,9 +34,10 @@ from sqlalchemy.engine import URL
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
 from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
 from retrieval.faiss_factory import parse_description
-from retrieval.store.backends import Backend, database_url, open_backend, shown_url
-from retrieval.store.index_store import IndexStore
-from retrieval.store.records import UNSET, ImageChange, IndexedImage, KnownImage, ModelInfo, StoredCalibration, Unset
+from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
+from retrieval.store.index_store import IndexStore, copy_index_database
+from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelInfo,
+                                     StoredCalibration, Unset)
 from retrieval.store.vector_index import VectorIndex
 from retrieval.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
 from retrieval.vector_cache import FILES as VECTOR_FILES
@@ -93,6 +94,13 @@ class SimilarityIndex:
     def shown_database(self) -> str:
         """The database's URL as a message may show it (no password)."""
         return self.backend.shown
+
+    def same_database(self, other: SimilarityIndex) -> bool:
+        return self.backend.url == other.backend.url
+
+    def copy_into(self, target: SimilarityIndex) -> CopySummary:
+        """Copy every row into `target`'s empty database (`retrieval.store.index_store.copy_index_database`)."""
+        return copy_index_database(self.store, target.store)
 
     def holds_images(self) -> bool:
         """Whether any file (indexed or failed) is recorded."""

@@ -56,8 +56,7 @@ from retrieval.dedup import Candidate, DuplicateGroup
 from retrieval.errors import MoveError, OutputWriteError, SimsearchError
 from retrieval.file_identity import FileIdentity, file_id, identify_file, something_at
 from retrieval.index import SimilarityIndex
-from retrieval.store.index_store import ImageChange
-from retrieval.store.schema import STATUS_OK
+from retrieval.store.records import ImageChange
 
 MANIFEST_NAME = "simsearch-moves.jsonl"
 """The manifest of `move_duplicates`, in the folder the files are moved to."""
@@ -404,7 +403,7 @@ def _checked_content(proposal: _Proposal) -> tuple[str | None, str | None]:
 
 
 def _labels(index: SimilarityIndex) -> dict[str, str | None]:
-    return {path: image.label for path, image in index.store.known_images([], 0, everything=True).items()}
+    return {path: image.label for path, image in index.known_images([], 0, everything=True).items()}
 
 
 def _record(action: Action, run: str, proposal: _Proposal, destination: str | None, digest: str,
@@ -496,7 +495,7 @@ def _act(index: SimilarityIndex, groups: Sequence[DuplicateGroup], report: MoveR
     run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     moved_ids: list[int] = []
     gone: set[str] = set()
-    with index.store.writer():
+    with index.writer():
         manifest = _Manifest(report.manifest)
         try:
             for proposal in _proposals(groups):
@@ -524,7 +523,7 @@ def _act(index: SimilarityIndex, groups: Sequence[DuplicateGroup], report: MoveR
                     moved_ids.append(proposal.other.image_id)
         finally:
             manifest.close()
-            index.store.remove_images(moved_ids)
+            index.remove_images(moved_ids)
             report.left_index = len(moved_ids)
 
 
@@ -700,24 +699,24 @@ def _trash_info_of(trashed: str) -> str | None:
 def _return_to_index(index: SimilarityIndex, records: Sequence[MoveRecord]) -> tuple[int, list[str]]:
     """Add the files of `records` that the index lacks back to it, with the vector stored for their content;
     (how many were added, the paths it has no vector for)."""
-    indexed = {row.path for row in index.store.indexed_images()}
+    indexed = {row.path for row in index.indexed_images()}
     wanted = {record.source: record for record in records if record.source not in indexed}
-    served = index.store.served_model()
+    served = index.served_model()
     if not wanted:
         return 0, []
     if served is None:
         return 0, sorted(wanted)
-    stored = index.store.stored_hashes(served.id, {record.content_hash for record in wanted.values()})
+    stored = index.stored_hashes(served.id, {record.content_hash for record in wanted.values()})
     changes, missing = [], []
     for path, record in wanted.items():
         identity = identify_file(path)
         if identity is None or record.content_hash not in stored:
             missing.append(path)
             continue
-        changes.append(ImageChange(path, STATUS_OK, file_id=identity.file_id, size=identity.size,
+        changes.append(ImageChange.indexed(path, file_id=identity.file_id, size=identity.size,
                                    mtime_ns=identity.mtime_ns, label=record.label, content_hash=record.content_hash,
                                    width=record.width, height=record.height, vector_hash=record.content_hash))
     if changes:
-        with index.store.writer():
-            index.store.write_images(served.id, changes)
+        with index.writer():
+            index.write_images(served.id, changes)
     return len(changes), sorted(missing)
