@@ -24,17 +24,16 @@ def copy_command(
     """Copy every image, vector, model and calibration of the index into another database (ids kept, nothing
     re-embedded); use it with `--db URL` afterwards. The index directory's model files serve both."""
     from retrieval.index import create_index
-    from retrieval.store.index_store import copy_index_database
 
     try:
         source = open_existing(index_dir, db)
         target = create_index(source.root, to)
-        if target.backend.url == source.backend.url:
+        if target.same_database(source):
             raise fail("--to names the database the index is in already")
-        copied = copy_index_database(source.store, target.store)
+        copied = source.copy_into(target)
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     counts = [plural(copied.images, "image"), plural(copied.vectors, "vector"), plural(copied.models, "model"),
               plural(copied.calibrations, "calibration")]
-    err.print(escape(f"copied {', '.join(counts[:3])} and {counts[3]} from {source.backend.shown} to "
-                     f"{target.backend.shown}"), soft_wrap=True)
+    err.print(escape(f"copied {', '.join(counts[:3])} and {counts[3]} from {source.shown_database} to "
+                     f"{target.shown_database}"), soft_wrap=True)

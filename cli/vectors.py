@@ -35,7 +35,7 @@ def info_command(
         index = open_existing(index_dir, db)
         model = index.served_model()
         info = index.vector_info()
-        images = index.store.indexed_count()
+        images = index.indexed_count()
         settings = index.search_settings()
     except SimsearchError as exc:
         raise fail(str(exc)) from None

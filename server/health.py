@@ -23,7 +23,7 @@ async def ready(state: State) -> JSONResponse:
     """The index can be read and has a model to serve (503 otherwise, with the reason)."""
     try:
         collection, _ = state.served.collection()
-        images = state.served.index.store.indexed_count()
+        images = state.served.index.indexed_count()
     except SimsearchError as exc:
         return JSONResponse({"ready": False, "detail": " ".join(str(exc).split())}, status_code=503)
     return JSONResponse({"ready": True, "images": images, "model": collection.model.content_hash})

@@ -46,12 +46,8 @@ async def remove_images(state: State, request: Request) -> dict[str, object]:
     """Forget these indexed paths (`{"paths": [...]}`, as application/json); the files themselves are never
     touched."""
     paths = [str(path) for path in await _paths(request)]
-    store = state.served.index.store
-    rows = store.known_images(paths, 0, everything=False)
-    gone = [row.id for path, row in rows.items() if path in paths]
-    with store.writer():
-        store.remove_images(gone)
-    return {"removed": len(gone), "not_indexed": sorted(set(paths) - set(rows))}
+    removed, not_indexed = state.served.index.forget_paths(paths)
+    return {"removed": removed, "not_indexed": not_indexed}
 
 
 async def _paths(request: Request) -> list[Path]:

@@ -35,7 +35,7 @@ async def rendition(state: State, image_id: ImageId) -> Response:
 
 
 def _rendition(index: SimilarityIndex, image_id: int) -> bytes:
-    row = index.store.image_by_id(image_id)
+    row = index.image_by_id(image_id)
     if row is not None:
         identity = identify_file(row.path)
         if identity is None or not identity.is_as_indexed(row.file_id, row.size, row.mtime_ns):

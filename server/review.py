@@ -99,7 +99,7 @@ async def acting_on_groups(context: ServerState, settings: GroupSettings, then: 
     def search() -> T:
         found = collection.find_duplicates(choice.threshold, keep=settings.keep, reference=settings.reference,
                                            max_pairs=context.limits.max_duplicate_pairs)
-        root = display_root(row.path for row in context.served.index.store.indexed_images())
+        root = display_root(row.path for row in context.served.index.indexed_images())
         return then(Found(choice, found, root))
 
     async with context.one_search_at_a_time:  # one search's memory at a time; the event loop keeps answering
@@ -237,11 +237,11 @@ async def images(context: State, ids: Annotated[str, Query(max_length=MAX_IDS * 
         raise HTTPException(422, "ids must be image ids separated by commas") from None
     if not wanted or len(wanted) > MAX_IDS or not all(0 <= image_id <= MAX_IMAGE_ID for image_id in wanted):
         raise HTTPException(422, f"ids must name 1 to {MAX_IDS} image ids")
-    store = context.served.index.store
+    index = context.served.index
 
     def facts() -> dict[str, object]:
-        root = display_root(row.path for row in store.indexed_images())
-        rows = [(image_id, store.image_by_id(image_id)) for image_id in wanted]
+        root = display_root(row.path for row in index.indexed_images())
+        rows = [(image_id, index.image_by_id(image_id)) for image_id in wanted]
         return {"root": root, "images": [
             member_view(Candidate(row.path, row.width, row.height, row.mtime_ns, image_id, row.file_id, row.size,
                                   row.content_hash), root)

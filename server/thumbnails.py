@@ -35,7 +35,7 @@ def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> bytes:
     """The JPEG thumbnail of the indexed image `image_id`, from the cache or made (and cached where it can be);
     `IndexNotFoundError` for an image that is not indexed or whose file changed since, `DecodeError` for one that
     no longer decodes."""
-    row = index.store.image_by_id(image_id)
+    row = index.image_by_id(image_id)
     if row is None or row.content_hash is None:
         raise IndexNotFoundError(f"no indexed image {image_id}")
     cached = index.root / FOLDER / f"{row.content_hash}-{size}.jpg"
