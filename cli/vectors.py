@@ -43,7 +43,7 @@ def info_command(
 
     vectors = None if info is None else {
         **info.to_dict(), "memory_bytes": index_bytes(info.description, info.count, info.dim)}
-    report = {"index": str(index.root), "database": index.backend.shown, "images": images,
+    report = {"index": str(index.root), "database": index.shown_database, "images": images,
               "model": None if model is None else {"name": model.name, "hash": model.content_hash,
                                                    "dim": model.embedding_dim},
               "settings": {"index_type": settings.index_type, "max_memory": settings.max_memory,
@@ -55,7 +55,7 @@ def info_command(
     table = Table(title=escape(f"index {shown_path(str(index.root))}"), title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("database", escape(index.backend.shown))
+    table.add_row("database", escape(index.shown_database))
     table.add_row("images", f"{images:,}")
     table.add_row("model", "none yet" if model is None else escape(f"{model.name} ({model.content_hash[:12]}, "
                                                                     f"{model.embedding_dim}-d)"))

@@ -366,9 +366,7 @@ def _write_shard(index: SimilarityIndex, model: ModelInfo, number: int, changes:
     metadata = [{"path": c.path, "image_id": None, "label": c.label, "width": c.width, "height": c.height,
                  "size": c.size, "mtime_ns": c.mtime_ns, "content_hash": c.content_hash} for c in rows]
     stacked = np.stack([np.frombuffer(data[c.content_hash], np.float32) for c in rows])  # type: ignore[index]
-    folder = index.root / "ray-shards"
-    folder.mkdir(exist_ok=True)
-    write_parquet(folder / f"shard-{number:06d}.parquet", Embeddings(model.content_hash, model.name, metadata,
+    write_parquet(index.shard_path(number), Embeddings(model.content_hash, model.name, metadata,
                                                                       stacked))
 
 

@@ -7,6 +7,9 @@ Layout of the directory::
     models/<hash>.safetensors    every model the index has used
     vectors-<db id>-<generation>.faiss   FAISS index of the served vectors: a cache of the database
     vectors-<db id>-<generation>.json    what that FAISS index is (kind, training, tuning, counts)
+    thumbnails/<sha256>-<size>.jpg       the web page's thumbnails, by content (`server.thumbnails`)
+    calibration-<hash>.png               a calibration's plot, where no other path is given
+    ray-shards/shard-<n>.parquet         a Ray run's batches (`indexer.pipeline`)
     lock, migrate.lock           held by the one process writing to (or migrating) a SQLite index
 
 The database is the source of truth. The FAISS file is named after the database it was built from (an id made
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from retrieval.model_spec import ModelHeader, ModelSpec
 
 MODELS_DIR = "models"
+THUMBNAILS_DIR = "thumbnails"
+SHARDS_DIR = "ray-shards"
 RERANK_CANDIDATES = 4
 """With compressed codes, this many times k candidates are re-ranked by their stored vectors."""
 MODEL_FILES = re.compile(r"[0-9a-f]{64}\.safetensors")
@@ -216,6 +221,22 @@ class SimilarityIndex:
 
     def model_path(self, content_hash: str) -> Path:
         return self.root / MODELS_DIR / f"{content_hash}.safetensors"
+
+    # --- the directory's other files ---------------------------------------------------------
+
+    def thumbnail_path(self, content_hash: str, size: int) -> Path:
+        """Where the thumbnail of this content at this size is cached."""
+        return self.root / THUMBNAILS_DIR / f"{content_hash}-{size}.jpg"
+
+    def calibration_plot_path(self, model_hash: str) -> Path:
+        """Where a calibration of this model draws its plot when no other path is given."""
+        return self.root / f"calibration-{model_hash[:12]}.png"
+
+    def shard_path(self, number: int) -> Path:
+        """Where a Ray run writes its batch `number` (the folder made if need be)."""
+        folder = self.root / SHARDS_DIR
+        folder.mkdir(exist_ok=True)
+        return folder / f"shard-{number:06d}.parquet"
 
     def load_model(self) -> EmbeddingModel:
         """The model the index serves, from the index's own copy of it."""

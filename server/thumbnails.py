@@ -21,11 +21,12 @@ from retrieval.atomic import atomic_write
 from retrieval.errors import DecodeError, IndexNotFoundError, OutputWriteError
 from retrieval.file_identity import identify_file
 from retrieval.images import DEFAULT_MAX_PIXELS, bounded_image, open_image
-from retrieval.index import SimilarityIndex
+from retrieval.index import THUMBNAILS_DIR, SimilarityIndex
 from retrieval.unsaved import not_saved
 
 SIZE = 256
-FOLDER = "thumbnails"
+FOLDER = THUMBNAILS_DIR
+"""The cache's folder in the index directory (`SimilarityIndex.thumbnail_path` names each file)."""
 CACHING = "private, no-cache"
 """How a browser may keep an image the server sends, by id: only to check it again first. A file re-indexed under
 its id holds other content, and the page must never show an old picture beside an action on the new one."""
@@ -38,7 +39,7 @@ def thumbnail(index: SimilarityIndex, image_id: int, size: int = SIZE) -> bytes:
     row = index.image_by_id(image_id)
     if row is None or row.content_hash is None:
         raise IndexNotFoundError(f"no indexed image {image_id}")
-    cached = index.root / FOLDER / f"{row.content_hash}-{size}.jpg"
+    cached = index.thumbnail_path(row.content_hash, size)
     made = _cached(cached)
     if made is not None:
         return made
