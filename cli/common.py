@@ -114,17 +114,3 @@ def open_existing(index_dir: Optional[Path], db: Optional[str]) -> SimilarityInd
 
     return open_index(existing_index_dir(index_dir), db)
 
-
-def remove_if_empty(index: SimilarityIndex) -> None:
-    """Remove an index that this run created when the run failed before recording any file in it; in doubt (the
-    database cannot even say), keep it."""
-    import shutil
-
-    from retrieval.errors import SimsearchError
-
-    try:
-        holds_images = index.holds_images()
-    except SimsearchError:
-        return
-    if not holds_images:
-        shutil.rmtree(index.root, ignore_errors=True)

@@ -17,7 +17,6 @@ from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failu
                         plural, print_error, shown_path)
 from cli.output import fit_path_columns, terminal_text, write_csv, write_json, write_paths0
 from retrieval.errors import SimsearchError
-from retrieval.file_identity import something_at
 from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.sources.shards import is_shard
 
@@ -319,19 +318,14 @@ def report_moves(report: MoveReport, verb: str) -> None:
 
 
 def index_first(paths: list[Path], index_dir: Optional[Path], db: Optional[str], device: Optional[str]) -> int:
-    """Index `paths` into the index; returns how many of their files could not be indexed."""
-    from indexer.pipeline import IndexOptions, index_paths
-    from retrieval.index import create_index
-    from retrieval.locate import index_dir_for_writing
+    """Index `paths` into the index (`indexer.adding.add_paths`); returns how many of their files could not be
+    indexed."""
+    from indexer.adding import add_paths
+    from indexer.pipeline import IndexOptions
 
     from cli.progress import RichReporter
 
-    missing = [p for p in paths if not something_at(p)]
-    if missing:
-        raise fail(f"no such file or directory: {missing[0]}")
-    index = create_index(index_dir_for_writing(index_dir), db)
-    with RichReporter(err) as reporter:
-        summary = index_paths(index, paths, None, IndexOptions(device=device), reporter)
+    _, summary = add_paths(paths, index_dir, db, None, IndexOptions(device=device), RichReporter(err))
     if summary.problems:
         verb = "is" if summary.problems == 1 else "are"
         err.print(f"{plural(summary.problems, 'file')} could not be indexed and {verb} left out")

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
-                        print_error, remove_if_empty, shown_path)
+                        print_error, shown_path)
 from cli.calibrate import calibrate_command
 from cli.database import db_app
 from cli.decide import (classify_command, decisions_command, dedup_command, keep_command, not_duplicates_command,
@@ -25,7 +25,6 @@ from cli.serve import serve_command
 from cli.transfer import export_command, import_command
 from cli.vectors import info_command, tune_command
 from retrieval.errors import SimsearchError
-from retrieval.file_identity import something_at
 
 
 EXIT_BROKEN_PIPE = 120
@@ -61,40 +60,30 @@ def index_command(
                       "Ray of this machine.")] = None,
 ) -> None:
     """Add the images under PATHS to the index, or bring it up to date with them."""
-    from indexer.pipeline import IndexOptions, index_paths
+    from indexer.adding import add_paths, check_paths
+    from indexer.pipeline import IndexOptions
     from indexer.report import other_files_text
-    from retrieval.index import create_index
-    from retrieval.locate import index_dir_for_writing
 
     from cli.progress import RichReporter
     from cli.vectors import search_options
 
     from retrieval.devices import check_device_name
 
-    index = None
     try:
-        missing = [p for p in paths if not something_at(p)]
-        if missing:
-            raise fail(f"no such file or directory: {missing[0]}")
+        check_paths(paths)
         check_device_name(device)
         model = model_from_argument(model_name) if model_name is not None else None
-        root = index_dir_for_writing(index_dir)
-        is_new = not root.exists()
-        index = create_index(root, db)
         options = IndexOptions(batch_size=batch_size, workers=workers, device=device, max_pixels=max_pixels,
                                reembed=reembed, ray=ray, **search_options(index_type, max_memory))
-        with RichReporter(err) as reporter:
-            summary = index_paths(index, paths, model, options, reporter)
+        root, summary = add_paths(paths, index_dir, db, model, options, RichReporter(err))
     except SimsearchError as exc:
-        if index is not None and is_new:
-            remove_if_empty(index)
         raise fail(str(exc)) from None
     rate = f", {summary.embedded / summary.embed_seconds:.1f} images/s" if summary.embed_seconds else ""
     copies = f" ({summary.copies} copies, not re-embedded)" if summary.copies else ""
     reembedded = f", re-embedded {summary.reembedded}" if summary.reembedded else ""
     err.print(f"added {summary.added}{copies}, updated {summary.updated}, moved {summary.moved}, "
               f"removed {summary.removed}, skipped {summary.unchanged} unchanged{reembedded}, failed {summary.failed}"
-              f" in {summary.seconds:.1f} s{rate}; index: {escape(shown_path(str(index.root)))}", soft_wrap=True)
+              f" in {summary.seconds:.1f} s{rate}; index: {escape(shown_path(str(root)))}", soft_wrap=True)
     if summary.still_failing:
         err.print(f"{summary.still_failing} unchanged files still fail to decode (not retried until they change)")
     if summary.aliases:
