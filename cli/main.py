@@ -203,18 +203,12 @@ def eval_command(
 
 
 def lake_eval(model_name: str, runs_zip: Path, device: Optional[str], as_json: bool) -> None:
-    """Lake et al.'s one-shot runs: each query image against the 20 support images of its run."""
-    import torch
-
-    from retrieval.datasets.omniglot import read_lake_runs
+    """Print the accuracy of MODEL on Lake et al.'s one-shot runs (`retrieval.evaluation.lake_runs`)."""
     from retrieval.embedding import Embedder, pick_device
-    from retrieval.evaluation.lake import lake_oneshot_accuracy
-    from retrieval.images import decode_image
+    from retrieval.evaluation.lake_runs import lake_runs_accuracy
 
     embedder = Embedder(model_from_argument(model_name), pick_device(device))
-    prep = embedder.model.preprocessing
-    runs = read_lake_runs(runs_zip, lambda png: decode_image(png, prep).pixels)
-    accuracy = lake_oneshot_accuracy(lambda images: torch.from_numpy(embedder.embed(images)), runs)
+    accuracy = lake_runs_accuracy(embedder, runs_zip)
     name = f"Lake 20-way within-alphabet one-shot accuracy ({accuracy.n} trials)"
     if as_json:
         write_json({"model": embedder.content_hash, "data": str(runs_zip), "trials": accuracy.n,
