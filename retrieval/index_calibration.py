@@ -44,14 +44,14 @@ def calibrate_and_store(collection: Collection, same: np.ndarray, different: np.
                         target_fpr: float | None, *, bootstrap: int, seed: int, plot: Path | None,
                         index_dir: Path | None, db: str | None) -> StoredCalibrationRun:
     """Choose the threshold of `collection`'s model from the distances of `same` and `different` pairs
-    (`retrieval.calibration.calibrate`), draw them to `plot` (default: `calibration-<hash>.png` in the index
-    directory) and store the calibration in the collection's index, or in a new one at `index_dir` (`db`), which
-    is removed again when the plot or the calibration cannot be written."""
+    (`retrieval.calibration.calibrate`), draw them to `plot` (default: the index's `calibration_plot_path`) and
+    store the calibration in the collection's index, or in a new one at `index_dir` (`db`), which is removed again
+    when the plot or the calibration cannot be written."""
     model = collection.model
     result = calibrate(same, different, criterion, target_fpr, bootstrap=bootstrap, seed=seed)
     with (nullcontext(collection.index) if collection.index is not None
           else index_to_fill(index_dir_for_writing(index_dir), db)) as index:
-        plot = plot or index.root / f"calibration-{model.content_hash[:12]}.png"
+        plot = plot or index.calibration_plot_path(model.content_hash)
         write_calibration_plot(same, different, result, plot)
         index.save_calibration(model, criterion, result.threshold, result.to_dict())
     return StoredCalibrationRun(result, index.root, plot)
