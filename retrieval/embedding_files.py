@@ -313,7 +313,7 @@ def import_embeddings(index: SimilarityIndex, paths: Sequence[Path]) -> int:
     model = index.served_model()
     if model is None:
         record = index.model_by_hash(found.model_hash)
-        if record is None or not index.model_path(found.model_hash).is_file():
+        if record is None or not index.holds_model(found.model_hash):
             raise IndexNotFoundError(f"the index at {index.root} serves no model yet and does not hold model "
                                      f"{found.model_hash[:12]} ({found.model_name}): index one image with it first "
                                      "(`simsearch index PATH --model FILE`)")

@@ -2,9 +2,9 @@
 
 Layout of the directory::
 
-    index.db (+ -wal, -shm)      metadata and vectors (SQLite, schema by Alembic), unless the database is
-                                 elsewhere (`--db postgresql+psycopg://...`)
-    models/<hash>.safetensors    every model the index has used
+    index.db (+ -wal, -shm)      metadata, vectors and model files (SQLite, schema by Alembic), unless the
+                                 database is elsewhere (`--db postgresql+psycopg://...`)
+    models/<hash>.safetensors    every model the index has used: a cache of the database's model files
     vectors-<db id>-<generation>.faiss   FAISS index of the served vectors: a cache of the database
     vectors-<db id>-<generation>.json    what that FAISS index is (kind, training, tuning, counts)
     thumbnails/<sha256>-<size>.jpg       the web page's thumbnails, by content (`server.thumbnails`)
@@ -12,7 +12,8 @@ Layout of the directory::
     ray-shards/shard-<n>.parquet         a Ray run's batches (`indexer.pipeline`)
     lock, migrate.lock           held by the one process writing to (or migrating) a SQLite index
 
-The database is the source of truth. The FAISS file is named after the database it was built from (an id made
+The database is the source of truth, model files included: a machine with only its URL can load the served model
+(checked by its hashes, and cached in `models/`). The FAISS file is named after the database it was built from (an id made
 with the database) and its generation; one that is missing, unreadable, another database's or not what its
 description says is never served; an older generation's is grown to the database or rebuilt from the stored
 vectors (`retrieval.vector_cache`), so the two never disagree.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +37,9 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
-from retrieval.errors import IndexNotFoundError, IndexUnavailableError, ModelError
+from retrieval.content_hash import hash_bytes
+from retrieval.errors import (CorruptIndexError, IndexNotFoundError, IndexUnavailableError, IndexWriteError, ModelError,
+                              OutputWriteError)
 from retrieval.faiss_factory import parse_description
 from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
 from retrieval.store.index_store import IndexStore, copy_index_database
@@ -43,6 +47,7 @@ from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedIma
                                      StoredCalibration, Unset)
 from retrieval.store.vector_index import VectorIndex
 from retrieval.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
+from retrieval.unsaved import not_saved
 from retrieval.vector_cache import FILES as VECTOR_FILES
 from retrieval.vector_cache import SearchSettings, VectorCache, VectorFileInfo
 
@@ -90,6 +95,7 @@ class SimilarityIndex:
         self.backend = backend
         self.store = IndexStore(backend)
         self._vectors = VectorCache(root, self.store)
+        self._unsaved_models: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -220,7 +226,41 @@ class SimilarityIndex:
         return self.store.serve_first_model(model_id)
 
     def model_path(self, content_hash: str) -> Path:
+        """The file of the model `content_hash`: its copy in `models/`, made from the database's first where it is
+        missing. `ModelError` where neither holds it; `CorruptIndexError` for stored bytes that do not hash to
+        the SHA-256 stored with them."""
+        path = self._cached_model(content_hash)
+        return path if path.is_file() else self._restored_model(content_hash, path)
+
+    def holds_model(self, content_hash: str) -> bool:
+        """Whether the database or the directory holds the file of the model `content_hash`."""
+        return self._cached_model(content_hash).is_file() or self.store.holds_model_file(content_hash)
+
+    def _cached_model(self, content_hash: str) -> Path:
         return self.root / MODELS_DIR / f"{content_hash}.safetensors"
+
+    def _restored_model(self, content_hash: str, path: Path) -> Path:
+        """The database's file of the model, checked by its SHA-256, written to `path` (to a temporary file for
+        this process where the index directory cannot be written)."""
+        stored = self.store.model_file(content_hash)
+        if stored is None:
+            raise ModelError(f"{path} is missing: the database {self.backend.shown} serves model "
+                             f"{content_hash[:12]}, whose file neither it nor this index directory holds (copy it "
+                             "from the directory that indexed with it)")
+        if hash_bytes(stored.data) != stored.sha256:
+            raise CorruptIndexError(f"the database {self.backend.shown} holds a file of model {content_hash[:12]} "
+                                    "whose bytes do not match their SHA-256: it was edited or damaged, and is not used")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            atomic_write(path, lambda temporary: temporary.write_bytes(stored.data), "model file")
+        except (OSError, OutputWriteError) as exc:
+            if self._unsaved_models is None:
+                self._unsaved_models = tempfile.TemporaryDirectory(prefix="simsearch-models-")
+            path = Path(self._unsaved_models.name) / path.name
+            path.write_bytes(stored.data)
+            not_saved(self.root, "the model file is read from the database into a temporary file",
+                      exc if isinstance(exc, OutputWriteError) else OutputWriteError(str(exc)))
+        return path
 
     # --- the directory's other files ---------------------------------------------------------
 
@@ -245,15 +285,39 @@ class SimilarityIndex:
             raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
         from retrieval.model import load_model
 
-        path = self.model_path(record.content_hash)
-        if not path.is_file():
-            raise ModelError(f"{path} is missing: the database {self.backend.shown} serves model "
-                             f"{record.content_hash[:12]}, whose file this index directory lacks (copy it from the "
-                             "directory that indexed with it)")
-        model = load_model(path)
-        if model.content_hash != record.content_hash:
-            raise ModelError(f"model file of {self.root} does not match the hash the index was built with")
+        content_hash = record.content_hash
+        path = self._cached_model(content_hash)
+        if path.is_file():
+            try:
+                model = load_model(path)
+                if model.content_hash == content_hash:
+                    self._keep_in_database(content_hash, path)
+                    return model
+                problem = ModelError(f"model file of {self.root} does not match the hash the index was built with")
+            except ModelError as exc:
+                problem = exc
+            if not self.store.holds_model_file(content_hash):
+                raise problem
+        restored = self._restored_model(content_hash, path)  # a damaged copy in the cache is replaced
+        try:
+            model = load_model(restored)
+        except ModelError as exc:
+            raise CorruptIndexError(f"the database {self.backend.shown} holds a file of model {content_hash[:12]} "
+                                    f"that does not load ({exc}): it is not used") from exc
+        if model.content_hash != content_hash:
+            raise CorruptIndexError(f"the database {self.backend.shown} holds, as the file of model "
+                                    f"{content_hash[:12]}, another model ({model.content_hash[:12]}): it is not used")
         return model
+
+    def _keep_in_database(self, content_hash: str, path: Path) -> None:
+        """Store the checked file at `path` in the database where it lacks it (an index made before the database
+        held model files). A database this process may not write to is left as it is: the file serves."""
+        if self.store.holds_model_file(content_hash):
+            return
+        try:
+            self.store.add_model_file(content_hash, path.read_bytes())
+        except (IndexWriteError, IndexUnavailableError, OSError):
+            pass
 
     def register_model(self, model: EmbeddingModel) -> ModelInfo:
         """The database row of `model`, adding it (and its file in the index directory) if new."""
@@ -268,11 +332,14 @@ class SimilarityIndex:
 
     def _register(self, content_hash: str, spec: ModelSpec, write: Callable[[Path], object]) -> ModelInfo:
         """The row of the model, added with its file (`write(path)` writes it atomically) when it is new. The file
-        comes first: a row never names a model this directory cannot load."""
-        path = self.model_path(content_hash)
-        if not path.exists():
+        comes first, in the database and in its cache: a row never names a model the database cannot load."""
+        path = self._cached_model(content_hash)
+        stored = self.store.holds_model_file(content_hash)
+        if not stored or not path.exists():
             path.parent.mkdir(exist_ok=True)
             write(path)
+        if not stored:
+            self.store.add_model_file(content_hash, path.read_bytes())
         return self.store.register_model(content_hash, spec.name, spec.to_json(), spec.embedding_dim)
 
     # --- vectors and search ------------------------------------------------------------------

@@ -224,11 +224,11 @@ def test_damaged_files_of_the_index_directory(tmp_path: Path, make_photos) -> No
 
     [stored_model] = (root / "models").glob("*.safetensors")
     good = stored_model.read_bytes()
-    stored_model.write_bytes(good[: len(good) // 3])
-    assert_one_line_error(simsearch(*query, cwd=tmp_path), "model")
-    stored_model.unlink()
-    assert_one_line_error(simsearch(*query, cwd=tmp_path), "model")
-    stored_model.write_bytes(good)
+    for damage in (lambda: stored_model.write_bytes(good[: len(good) // 3]), stored_model.unlink):
+        damage()  # models/ is a cache of the database's model files
+        answer = simsearch(*query, cwd=tmp_path)
+        assert answer.returncode == 0 and json.loads(answer.stdout)[0]["neighbours"][0]["path"] == str(photos[0])
+        assert stored_model.read_bytes() == good
 
     for journal in ("index.db-wal", "index.db-shm"):  # left by a crash on another machine, say, or damaged
         (root / journal).write_bytes(random.Random(journal).randbytes(5000))

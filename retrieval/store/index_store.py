@@ -25,10 +25,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from retrieval.errors import IndexUnavailableError, IndexWriteError
 from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
 from retrieval.store.queries import images_under, root_batches
-from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelInfo, ServedState,
-                                     StoredCalibration, Unset)
+from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelFile, ModelInfo,
+                                     ServedState, StoredCalibration, Unset)
+from retrieval.content_hash import hash_bytes
 from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ChosenKeeper, DistinctPair, ImageRecord,
-                                    IndexState, ModelRecord, VectorRecord, utcnow)
+                                    IndexState, ModelFileRecord, ModelRecord, VectorRecord, utcnow)
 
 T = TypeVar("T")
 CHUNK = 500
@@ -190,6 +191,25 @@ class IndexStore:
             record = _model_info(session.scalar(select(ModelRecord).where(ModelRecord.content_hash == content_hash)))
             assert record is not None
             return record
+
+    def holds_model_file(self, content_hash: str) -> bool:
+        with self.reading() as session:
+            return session.scalar(select(ModelFileRecord.id).where(
+                ModelFileRecord.content_hash == content_hash)) is not None
+
+    def add_model_file(self, content_hash: str, data: bytes) -> None:
+        """Store the bytes of the file of the model `content_hash`, with their SHA-256, if none are stored."""
+        with self._writing() as session:
+            session.execute(self.backend.insert(ModelFileRecord.__table__).values(
+                content_hash=content_hash, sha256=hash_bytes(data), data=data)
+                .on_conflict_do_nothing(index_elements=["content_hash"]))
+
+    def model_file(self, content_hash: str) -> ModelFile | None:
+        """The stored file of the model `content_hash`, unchecked (None where none is stored)."""
+        with self.reading() as session:
+            row = session.execute(select(ModelFileRecord.sha256, ModelFileRecord.data).where(
+                ModelFileRecord.content_hash == content_hash)).one_or_none()
+            return None if row is None else ModelFile(content_hash, row.sha256, bytes(row.data))
 
     def serve_first_model(self, model_id: int) -> ModelInfo:
         """Serve `model_id` if the index serves no model yet; the model it serves afterwards (another writer's
@@ -508,7 +528,8 @@ def _indexed(image: ImageRecord) -> IndexedImage:
 
 
 COPY_CHUNK = 2000
-_COPIED = (ModelRecord, VectorRecord, ImageRecord, CalibrationRecord, DistinctPair, ChosenKeeper)
+"""Rows a copy reads at a time, except model files (megabytes each), read one at a time."""
+_COPIED = (ModelRecord, ModelFileRecord, VectorRecord, ImageRecord, CalibrationRecord, DistinctPair, ChosenKeeper)
 """Tables in an order that satisfies their foreign keys."""
 
 
@@ -527,10 +548,10 @@ def copy_index_database(source: IndexStore, target: IndexStore) -> CopySummary:
             table = model.__table__
             columns = [column.name for column in table.columns]  # type: ignore[attr-defined]
             counts[table.name] = 0  # type: ignore[attr-defined]
-            last = 0
+            last, chunk = 0, 1 if model is ModelFileRecord else COPY_CHUNK
             while True:
                 rows = [dict(row._mapping) for row in reading.execute(
-                    select(*table.columns).where(table.c.id > last).order_by(table.c.id).limit(COPY_CHUNK))]  # type: ignore[attr-defined]
+                    select(*table.columns).where(table.c.id > last).order_by(table.c.id).limit(chunk))]  # type: ignore[attr-defined]
                 if not rows:
                     break
                 with target._writing() as session:

@@ -36,6 +36,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    """A model's file as the database holds it: its bytes and the SHA-256 they were stored with."""
+
+    content_hash: str
+    sha256: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class ServedState:
     """What the database serves, read in one snapshot: its id, its generation, the served model (None before the
     first) and the user's vector-index settings."""

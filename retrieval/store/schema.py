@@ -56,7 +56,8 @@ class Base(DeclarativeBase):
 
 
 class ModelRecord(Base):
-    """A model that embedded vectors of this index; its file lives in the index directory."""
+    """A model that embedded vectors of this index; its file is stored in `model_files` (and cached in the index
+    directory)."""
 
     __tablename__ = "models"
 
@@ -66,6 +67,19 @@ class ModelRecord(Base):
     spec: Mapped[str] = mapped_column(Text)
     embedding_dim: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelFileRecord(Base):
+    """The bytes of a model's file, by the model's content hash, with their SHA-256: the database holds every
+    model it has used, so a machine with only its URL can load one; `models/` in the index directory is a cache
+    of these rows. Bytes that do not hash to `sha256` are refused."""
+
+    __tablename__ = "model_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(ContentHash, unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class VectorRecord(Base):
