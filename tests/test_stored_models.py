@@ -69,6 +69,10 @@ def test_a_tampered_model_file_in_the_database_is_refused(tmp_path: Path, make_p
         index.load_model()
     queried = invoke("query", str(photos[0]), "--index", "first", "--db", db_url, cwd=tmp_path)
     assert_one_line_error(queried, "model")
+    with TestClient(create_app(tmp_path / "first", db_url), base_url="http://127.0.0.1",
+                    headers={"X-Simsearch-Request": "1"}) as api:
+        refused = api.post("/api/query", files={"image": ("q.png", photos[0].read_bytes())})
+    assert refused.status_code == 503 and "SHA-256" in refused.json()["detail"]
     assert not cached.exists(), "bytes that fail their check are never cached"
 
     other = save_tiny_model(tmp_path / "other.safetensors", seed=7)  # another model's file, with its own SHA-256
