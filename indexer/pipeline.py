@@ -310,11 +310,9 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
                else _local_results(target, sources, options))
     reporter.start("embedding", len(works))
     try:
-        for number, results in enumerate(batches):
+        for results in batches:
             changes, vectors = _batch_changes(target, [(works[result.key], result) for result in results], summary,
                                               reporter)
-            if shipped is not None:
-                _write_shard(index, shipped, number, changes, vectors)
             index.write_images(target.model_id, changes, vectors)
             summary.embedded += sum(result.vector is not None for result in results)
             reporter.advance(len(results))
@@ -351,23 +349,6 @@ def _ray_results(index: SimilarityIndex, model: ModelInfo, target: _Target, sour
     yield from ray_results(sources, index.model_path(model.content_hash), target.preprocessing,
                            address=_ray_address(options), batch_size=options.batch_size,
                            max_pixels=options.max_pixels, device=options.device)
-
-
-def _write_shard(index: SimilarityIndex, model: ModelInfo, number: int, changes: list[ImageChange],
-                 vectors: list[tuple[str, bytes]]) -> None:
-    """The batch as the shard a distributed job hands over (the format `simsearch import` reads), written before the
-    driver imports it through the store: `ray-shards/shard-<n>.parquet` in the index directory."""
-    from retrieval.embedding_files import Embeddings, write_parquet
-
-    data = dict(vectors)
-    rows = [change for change in changes if change.is_indexed and change.content_hash in data]
-    if not rows:
-        return
-    metadata = [{"path": c.path, "image_id": None, "label": c.label, "width": c.width, "height": c.height,
-                 "size": c.size, "mtime_ns": c.mtime_ns, "content_hash": c.content_hash} for c in rows]
-    stacked = np.stack([np.frombuffer(data[c.content_hash], np.float32) for c in rows])  # type: ignore[index]
-    write_parquet(index.shard_path(number), Embeddings(model.content_hash, model.name, metadata,
-                                                                      stacked))
 
 
 def _batch_changes(target: _Target, batch: list[tuple[Work, SourceResult]], summary: IndexSummary,

@@ -9,7 +9,6 @@ Layout of the directory::
     vectors-<db id>-<generation>.json    what that FAISS index is (kind, training, tuning, counts)
     thumbnails/<sha256>-<size>.jpg       the web page's thumbnails, by content (`server.thumbnails`)
     calibration-<hash>.png               a calibration's plot, where no other path is given
-    ray-shards/shard-<n>.parquet         a Ray run's batches (`indexer.pipeline`)
     lock, migrate.lock           held by the one process writing to (or migrating) a SQLite index
 
 The database is the source of truth, model files included: a machine with only its URL can load the served model
@@ -57,7 +56,6 @@ if TYPE_CHECKING:
 
 MODELS_DIR = "models"
 THUMBNAILS_DIR = "thumbnails"
-SHARDS_DIR = "ray-shards"
 RERANK_CANDIDATES = 4
 """With compressed codes, this many times k candidates are re-ranked by their stored vectors."""
 MODEL_FILES = re.compile(r"[0-9a-f]{64}\.safetensors")
@@ -271,12 +269,6 @@ class SimilarityIndex:
     def calibration_plot_path(self, model_hash: str) -> Path:
         """Where a calibration of this model draws its plot when no other path is given."""
         return self.root / f"calibration-{model_hash[:12]}.png"
-
-    def shard_path(self, number: int) -> Path:
-        """Where a Ray run writes its batch `number` (the folder made if need be)."""
-        folder = self.root / SHARDS_DIR
-        folder.mkdir(exist_ok=True)
-        return folder / f"shard-{number:06d}.parquet"
 
     def load_model(self) -> EmbeddingModel:
         """The model the index serves, from the index's own copy of it."""

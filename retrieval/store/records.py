@@ -131,10 +131,6 @@ class ImageChange:
     def failed(cls, path: str, **fields: object) -> ImageChange:
         return cls(path, STATUS_ERROR, **fields)  # type: ignore[arg-type]
 
-    @property
-    def is_indexed(self) -> bool:
-        return self.status == STATUS_OK
-
 
 @dataclass(frozen=True)
 class StoredCalibration:
