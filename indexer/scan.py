@@ -33,7 +33,7 @@ from retrieval.classes import class_of
 from retrieval.errors import InputPathError
 from retrieval.file_identity import file_id, something_at
 from retrieval.images import IMAGE_SUFFIXES
-from retrieval.index import MODELS_DIR, SQLITE_NAME
+from retrieval.index import is_index_directory
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class _Walk:
                 self._seen_again(path, kept)
                 continue
             self._kept[key] = path
-            if key == self._index_dir or _holds_an_index(path):
+            if key == self._index_dir or is_index_directory(path):
                 self._left_out.add(key)
                 what = "the index directory" if key == self._index_dir else "another simsearch index directory"
                 self._result.problems.append(ScanProblem(path, f"{what}: not indexed", is_file=False))
@@ -244,13 +244,6 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return entry.is_file()
     except OSError:
         return False
-
-
-def _holds_an_index(directory: str) -> bool:
-    """Whether `directory` is a simsearch index's: its SQLite database and its folder of model files (one whose
-    database is elsewhere is told apart only when it is the index's own)."""
-    database, models = os.path.join(directory, SQLITE_NAME), os.path.join(directory, MODELS_DIR)
-    return os.path.isfile(database) and os.path.isdir(models)
 
 
 def _add_file(path: str, result: ScanResult, via_link: bool, label: str | None) -> None:

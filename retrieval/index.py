@@ -427,6 +427,13 @@ class SimilarityIndex:
         return exact, ids
 
 
+def is_index_directory(directory: str) -> bool:
+    """Whether `directory` is a simsearch index's: its SQLite database and its folder of model files (one whose
+    database is elsewhere is told apart only when it is the index's own)."""
+    database, models = os.path.join(directory, SQLITE_NAME), os.path.join(directory, MODELS_DIR)
+    return os.path.isfile(database) and os.path.isdir(models)
+
+
 def open_index(root: Path, db: str | None = None) -> SimilarityIndex:
     """Open an existing index (migrating its schema to the current version). Its database is `db` (a URL),
     else `$SIMSEARCH_DB`, else `root/index.db`."""
