@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
-from retrieval.content_hash import hash_bytes
+from retrieval.content_hash import hash_bytes, hash_file
 from retrieval.errors import (CorruptIndexError, IndexNotFoundError, IndexUnavailableError, IndexWriteError, ModelError,
                               OutputWriteError)
 from retrieval.faiss_factory import parse_description
@@ -224,11 +224,14 @@ class SimilarityIndex:
         return self.store.serve_first_model(model_id)
 
     def model_path(self, content_hash: str) -> Path:
-        """The file of the model `content_hash`: its copy in `models/`, made from the database's first where it is
-        missing. `ModelError` where neither holds it; `CorruptIndexError` for stored bytes that do not hash to
-        the SHA-256 stored with them."""
+        """The file of the model `content_hash`: its copy in `models/`, made again from the database's where it is
+        missing or its bytes differ from those stored. `ModelError` where neither holds it; `CorruptIndexError`
+        for stored bytes that do not hash to the SHA-256 stored with them."""
         path = self._cached_model(content_hash)
-        return path if path.is_file() else self._restored_model(content_hash, path)
+        stored = self.store.model_file_sha256(content_hash)
+        if path.is_file() and (stored is None or hash_file(str(path)) == stored):
+            return path
+        return self._restored_model(content_hash, path)
 
     def holds_model(self, content_hash: str) -> bool:
         """Whether the database or the directory holds the file of the model `content_hash`."""

@@ -40,9 +40,11 @@ def test_a_machine_with_only_the_url_queries_dedups_and_serves(tmp_path: Path, m
     [original] = (tmp_path / "first" / "models").glob("*.safetensors")
     assert cached.read_bytes() == original.read_bytes(), "the cache holds the database's file"
 
-    cached.unlink()
+    cached.write_bytes(b"damaged")
     uncalibrated = invoke("dedup", *other, cwd=tmp_path)  # the threshold is looked up by the model file's hash
     assert_one_line_error(uncalibrated, "no calibration for model tiny-0")
+    assert cached.read_bytes() == original.read_bytes(), "a damaged cached file is read again from the database"
+    cached.unlink()
     found = invoke("dedup", "--threshold", "0.001", "--json", *other, cwd=tmp_path)
     assert found.exit_code == 0, found.output
     assert [sorted(Path(member["path"]).name for member in (group["keeper"], *group["duplicates"]))

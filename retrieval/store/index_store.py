@@ -193,9 +193,12 @@ class IndexStore:
             return record
 
     def holds_model_file(self, content_hash: str) -> bool:
+        return self.model_file_sha256(content_hash) is not None
+
+    def model_file_sha256(self, content_hash: str) -> str | None:
+        """The SHA-256 stored with the file of the model `content_hash` (None where none is stored)."""
         with self.reading() as session:
-            return session.scalar(select(ModelFileRecord.id).where(
-                ModelFileRecord.content_hash == content_hash)) is not None
+            return session.scalar(select(ModelFileRecord.sha256).where(ModelFileRecord.content_hash == content_hash))
 
     def add_model_file(self, content_hash: str, data: bytes) -> None:
         """Store the bytes of the file of the model `content_hash`, with their SHA-256, if none are stored."""
