@@ -128,9 +128,7 @@ def stored_source(index_dir: Path):  # type: ignore[no-untyped-def]
     index = open_index(index_dir)
     model = index.served_model()
     assert model is not None
-    with index.store.reading() as session:
-        ids = index.store.served_ids(session, index.store.state(session))
-    return StoredVectors(index.store, ids, model.embedding_dim)
+    return StoredVectors(index, index.served_ids(), model.embedding_dim)
 
 
 def search(index_dir: Path, pairs_file: Path, probes: int) -> None:

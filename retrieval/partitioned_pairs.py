@@ -15,8 +15,8 @@ vectors, and `docs/decisions.md` says what that figure means.
 
 Memory and work: the vectors are held as bfloat16 (2 bytes a dimension: 2.4 GiB at 1M x 1,280), read from their
 source once, a chunk at a time (each chunk assigned to its cells and compared with the recall sample on the way),
-and compared in float32 a block at a time (bfloat16 products are 2.4x faster on these CPUs, but torch keeps a
-compiled kernel for every shape, which grew the memory by 3x the vectors' room). Rounding moves a
+and multiplied in bfloat16 a block at a time (2.3x faster than float32 on CPUs with AVX-512 BF16), blocks padded to
+a few shapes (torch keeps a compiled kernel for every shape), cells side by side on the cores. Rounding moves a
 squared distance of unit vectors by less than `ROUNDING_MARGIN`, so candidates are taken within the threshold plus
 that margin and every pair returned is decided on its float32 vectors, read again from the source. Nothing holds
 N x N or every candidate pair at once; the memory is estimated first and more than the limit is refused.
@@ -24,7 +24,9 @@ N x N or every candidate pair at once; the memory is estimated first and more th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,7 +37,8 @@ import torch
 
 from retrieval.calibration import decide
 from retrieval.errors import InvalidArgumentError
-from retrieval.unit_distance import paired_distances, pairwise_distances, squared_l2_from_scores
+from retrieval.sources.read_ahead import ReadAhead
+from retrieval.unit_distance import paired_distances, pairwise_distances, scores_from_squared_l2
 
 PROBES = 6
 """Cells each vector visits beside its own (see `docs/decisions.md` for the recall this gives)."""
@@ -43,13 +46,29 @@ PCA_DIMENSIONS = 128
 """Where the cells are trained and assigned: 10x less work than 1,280 dimensions, and a partition needs no more."""
 TRAINING_PER_CELL = 40
 """K-means sample per cell (FAISS warns below 39)."""
-CHUNK_ROWS = 16_384
+PCA_ROWS = 16_384
+"""Of those, the rows the projection is fitted on (80 MiB at 1,280 dimensions)."""
+CHUNK_ROWS = 8_192
 """Vectors read from the source, or re-checked, at a time."""
-QUERY_BLOCK, COLUMN_BLOCK = 2_048, 16_384
+READ_AHEAD = 2
+"""Chunks read from the source ahead of the one being compared with the recall sample."""
+ASSIGN_ROWS = 2_048
+"""Vectors assigned to their cells at a time by each worker: small blocks, so that what the allocator keeps of a
+thread's freed blocks stays small too."""
+QUERY_BLOCK, COLUMN_BLOCK = 1_024, 2_048
 """A cell's product is computed this many queries by this many residents at a time."""
+QUERY_PADDING, TARGET_PADDING = 256, 64
+"""A product's operands are padded with zero rows to a multiple of these: torch keeps a compiled bfloat16 kernel
+(about 0.8 MB) for every shape it multiplies, and unpadded cells would each bring new shapes (4 GB at 1M
+vectors); padded, there are at most 4 x 32."""
+KERNEL_ROOM = 4 * 32 * 800_000
+"""Bytes those kernels can take, at most."""
+WORKERS = max(1, len(os.sched_getaffinity(0)))
+"""Cells searched at once, one thread each (each product on its thread: see `one_torch_thread`)."""
 ROUNDING_MARGIN = 2.0 ** -6
-"""bfloat16 keeps 8 significant bits: each vector moves by at most 2^-9 of its norm, an inner product of two by
-about 2^-8, and a squared distance (2 - 2 a.b) by about 2^-7: half this."""
+"""bfloat16 keeps 8 significant bits: each vector moves by at most 2^-9 of its norm and an inner product of two
+by about 2^-8, which the product's bfloat16 result rounds by 2^-9 more; a squared distance (2 - 2 a.b) moves by
+at most 3 x 2^-8, under this."""
 MEMORY_LIMIT = 3 * 2 ** 30
 """The search's own arrays at most (the vectors in bfloat16, their cells, a cell's product), in bytes: with the
 process itself (Python, torch, FAISS: about 0.5 GB), under 4 GB resident."""
@@ -121,9 +140,12 @@ class PartitionedPairs:
 
 
 def memory_needed(count: int, dim: int, probes: int = PROBES) -> int:
-    """Bytes the search holds at its peak (an estimate): bfloat16 vectors, cells, one cell's product and block."""
-    product = 4 * 3 * QUERY_BLOCK * COLUMN_BLOCK + 2 * (QUERY_BLOCK + COLUMN_BLOCK) * dim + 4 * CHUNK_ROWS * dim
-    return 2 * count * dim + 8 * count * (probes + 1) * 2 + product
+    """Bytes the search holds at its peak (an estimate): bfloat16 vectors, cells, the chunks read ahead or being
+    assigned, each worker's product (bfloat16 scores, in float32, two masks, the indices of a mask all true) and
+    blocks, and the compiled kernels."""
+    product = (2 + 4 + 1 + 1 + 16) * QUERY_BLOCK * COLUMN_BLOCK + 2 * (QUERY_BLOCK + COLUMN_BLOCK) * dim
+    chunks = 4 * CHUNK_ROWS * dim * (READ_AHEAD + 1) + 2 * 4 * ASSIGN_ROWS * dim * WORKERS
+    return 2 * count * dim + 8 * count * (probes + 1) * 2 + chunks + WORKERS * product + KERNEL_ROOM
 
 
 def check_memory(count: int, dim: int, probes: int, memory_limit: int) -> None:
@@ -147,7 +169,7 @@ def partitioned_pairs(source: VectorSource, threshold: float, max_pairs: int | N
     exact search for `recall_sample` random rows. `InvalidArgumentError` before any work when the memory needed
     exceeds `memory_limit`, and as soon as more than `max_pairs` pairs are certain."""
     check_memory(source.count, source.dim, probes, memory_limit)
-    with one_torch_thread():
+    with single_threaded_libraries():
         return _searched(source, threshold, max_pairs, probes, recall_sample, seed)
 
 
@@ -156,9 +178,12 @@ def _searched(source: VectorSource, threshold: float, max_pairs: int | None, pro
     from retrieval.dedup import check_pair_count
 
     rng = np.random.default_rng(seed)
-    partition = Partition.trained(source, cell_count(source.count), rng, seed)
+    count = cell_count(source.count)
+    training = np.sort(rng.permutation(source.count)[:count * TRAINING_PER_CELL])
     sample = np.sort(rng.permutation(source.count)[:recall_sample])
-    stored, cells, exact = _read(source, partition, probes, sample, threshold)
+    stored, exact = _read(source, sample, threshold)
+    partition = Partition.trained(lambda rows: stored[torch.from_numpy(rows)].float().numpy(), training, count, seed)
+    cells = _cells(stored, partition, probes)
     first, second = _candidates(stored, cells, threshold, max_pairs)
     del stored
     first, second, distance = _decided(source, first, second, threshold)
@@ -178,61 +203,85 @@ class Partition:
     count: int
 
     @classmethod
-    def trained(cls, source: VectorSource, cells: int, rng: np.random.Generator, seed: int) -> Partition:
-        """Trained on `TRAINING_PER_CELL` random rows a cell."""
+    def trained(cls, rows: Callable[[np.ndarray], np.ndarray], training: np.ndarray, cells: int, seed: int
+                ) -> Partition:
+        """`cells` cells trained on the rows `training` of a collection (`TRAINING_PER_CELL` random rows a cell),
+        whose float32 vectors `rows` gives: the projection on `PCA_ROWS` of them, the k-means on all, projected
+        `CHUNK_ROWS` at a time."""
         if cells == 1:
             return cls(None, None, None, 1)
-        sample = source.rows(np.sort(rng.permutation(source.count)[:cells * TRAINING_PER_CELL]))
+        fitted = rows(training[::max(1, len(training) // PCA_ROWS)])
         mean = components = None
-        if source.dim > PCA_DIMENSIONS:
-            mean = sample.mean(axis=0)
-            centred = sample - mean
-            _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues: the last are the widest
+        if fitted.shape[1] > PCA_DIMENSIONS:
+            mean = fitted.mean(axis=0)
+            fitted -= mean
+            _, vectors = np.linalg.eigh(fitted.T @ fitted)  # ascending eigenvalues: the last are the widest
             components = np.ascontiguousarray(vectors[:, -PCA_DIMENSIONS:], dtype=np.float32)
-            sample = centred @ components
+        del fitted
+        partition = cls(mean, components, None, cells)
+        sample = np.concatenate([partition.projected(rows(training[start:start + CHUNK_ROWS]))
+                                 for start in range(0, len(training), CHUNK_ROWS)])
         kmeans = faiss.Kmeans(sample.shape[1], cells, niter=10, seed=seed)
-        kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+        kmeans.train(sample)
         return cls(mean, components, kmeans.index, cells)
+
+    def projected(self, vectors: np.ndarray) -> np.ndarray:
+        """`vectors` in the space the cells are in (float32, contiguous)."""
+        if self.components is None:
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        return np.ascontiguousarray(vectors @ self.components - self.mean @ self.components, dtype=np.float32)
 
     def nearest(self, vectors: np.ndarray, cells: int) -> np.ndarray:
         """The `cells` nearest centroids of each vector (at most `count`), nearest first."""
         if self.centroids is None:
             return np.zeros((len(vectors), 1), np.int64)
-        projected = vectors if self.components is None else (vectors - self.mean) @ self.components
-        return self.centroids.search(np.ascontiguousarray(projected, dtype=np.float32), min(cells, self.count))[1]
+        return self.centroids.search(self.projected(vectors), min(cells, self.count))[1]
 
 
 @contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """torch on one thread while the search runs (restored after): its products are many and small, and on a busy
-    machine two threads that wait for each other cost a time slice each (25x slower measured at load 10 on 2
-    cores)."""
-    threads = torch.get_num_threads()
+def single_threaded_libraries() -> Iterator[None]:
+    """torch and FAISS on one thread for each call while the search runs (restored after): their calls are many
+    and small, and on a busy machine two threads that wait for each other cost a time slice each (25x slower
+    measured at load 10 on 2 cores); the cores are used by running calls side by side instead (`WORKERS`)."""
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(faiss_threads)
 
 
-def _read(source: VectorSource, partition: Partition, probes: int, sample: np.ndarray, threshold: float
-          ) -> tuple[torch.Tensor, Cells, set[tuple[int, int]]]:
-    """The vectors of `source` in bfloat16 and their cells, and, found on the way by comparing the float32 rows
-    `sample` with every row, the pairs within `threshold` that involve them (exact search, for the recall
-    check)."""
+def _read(source: VectorSource, sample: np.ndarray, threshold: float) -> tuple[torch.Tensor, set[tuple[int, int]]]:
+    """The vectors of `source` in bfloat16, and, found on the way by comparing the float32 rows `sample` with every
+    row, the pairs within `threshold` that involve them (exact search, for the recall check)."""
     stored = torch.empty((source.count, source.dim), dtype=torch.bfloat16)
-    nearest = np.empty((source.count, min(1 + probes, partition.count)), np.int64)
     queries = source.rows(sample) if len(sample) else np.empty((0, source.dim), np.float32)
     exact: set[tuple[int, int]] = set()
     start = 0
-    for chunk in source.chunks():
-        stored[start:start + len(chunk)] = torch.from_numpy(chunk)
+    with ReadAhead(source.chunks(), depth=READ_AHEAD) as chunks:
+        for chunk in chunks:
+            stored[start:start + len(chunk)] = torch.from_numpy(chunk)
+            mine, theirs = np.nonzero(decide(pairwise_distances(queries, chunk), threshold))
+            a, b = sample[mine], theirs + start
+            exact |= set(zip(np.minimum(a, b)[a != b].tolist(), np.maximum(a, b)[a != b].tolist()))
+            start += len(chunk)
+    return stored, exact
+
+
+def _cells(stored: torch.Tensor, partition: Partition, probes: int) -> Cells:
+    """Each stored vector's cell and the `probes` next nearest, assigned `ASSIGN_ROWS` at a time, `WORKERS` blocks
+    side by side."""
+    nearest = np.empty((len(stored), min(1 + probes, partition.count)), np.int64)
+
+    def assign(start: int) -> None:
+        chunk = stored[start:start + ASSIGN_ROWS].float().numpy()
         nearest[start:start + len(chunk)] = partition.nearest(chunk, nearest.shape[1])
-        mine, theirs = np.nonzero(decide(pairwise_distances(queries, chunk), threshold))
-        a, b = sample[mine], theirs + start
-        exact |= set(zip(np.minimum(a, b)[a != b].tolist(), np.maximum(a, b)[a != b].tolist()))
-        start += len(chunk)
-    return stored, Cells(nearest[:, 0].copy(), nearest[:, 1:].copy(), partition.count), exact
+
+    with ThreadPoolExecutor(WORKERS) as workers:
+        list(workers.map(assign, range(0, len(stored), ASSIGN_ROWS)))
+    return Cells(nearest[:, 0].copy(), nearest[:, 1:].copy(), partition.count)
 
 
 def _members(labels: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,42 +293,62 @@ def _members(labels: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
 def _candidates(stored: torch.Tensor, cells: Cells, threshold: float, max_pairs: int | None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Row pairs (first < second) whose bfloat16 distance is within `threshold` plus the rounding margin: within
-    each cell, and between a cell's residents and its visitors."""
+    each cell, and between a cell's residents and its visitors; `WORKERS` cells at a time."""
     from retrieval.dedup import check_pair_count
 
-    count = cells.count
-    residents, resident_starts = _members(cells.home, count)
-    visits, visit_starts = _members(cells.visits.ravel(), count)
+    residents, resident_starts = _members(cells.home, cells.count)
+    visits, visit_starts = _members(cells.visits.ravel(), cells.count)
     visitors_of = visits // max(1, cells.visits.shape[1])
+    least_score = float(scores_from_squared_l2(threshold + ROUNDING_MARGIN))
+
+    def cell_pairs(cell: int) -> tuple[np.ndarray, np.ndarray]:
+        home = residents[resident_starts[cell]:resident_starts[cell + 1]]
+        guests = np.sort(visitors_of[visit_starts[cell]:visit_starts[cell + 1]])
+        return _cell_candidates(stored, home, guests, least_score)
+
     firsts: list[np.ndarray] = []
     seconds: list[np.ndarray] = []
     found = 0
-    for cell in range(count):
-        home = residents[resident_starts[cell]:resident_starts[cell + 1]]
-        guests = np.sort(visitors_of[visit_starts[cell]:visit_starts[cell + 1]])
-        for column in range(0, len(home), COLUMN_BLOCK):
-            targets = home[column:column + COLUMN_BLOCK]
-            target_vectors = stored[torch.from_numpy(targets)].float()
-            for rows, own in ((home[:column + len(targets)], True), (guests, False)):
-                for start in range(0, len(rows), QUERY_BLOCK):
-                    block = rows[start:start + QUERY_BLOCK]
-                    inside = own and start >= column  # queries among the targets: gathered already
-                    queries = target_vectors[start - column:start - column + len(block)] if inside else \
-                        stored[torch.from_numpy(block)].float()
-                    scores = (queries @ target_vectors.T).numpy()
-                    near = decide(squared_l2_from_scores(scores), threshold + ROUNDING_MARGIN)
-                    if own:  # each pair of residents once: the earlier one asks
-                        near &= (np.arange(start, start + len(block))[:, None]
-                                 < np.arange(column, column + len(targets))[None, :])
-                    mine, theirs = np.nonzero(near)
-                    firsts.append(np.minimum(block[mine], targets[theirs]))
-                    seconds.append(np.maximum(block[mine], targets[theirs]))
-                    found += len(mine)
-        if max_pairs is not None and found > 2 * max_pairs:  # a pair is found at most twice
-            first, second = _unique(firsts, seconds)
-            firsts, seconds, found = [first], [second], len(first)
-            check_pair_count(found, threshold, max_pairs)
+    with ThreadPoolExecutor(WORKERS) as workers:
+        for first, second in workers.map(cell_pairs, range(cells.count)):
+            firsts.append(first)
+            seconds.append(second)
+            found += len(first)
+            if max_pairs is not None and found > 2 * max_pairs:  # a pair is found at most twice
+                first, second = _unique(firsts, seconds)
+                firsts, seconds, found = [first], [second], len(first)
+                check_pair_count(found, threshold, max_pairs)
     return _unique(firsts, seconds)
+
+
+def _cell_candidates(stored: torch.Tensor, home: np.ndarray, guests: np.ndarray, least_score: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of one cell: its residents `home` among themselves (each pair once: the earlier one asks) and
+    with its visitors `guests`, whose bfloat16 inner product is at least `least_score`."""
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    for column in range(0, len(home), COLUMN_BLOCK):
+        targets = home[column:column + COLUMN_BLOCK]
+        target_vectors = _gathered(stored, targets, TARGET_PADDING)
+        for rows, own in ((home[:column + len(targets)], True), (guests, False)):
+            for start in range(0, len(rows), QUERY_BLOCK):
+                block = rows[start:start + QUERY_BLOCK]
+                scores = (_gathered(stored, block, QUERY_PADDING) @ target_vectors.T)[:len(block), :len(targets)]
+                near = scores.float() >= least_score  # the bound in float32: in bfloat16 it would round
+                if own:
+                    near &= (torch.arange(start, start + len(block))[:, None]
+                             < torch.arange(column, column + len(targets))[None, :])
+                mine, theirs = (index.numpy() for index in torch.nonzero(near, as_tuple=True))
+                firsts.append(np.minimum(block[mine], targets[theirs]))
+                seconds.append(np.maximum(block[mine], targets[theirs]))
+    return (np.concatenate(firsts), np.concatenate(seconds)) if firsts else (np.empty(0, np.int64),) * 2
+
+
+def _gathered(stored: torch.Tensor, rows: np.ndarray, padding: int) -> torch.Tensor:
+    """The bfloat16 vectors `rows`, then zero rows up to a multiple of `padding` (see `TARGET_PADDING`)."""
+    padded = torch.zeros((-(-len(rows) // padding) * padding, stored.shape[1]), dtype=stored.dtype)
+    torch.index_select(stored, 0, torch.from_numpy(rows), out=padded[:len(rows)])
+    return padded
 
 
 def _unique(firsts: list[np.ndarray], seconds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from retrieval import dedup
 from retrieval.dedup import index_duplicates, pairs_within
 from retrieval.errors import InvalidArgumentError
 from retrieval.index import open_index
-from retrieval.partitioned_pairs import ArrayVectors, Partition, cell_count, partitioned_pairs
+from retrieval.partitioned_pairs import TRAINING_PER_CELL, ArrayVectors, Partition, cell_count, partitioned_pairs
 from tests.conftest import decision_photos, invoke
 
 THRESHOLD = 0.5
@@ -54,8 +54,9 @@ def test_finds_the_pairs_exact_search_finds_also_across_cell_borders() -> None:
     distance = dict(zip(zip(exact_first.tolist(), exact_second.tolist()), exact_distance.tolist()))
     assert np.allclose(found.distance, [distance[pair] for pair in zip(found.first.tolist(), found.second.tolist())],
                        atol=1e-5), "distances are the float32 ones, not float16's"
-    partition = Partition.trained(ArrayVectors(vectors), cell_count(len(vectors)), np.random.default_rng(0), 0)
-    home = partition.nearest(vectors, 1)[:, 0]  # as the search drew them: the same seed
+    cells = cell_count(len(vectors))
+    training = np.sort(np.random.default_rng(0).permutation(len(vectors))[:cells * TRAINING_PER_CELL])
+    home = Partition.trained(ArrayVectors(vectors).rows, training, cells, 0).nearest(vectors, 1)[:, 0]  # the seed's
     across = home[found.first] != home[found.second]
     assert across.sum() >= 25, "the border pairs lie in two cells, and are found"
     assert found.recall == 1.0 and found.sampled > 0
