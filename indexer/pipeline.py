@@ -1,9 +1,10 @@
 """`simsearch index`: bring an index up to date with the image files under some paths.
 
-The pipeline decides what happens to each file; the index (`retrieval.index`) writes it, each
-write one transaction that leaves the index consistent and usable: cheap changes (moves, copies, touches) commit
-together, then each embedded batch commits on its own. A run killed at any point keeps what it committed, and the
-next run picks up what is left.
+The pipeline scans the paths, decides what happens to each file, hashes and embeds; the index owns the run
+(`SimilarityIndex.update`, `retrieval.index_run`: the writer's lock and the run's states, opened, planned, applying,
+finished or abandoned) and writes through it, each write one transaction that leaves the index consistent and
+usable: cheap changes (moves, copies, touches) commit together, then each embedded batch commits on its own. A run
+killed at any point keeps what it committed, and the next run picks up what is left.
 
 torch is imported only when something needs embedding, so a re-run over an unchanged folder
 costs a scan and a few queries, not a model load.
@@ -33,6 +34,7 @@ from retrieval.faiss_factory import check_description, choose_description
 from retrieval.file_identity import identify_file
 from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
+from retrieval.index_run import IndexRun
 from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
 from retrieval.sources.decode import Source, SourceResult
 from retrieval.store.records import UNSET, ImageChange, ModelInfo, Unset
@@ -102,7 +104,7 @@ def _ray_address(options: IndexOptions) -> str | None:
 def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None,
                  options: IndexOptions, reporter: Reporter, started: float) -> IndexSummary:
     scanned = scan(paths, index.root)
-    with index.writer(exclusive=options.reembed):
+    with index.update(exclusive=options.reembed) as run:
         target = _resolve_target(index, model, options.reembed)
         known = index.known_images(scanned.roots, target.model_id, everything=not target.serving)
         sizes = index.indexed_sizes()
@@ -116,15 +118,14 @@ def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: Embedding
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
                                aliases=scanned.alias_paths, other_files=dict(scanned.other_files))
         _drop_aliases_of_indexed(index, plan, known, summary)
-        index.set_file_ids(plan.new_file_ids)
-        _record_scan_problems(index, scanned, known, target, summary, reporter)
+        run.record_plan(target.model_id, target.serving, plan.new_file_ids)
+        _record_scan_problems(run, scanned, known, summary, reporter)
         hashed = _hash(plan.to_hash, reporter)
-        to_embed = plan.to_embed + _apply_hashed(index, hashed, plan.gone, target, summary)
-        index.remove_images([row.id for row in plan.gone])
+        to_embed = plan.to_embed + _apply_hashed(index, run, hashed, plan.gone, target, summary)
+        run.remove([row.id for row in plan.gone])
         summary.removed += len(plan.gone)
-        _embed(index, target, to_embed, options, summary, reporter)
-        index.finish(target.model_id, target.serving)
-        index.vector_index()  # the FAISS file, brought up to the database now rather than by the first query
+        _embed(index, run, target, to_embed, options, summary, reporter)
+        run.finish()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -213,8 +214,8 @@ def _outside_files(known: dict[str, KnownImage], scanned: ScanResult) -> list[Sc
     return files
 
 
-def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: dict[str, KnownImage], target: _Target,
-                          summary: IndexSummary, reporter: Reporter) -> None:
+def _record_scan_problems(run: IndexRun, scanned: ScanResult, known: dict[str, KnownImage], summary: IndexSummary,
+                          reporter: Reporter) -> None:
     """Warn about each problem of the scan and record each file that cannot be read."""
     for problem in scanned.problems:
         reporter.warn(problem.path, problem.reason)
@@ -229,7 +230,7 @@ def _record_scan_problems(index: SimilarityIndex, scanned: ScanResult, known: di
         else:
             summary.failed += 1
         changes.append(_failed(problem.path, row, problem.reason, None, None, None))
-    index.write_images(target.model_id, changes)
+    run.apply(changes)
 
 
 def _hash(works: list[Work], reporter: Reporter) -> list[Work]:
@@ -251,8 +252,8 @@ def _hash(works: list[Work], reporter: Reporter) -> list[Work]:
     return [w for w in works if w.content_hash is not None] + done
 
 
-def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownImage], target: _Target,
-                  summary: IndexSummary) -> list[Work]:
+def _apply_hashed(index: SimilarityIndex, run: IndexRun, works: list[Work], gone: list[KnownImage],
+                  target: _Target, summary: IndexSummary) -> list[Work]:
     """Settle the hashed files whose content is already embedded; return those still to embed.
 
     Removes from `gone` the rows that turn out to have moved.
@@ -294,11 +295,11 @@ def _apply_hashed(index: SimilarityIndex, works: list[Work], gone: list[KnownIma
                 summary.updated += 1
             keep_vector = same and not target.serving
         changes.append(_indexed(work.file, row, digest, width, height, keep_vector))
-    index.write_images(target.model_id, changes)
+    run.apply(changes)
     return to_embed
 
 
-def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: IndexOptions,
+def _embed(index: SimilarityIndex, run: IndexRun, target: _Target, works: list[Work], options: IndexOptions,
            summary: IndexSummary, reporter: Reporter) -> None:
     if not works:
         return
@@ -313,7 +314,7 @@ def _embed(index: SimilarityIndex, target: _Target, works: list[Work], options: 
         for results in batches:
             changes, vectors = _batch_changes(target, [(works[result.key], result) for result in results], summary,
                                               reporter)
-            index.write_images(target.model_id, changes, vectors)
+            run.apply(changes, vectors)
             summary.embedded += sum(result.vector is not None for result in results)
             reporter.advance(len(results))
     finally:

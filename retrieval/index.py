@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from retrieval.content_hash import hash_bytes, hash_file
 from retrieval.errors import (CorruptIndexError, IndexNotFoundError, IndexUnavailableError, IndexWriteError, ModelError,
                               OutputWriteError)
 from retrieval.faiss_factory import parse_description
+from retrieval.index_run import IndexRun, open_run
 from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
 from retrieval.store.index_store import IndexStore, copy_index_database
 from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelInfo,
@@ -122,6 +123,11 @@ class SimilarityIndex:
         with self.store.writer(exclusive):
             yield
 
+    def update(self, exclusive: bool = False) -> AbstractContextManager[IndexRun]:
+        """A run bringing the index up to date with some files (`retrieval.index_run`: its states, its writes),
+        holding the writer's lock (`exclusive`: switching the served model) until it is finished or abandoned."""
+        return open_run(self, exclusive)
+
     # --- images ------------------------------------------------------------------------------
 
     def indexed_count(self) -> int:
@@ -158,7 +164,7 @@ class SimilarityIndex:
         self.store.write_images(model_id, changes, vectors)
 
     def set_file_ids(self, file_ids: dict[int, str]) -> None:
-        """New device:inode of unchanged rows, by row id."""
+        """New device:inode of unchanged rows, by row id (a run's plan: `IndexRun.record_plan`)."""
         self.store.set_file_ids(file_ids)
 
     def remove_images(self, ids: Sequence[int]) -> None:
@@ -175,8 +181,8 @@ class SimilarityIndex:
         return len(gone), sorted(set(paths) - set(rows))
 
     def finish(self, model_id: int, serving: bool) -> bool:
-        """After a run (inside `writer`): switch to `model_id` once every indexed image has its vector; drop the
-        vectors no image uses. Whether `model_id` is served now."""
+        """The last write of a run (`IndexRun.finish`, under the writer's lock): switch to `model_id` once every
+        indexed image has its vector; drop the vectors no image uses. Whether `model_id` is served now."""
         return self.store.finish(model_id, serving)
 
     # --- decisions ---------------------------------------------------------------------------
