@@ -482,7 +482,7 @@ def decisions_command(
 
 
 REINDEX_CHUNK = 200
-"""Restored files indexed again per `index_paths` call: each is a root of its scan, looked up in the database."""
+"""Restored files indexed again per `add_to_index` call: each is a root of its scan, looked up in the database."""
 
 
 def undo_command(
@@ -559,7 +559,8 @@ def report_index_return(index: Optional[SimilarityIndex], report: UndoReport, de
     if report.to_index:
         err.print(f"indexing {plural(len(report.to_index), 'restored file')} again (the index no longer held "
                   "their vectors)")
-        from indexer.pipeline import IndexOptions, index_paths
+        from indexer.adding import add_to_index
+        from indexer.pipeline import IndexOptions
 
         from cli.progress import RichReporter
 
@@ -567,7 +568,7 @@ def report_index_return(index: Optional[SimilarityIndex], report: UndoReport, de
             for start in range(0, len(report.to_index), REINDEX_CHUNK):
                 chunk = [Path(path) for path in report.to_index[start:start + REINDEX_CHUNK]]
                 with RichReporter(err) as reporter:
-                    index_paths(index, chunk, None, IndexOptions(device=device), reporter)
+                    add_to_index(index, chunk, None, IndexOptions(device=device), reporter)
         except SimsearchError as exc:
             err.print(escape(f"they were not indexed ({terminal_text(str(exc))}): `simsearch index` them"),
                       soft_wrap=True)

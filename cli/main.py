@@ -161,10 +161,9 @@ def eval_command(
 ) -> None:
     """Score MODEL on DATA: N-way K-shot accuracy, verification ROC AUC, recall@k, precision@1, MAP@R; or, on
     Lake's all_runs.zip, the 20-way within-alphabet one-shot accuracy of its 400 trials."""
-    from indexer.labelled import embed_labelled_folder
+    from indexer.labelled import evaluate_labelled_folder
     from retrieval.datasets.omniglot import is_lake_runs_zip
     from retrieval.embedding import Embedder, pick_device
-    from retrieval.evaluation.labelled import evaluate_labelled
 
     from cli.progress import RichReporter
 
@@ -174,10 +173,8 @@ def eval_command(
         if not data.is_dir():
             raise fail(f"not a folder of class subfolders nor a Lake all_runs.zip: {data}")
         embedder = Embedder(model_from_argument(model_name), pick_device(device))
-        with RichReporter(err) as reporter:
-            found = embed_labelled_folder(embedder, data, workers=workers, reporter=reporter)
-        report = evaluate_labelled(found.embeddings, found.labels, way=way, shot=shot, episodes=episodes,
-                                   pairs=pairs, seed=seed)
+        found, report = evaluate_labelled_folder(embedder, data, way=way, shot=shot, episodes=episodes, pairs=pairs,
+                                                 seed=seed, workers=workers, progress=RichReporter(err))
     except SimsearchError as exc:
         raise fail(str(exc)) from None
     figures = {

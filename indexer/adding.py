@@ -1,5 +1,5 @@
-"""Adding image files to an index, as `simsearch index` and `simsearch dedup PATHS` do: the paths checked, the index
-found or made (`retrieval.new_index`: a new one is removed again when the run fails before recording a file), the
+"""Adding image files to an index, as `simsearch index`, `simsearch dedup PATHS`, `simsearch undo` and the server's
+POST /api/images do: the paths checked, the index found or made (`retrieval.new_index`: a new one is removed again when the run fails before recording a file), the
 pipeline run over them (`indexer.pipeline`)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from retrieval.locate import index_dir_for_writing
 from retrieval.new_index import index_to_fill
 
 if TYPE_CHECKING:
+    from retrieval.index import SimilarityIndex
     from retrieval.model import EmbeddingModel
 
 
@@ -37,4 +38,11 @@ def add_paths(paths: Sequence[Path], index_dir: Path | None = None, db: str | No
     check_paths(paths)
     with index_to_fill(index_dir_for_writing(index_dir), db) as index:
         with progress or nullcontext(SilentReporter()) as reporter:
-            return index.root, index_paths(index, paths, model, options, reporter)
+            return index.root, add_to_index(index, paths, model, options, reporter)
+
+
+def add_to_index(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingModel | None = None,
+                 options: IndexOptions | None = None, reporter: Reporter | None = None) -> IndexSummary:
+    """Bring an open index (the server's, the one an undo restores files to) up to date with the image files under
+    `paths` (`indexer.pipeline.index_paths`: `model` default the index's, a run the index owns)."""
+    return index_paths(index, paths, model, options, reporter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from indexer.scan import scan
 from retrieval.classes import class_of
 from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError
+from retrieval.evaluation.labelled import LabelledReport, evaluate_labelled
 from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.sources.decode import Source, SourceResult
 from retrieval.sources.embed import embed_batches
@@ -81,6 +83,18 @@ def embed_labelled_folder(embedder: Embedder, root: Path, *, batch_size: int = 3
     classes, labels = _class_labels(root, [names[key] for key in keys])
     embeddings = np.stack(vectors) if vectors else np.empty((0, embedder.model.embedding_dim), np.float32)
     return LabelledEmbeddings(embeddings, labels.numpy(), classes, [sources[key].path or "" for key in keys])
+
+
+def evaluate_labelled_folder(embedder: Embedder, root: Path, *, way: int, shot: int, episodes: int, pairs: int,
+                             seed: int, workers: int | None = None,
+                             progress: AbstractContextManager[Reporter] | None = None
+                             ) -> tuple[LabelledEmbeddings, LabelledReport]:
+    """What `simsearch eval` reports on a labelled folder: its images embedded (`progress` entered only meanwhile)
+    and scored (`retrieval.evaluation.labelled.evaluate_labelled`)."""
+    with progress or nullcontext(SilentReporter()) as reporter:
+        found = embed_labelled_folder(embedder, root, workers=workers, reporter=reporter)
+    return found, evaluate_labelled(found.embeddings, found.labels, way=way, shot=shot, episodes=episodes,
+                                    pairs=pairs, seed=seed)
 
 
 def load_labelled_images(root: Path, prep: Preprocessing, *, self_supervised: bool = False, workers: int | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
+from retrieval.collection import Collection
 from retrieval.file_identity import something_at
 from server.bodies import ImageId, json_body, path_value, require_proof, shown
 from server.state import State
@@ -29,14 +30,15 @@ async def thumbnail_of(state: State, image_id: ImageId) -> Response:
 async def add_images(state: State, request: Request) -> dict[str, object]:
     """Index these paths on the server (`{"paths": [...]}`, as application/json), as `simsearch index`
     does."""
-    from indexer.pipeline import IndexOptions, index_paths
+    from indexer.adding import add_to_index
+    from indexer.pipeline import IndexOptions
 
     paths = await _paths(request)
     missing = [path for path in paths if not something_at(path)]
     if missing:
         raise HTTPException(404, f"no such file or directory: {shown(missing[0])}")
     collection, _ = state.served.collection()
-    summary = await asyncio.to_thread(index_paths, state.served.index, paths, collection.model,
+    summary = await asyncio.to_thread(add_to_index, state.served.index, paths, collection.model,
                                       IndexOptions(workers=0))  # the event loop keeps answering meanwhile
     return summary.to_dict()
 
@@ -45,8 +47,8 @@ async def add_images(state: State, request: Request) -> dict[str, object]:
 async def remove_images(state: State, request: Request) -> dict[str, object]:
     """Forget these indexed paths (`{"paths": [...]}`, as application/json); the files themselves are never
     touched."""
-    paths = [str(path) for path in await _paths(request)]
-    removed, not_indexed = state.served.index.forget_paths(paths)
+    paths = await _paths(request)
+    removed, not_indexed = Collection(state.served.index).remove(paths)  # no model: forgetting loads none
     return {"removed": removed, "not_indexed": not_indexed}
 
 
