@@ -114,7 +114,7 @@ def _index_paths(index: SimilarityIndex, paths: Sequence[Path], model: Embedding
             raise InputPathError(f"no image files found under {', '.join(scanned.roots)}{others}")
         files = scanned.files + _outside_files(known, scanned) if not target.serving else scanned.files
         plan = make_plan(files, known, sizes, problem_paths)
-        _configure_search(index, target, plan, options)
+        _configure_search(index, run, target, plan, options)
         summary = IndexSummary(unchanged=plan.unchanged, still_failing=plan.still_failing,
                                aliases=scanned.alias_paths, other_files=dict(scanned.other_files))
         _drop_aliases_of_indexed(index, plan, known, summary)
@@ -158,7 +158,8 @@ def _resolve_target(index: SimilarityIndex, requested: EmbeddingModel | None, re
     return _Target(lambda: requested, record.id, requested.spec, serving=False)
 
 
-def _configure_search(index: SimilarityIndex, target: _Target, plan: Plan, options: IndexOptions) -> None:
+def _configure_search(index: SimilarityIndex, run: IndexRun, target: _Target, plan: Plan, options: IndexOptions
+                      ) -> None:
     """Record the vector index asked for, once it is known to suit the model and, at most the vectors the index will
     hold after `plan`, the memory allowed: before anything is embedded, so that a refusal leaves the index as it
     was."""
@@ -172,7 +173,7 @@ def _configure_search(index: SimilarityIndex, target: _Target, plan: Plan, optio
         check_description(target.spec.embedding_dim, index_type, most)
     elif max_memory is not None:
         choose_description(most, target.spec.embedding_dim, max_memory)
-    index.set_search_settings(index_type=index_type, max_memory=max_memory)
+    run.record_search_settings(index_type, max_memory)
 
 
 def _load_default_model() -> EmbeddingModel:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 class RunState(Enum):
     OPENED = "opened"
-    """The lock held; the model chosen and the settings recorded here, nothing about files written yet."""
+    """The lock held; the model chosen and the search settings recorded here, nothing about files written yet."""
     PLANNED = "planned"
     """What happens to each file decided, the files' new identities recorded."""
     APPLYING = "applying"
@@ -49,6 +49,12 @@ class IndexRun:
         self.state = RunState.OPENED
         self._model_id: int | None = None
         self._serving = True
+
+    def record_search_settings(self, index_type: str | None, max_memory: int | None) -> None:
+        """The vector index asked for from now on (`SimilarityIndex.set_search_settings`), recorded before the plan so
+        that a refusal found while checking it leaves the index as it was."""
+        self._require(RunState.OPENED)
+        self._index.set_search_settings(index_type=index_type, max_memory=max_memory)
 
     def record_plan(self, model_id: int, serving: bool, new_file_ids: dict[int, str]) -> None:
         """The run writes vectors of `model_id` (`serving`: the model the index serves, else one being
