@@ -14,8 +14,7 @@ alone: `partitioned_pairs` over the index's stored vectors read as dedup reads t
 pairs: for `--queries` random rows, a FAISS range search against every vector, a chunk of the collection at a
 time; the recall is of the pairs involving those rows.
 
-    nice -n 5 python benchmarks/pair_search_scale.py --queries 1000              # 1M vectors, 4 cells visited
-    nice -n 5 python benchmarks/pair_search_scale.py --queries 1000 --probes 8
+    nice -n 5 python benchmarks/pair_search_scale.py --queries 2000              # 1M vectors
     nice -n 5 python benchmarks/pair_search_scale.py --count 100000
 """
 
@@ -39,7 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.index_throughput import git_commit  # noqa: E402
-from retrieval.partitioned_pairs import PROBES  # noqa: E402
 from benchmarks.results_file import append_result  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "pair_search_scale.jsonl"
@@ -131,19 +129,20 @@ def stored_source(index_dir: Path):  # type: ignore[no-untyped-def]
     return StoredVectors(index, index.served_ids(), model.embedding_dim)
 
 
-def search(index_dir: Path, pairs_file: Path, probes: int) -> None:
+def search(index_dir: Path, pairs_file: Path) -> None:
     """The pair search as `simsearch dedup` runs it beyond `PARTITION_ABOVE` vectors (the same seed), in this
     process; prints its figures as JSON and saves the pairs to `pairs_file`."""
     from retrieval.partitioned_pairs import partitioned_pairs
 
     started = time.perf_counter()
     source = stored_source(index_dir)
-    found = partitioned_pairs(source, THRESHOLD, probes=probes, seed=source.count)
+    found = partitioned_pairs(source, THRESHOLD, seed=source.count)
     seconds = time.perf_counter() - started
     np.savez(pairs_file, first=found.first, second=found.second)
     print(json.dumps({"seconds": round(seconds, 1), "peak_rss_mb": round(resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss / 1024), "pairs": len(found.first), "cells": found.cells,
-        "probes": found.probes, "dedup_recall": found.recall, "dedup_sampled": found.sampled}))
+        "most_visits": found.most_visits, "border": round(found.border, 4), "mean_visits": round(found.mean_visits, 2),
+        "dedup_recall": found.recall, "dedup_sampled": found.sampled}))
 
 
 def exact_recall(index_dir: Path, first: np.ndarray, second: np.ndarray, queries: int) -> tuple[float, int]:
@@ -176,13 +175,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2000, help="rows whose pairs are searched exactly")
-    parser.add_argument("--probes", type=int, default=PROBES, help="cells each vector visits beside its own")
     parser.add_argument("--search-only", type=Path, metavar="PAIRS", help=argparse.SUPPRESS)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     folder = CACHE / f"pair-search-{args.count}-v1"
     if args.search_only:
-        search(folder / "index", args.search_only, args.probes)
+        search(folder / "index", args.search_only)
         return
     built = folder / "built.json"
     if not built.is_file():
@@ -190,8 +188,7 @@ def main() -> None:
         build(args.count, folder)
     record = {"count": args.count, **json.loads(built.read_text())}
     pairs_file = folder / "pairs.npz"
-    done = subprocess.run([sys.executable, __file__, "--count", str(args.count), "--probes", str(args.probes),
-                           "--search-only", str(pairs_file)],
+    done = subprocess.run([sys.executable, __file__, "--count", str(args.count), "--search-only", str(pairs_file)],
                           check=True, capture_output=True, text=True, cwd=REPO)
     record.update(json.loads(done.stdout.strip().splitlines()[-1]))
     found = np.load(pairs_file)
@@ -202,10 +199,11 @@ def main() -> None:
                    "dim": stored_source(folder / "index").dim, "commit": git_commit(REPO),
                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     table = Table(title=f"pair search over {args.count:,} vectors (threshold {THRESHOLD})")
-    for column in ("cells", "probes", "search s", "peak RSS MB", "pairs", "recall (exact, sampled)",
+    for column in ("cells", "border", "cells visited (mean, most)", "search s", "peak RSS MB", "pairs", "recall (exact, sampled)",
                    "dedup's own recall", "import s"):
         table.add_column(column, justify="right")
-    table.add_row(str(record["cells"]), str(record["probes"]), f"{record['seconds']:.1f}",
+    table.add_row(str(record["cells"]), f"{record['border']:.3f}",
+                  f"{record['mean_visits']:.2f}, {record['most_visits']}", f"{record['seconds']:.1f}",
                   f"{record['peak_rss_mb']:,}", f"{record['pairs']:,}",
                   f"{recall:.3f} of {exact:,} ({args.queries:,} queries)",
                   "-" if record["dedup_recall"] is None else f"{record['dedup_recall']:.3f}",

@@ -264,7 +264,7 @@ def dedup_command(
         recall = "no pair in the sample" if found.pairs.recall is None else f"pair recall {found.pairs.recall:.3f}"
         how = (f"pairs from a {found.pairs.neighbours}-nearest-neighbour graph of the approximate index"
                if found.pairs.method == "knn-graph" else f"pairs searched in {plural(found.pairs.cells or 0, 'cell')}, each image "
-               f"also in its {found.pairs.neighbours} next nearest")
+               f"also in those of its {found.pairs.neighbours} next nearest whose border lies near it")
         err.print(f"{how} ({recall} against exact search on {found.pairs.sampled:,} sampled images)", soft_wrap=True)
     if print0:
         write_paths0(other.path for group in groups for other in group.others)

@@ -351,7 +351,8 @@ def index_duplicates(index: SimilarityIndex, threshold: float, roots: Sequence[s
     if len(images) > PARTITION_ABOVE:
         used = _served_among(index, np.unique(np.fromiter((row[4] for row in images), np.int64, len(images))))
         if len(used) > PARTITION_ABOVE:
-            return _partitioned_duplicates(index, images, used, threshold, rules, max_pairs, lookalikes)
+            del images  # read again after the search, so that the search's memory is the search's alone
+            return _partitioned_duplicates(index, scope, used, threshold, rules, max_pairs, lookalikes)
     ids, vectors = index.served_vectors()
     row_of = {int(vector_id): row for row, vector_id in enumerate(ids)}
     owners: list[list[Candidate]] = [[] for _ in range(len(ids))]
@@ -380,19 +381,24 @@ def _served_among(index: SimilarityIndex, vector_ids: np.ndarray) -> np.ndarray:
     return np.intersect1d(vector_ids, index.served_ids(), assume_unique=True)
 
 
-def _partitioned_duplicates(index: SimilarityIndex, images: Sequence[Sequence[object]], used: np.ndarray,
+def _partitioned_duplicates(index: SimilarityIndex, scope: Sequence[str] | None, used: np.ndarray,
                             threshold: float, rules: GroupingRules, max_pairs: int | None,
                             lookalikes: bool) -> DuplicateSearch:
-    """`index_duplicates` over the vectors `used` (sorted ids) by the partitioned search: only the vectors of
-    images in a pair, or of copies sharing one, are then read whole, to form the groups."""
+    """`index_duplicates` over the vectors `used` (sorted ids) of the images in `scope` by the partitioned search:
+    the images are read after it (those whose vectors it searched), and only the vectors of images in a pair, or
+    of copies sharing one, are then read whole, to form the groups."""
     model = index.served_model()
     assert model is not None
     source = StoredVectors(index, used, model.embedding_dim)
     found = partitioned_pairs(source, threshold, max_pairs, seed=len(used))
     check = share_from_pairs(len(used), found.first, found.second, lookalikes)
-    search = PairSearch("partitioned", found.probes, found.recall, found.sampled, found.cells)
+    search = PairSearch("partitioned", found.most_visits, found.recall, found.sampled, found.cells)
     pairs = NO_PAIRS if check.exact_only else (found.first, found.second)
-    rows_of_images = np.searchsorted(used, np.fromiter((row[4] for row in images), np.int64, len(images)))
+    images = index.indexed_images(scope)
+    vector_ids = np.fromiter((row[4] for row in images), np.int64, len(images))
+    searched = np.isin(vector_ids, used)
+    images = [image for image, kept in zip(images, searched.tolist()) if kept]
+    rows_of_images = np.searchsorted(used, vector_ids[searched])
     shared = np.flatnonzero(np.bincount(rows_of_images, minlength=len(used)) > 1)
     kept = np.union1d(np.union1d(pairs[0], pairs[1]), shared).astype(np.int64)
     owners: list[list[Candidate]] = [[] for _ in range(len(kept))]

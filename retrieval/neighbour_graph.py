@@ -27,8 +27,8 @@ QUERY_BLOCK = 4096
 @dataclass(frozen=True)
 class PairSearch:
     """How the close pairs were found: "exact" (range search over every pair), "knn-graph" (with `neighbours`
-    each) or "partitioned" (in `cells` cells, each vector also compared in its `neighbours` next nearest:
-    `retrieval.partitioned_pairs`); beyond exact, its pair `recall` against exact search measured on `sampled`
+    each) or "partitioned" (in `cells` cells, each vector also compared in those of its `neighbours` next nearest
+    whose border lies near it: `retrieval.partitioned_pairs`); beyond exact, its pair `recall` against exact search measured on `sampled`
     vectors (None where the sample held no pair)."""
 
     method: str

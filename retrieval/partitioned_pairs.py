@@ -1,17 +1,25 @@
 """Every pair within a threshold over a collection too large to compare whole: cell by cell, in bounded memory.
 
 SemDeDup's way (Abbas et al. 2023), with the cells' borders searched too: k-means on a random sample splits the
-collection into cells; each vector lives in the cell of its nearest centroid and also visits the `probes` next
-nearest cells, where it is compared with every vector that lives there. A pair is found when both lie in one
-cell, or one lies in a cell the other visits. Cells are assigned in a PCA projection of the vectors
-(`PCA_DIMENSIONS`), which is where the k-means also runs; every distance that decides a pair is the full one.
+collection into cells; each vector lives in the cell of its nearest centroid and also visits the neighbouring
+cells whose border lies near it, where it is compared with every vector that lives there. A pair is found when
+both lie in one cell, or one lies in a cell the other visits. Cells are assigned in a PCA projection of the
+vectors (`PCA_DIMENSIONS`), which is where the k-means also runs; every distance that decides a pair is the full
+one.
 
-Why the nearest cells and not an exact bound: by the triangle inequality on L2 (not squared), a vector x whose
-centroid is at r from it can have a neighbour within L2 distance s only in a cell whose centroid lies within
-r + 2s of x. At a threshold of 0.667 (s = 0.82) on 1,280-d embeddings that bound takes in nearly every cell, so
-an exact partitioned search would be all-pairs again; the nearest cells find almost every pair at a fraction of
-the work, and what they miss is measured: `sampled_recall` compares them with exact search for a random sample of
-vectors, and `docs/decisions.md` says what that figure means.
+Which borders: a vector x of cell h has a neighbour y within L2 distance s (s^2 the threshold) in cell c only if
+x lies within s of the border between h and c, the hyperplane halfway between their centroids: y lies on c's
+side of it, and the projection only shortens distances. Visiting every cell whose border lies within s would be
+exact, and at a threshold of 0.667 (s = 0.82) on 1,280-d embeddings it would take in nearly every cell: all-pairs
+again. What matters is the pair's difference along one direction, the one across the border, and how long that is
+depends on the collection: near copies whose differences spread over many dimensions lie close to the border
+when split by it, while look-alikes that differ in the directions the cells are drawn along lie far from it. So
+the width is measured: a random sample of vectors (`TUNING_SAMPLE`) is compared with every vector, and for each
+of its pairs split by a border, how near the border one of the two lies; the width is the largest of these times
+`BORDER_MARGIN` (never less than `BORDER_SPREADS` times s / sqrt(d), never more than s; s where the sample holds
+no pair). Each vector visits the cells among its `MOST_VISITS` next nearest whose border lies within that width:
+on near copies most vectors, deep in their cell, visit none or one; on look-alikes, all of them. What this misses is measured: `sampled_recall` compares the pairs with exact search
+for a random sample of vectors, and `docs/decisions.md` says what that figure means.
 
 Memory and work: the vectors are held as bfloat16 (2 bytes a dimension: 2.4 GiB at 1M x 1,280), read from their
 source once, a chunk at a time (each chunk assigned to its cells and compared with the recall sample on the way),
@@ -38,10 +46,18 @@ import torch
 from retrieval.calibration import decide
 from retrieval.errors import InvalidArgumentError
 from retrieval.sources.read_ahead import ReadAhead
-from retrieval.unit_distance import paired_distances, pairwise_distances, scores_from_squared_l2
+from retrieval.unit_distance import paired_distances, scores_from_squared_l2
 
-PROBES = 6
-"""Cells each vector visits beside its own (see `docs/decisions.md` for the recall this gives)."""
+MOST_VISITS = 12
+"""Cells a vector may visit beside its own: those of its nearest whose border is near (`BORDER_SHARE`)."""
+BORDER_MARGIN = 1.5
+"""The border's width is the farthest that a sampled pair needed, times this (see `docs/decisions.md` for the
+recall and the work this gives)."""
+BORDER_SPREADS = 3.0
+"""The least width: this many times s / sqrt(d), a difference of the threshold's length s spread over all d
+dimensions, along one of them."""
+TUNING_SAMPLE = 256
+"""Vectors whose pairs (found by comparing them with every vector as the vectors are read) set the width."""
 PCA_DIMENSIONS = 128
 """Where the cells are trained and assigned: 10x less work than 1,280 dimensions, and a partition needs no more."""
 TRAINING_PER_CELL = 40
@@ -119,10 +135,12 @@ class ArrayVectors:
 
 @dataclass(frozen=True)
 class Cells:
-    """Where each vector lives (`home`) and which cells it visits (`visits`, vectors x probes), of `count`."""
+    """Where each vector lives (`home`), and the vectors visiting each of the `count` cells: those of cell c are
+    `visitors[starts[c]:starts[c + 1]]` (ascending)."""
 
     home: np.ndarray
-    visits: np.ndarray
+    visitors: np.ndarray
+    starts: np.ndarray
     count: int
 
 
@@ -134,27 +152,48 @@ class PartitionedPairs:
     second: np.ndarray
     distance: np.ndarray
     cells: int
-    probes: int
+    most_visits: int
+    border: float
+    mean_visits: float
     recall: float | None
     sampled: int
 
 
-def memory_needed(count: int, dim: int, probes: int = PROBES) -> int:
-    """Bytes the search holds at its peak (an estimate): bfloat16 vectors, cells, the chunks read ahead or being
-    assigned, each worker's product (bfloat16 scores, in float32, two masks, the indices of a mask all true) and
-    blocks, and the compiled kernels."""
+def memory_needed(count: int, dim: int) -> int:
+    """Bytes the search holds at its peak (an estimate): the bfloat16 vectors, and the most of what each step
+    holds beside them: reading (the chunks read ahead), assigning (each worker's blocks, and every vector's visits
+    as (vector, cell) int32 pairs while they are sorted: at most `MOST_VISITS` a vector; the centroids' inner
+    products, kept throughout) and searching (the cells,
+    each worker's product: bfloat16 scores, in float32, two masks, the indices of a mask all true; its blocks;
+    the compiled kernels)."""
+    asked = RECALL_SAMPLE + TUNING_SAMPLE
+    reading = 4 * CHUNK_ROWS * dim * (READ_AHEAD + 1) + (4 + 2) * asked * dim + (2 + 4 + 1) * asked * CHUNK_ROWS
+    cells = cell_count(count)
+    assigning = 2 * 4 * ASSIGN_ROWS * (dim + cells) * WORKERS + (4 + 4 + 8 + 4) * count * MOST_VISITS
     product = (2 + 4 + 1 + 1 + 16) * QUERY_BLOCK * COLUMN_BLOCK + 2 * (QUERY_BLOCK + COLUMN_BLOCK) * dim
-    chunks = 4 * CHUNK_ROWS * dim * (READ_AHEAD + 1) + 2 * 4 * ASSIGN_ROWS * dim * WORKERS
-    return 2 * count * dim + 8 * count * (probes + 1) * 2 + chunks + WORKERS * product + KERNEL_ROOM
+    searching = (8 + 8) * count + 4 * count * MOST_VISITS + WORKERS * product + KERNEL_ROOM
+    return 2 * count * dim + 4 * cells * cells + max(reading, assigning, searching)
 
 
-def check_memory(count: int, dim: int, probes: int, memory_limit: int) -> None:
+def check_memory(count: int, dim: int, memory_limit: int) -> None:
     """`InvalidArgumentError` when the search would need more than `memory_limit` bytes."""
-    needed = memory_needed(count, dim, probes)
+    needed = memory_needed(count, dim)
     if needed > memory_limit:
         raise InvalidArgumentError(f"searching the pairs of {count:,} vectors of {dim} dimensions needs about "
                                    f"{needed / 2 ** 30:.1f} GiB, more than the {memory_limit / 2 ** 30:.1f} GiB "
                                    "allowed")
+
+
+def border_width(needed: np.ndarray, threshold: float, dim: int) -> float:
+    """How near its border a vector visits a neighbouring cell, from how near the sampled pairs split by a border
+    needed it (`needed`: 0 for a pair in one cell, infinite for one beyond `MOST_VISITS`): see the module's
+    docstring."""
+    reach = float(np.sqrt(max(threshold, 0.0)))
+    if len(needed) == 0:
+        return reach
+    reachable = needed[np.isfinite(needed)]
+    farthest = float(reachable.max()) if len(reachable) else reach
+    return min(reach, max(BORDER_SPREADS * reach / np.sqrt(dim), BORDER_MARGIN * farthest))
 
 
 def cell_count(count: int) -> int:
@@ -163,43 +202,60 @@ def cell_count(count: int) -> int:
 
 
 def partitioned_pairs(source: VectorSource, threshold: float, max_pairs: int | None = None,
-                      probes: int = PROBES, memory_limit: int = MEMORY_LIMIT, recall_sample: int = RECALL_SAMPLE,
+                      memory_limit: int = MEMORY_LIMIT, recall_sample: int = RECALL_SAMPLE,
                       seed: int = 0) -> PartitionedPairs:
     """Pairs within `threshold` among the rows of `source`, cell by cell, with their pair recall measured against
     exact search for `recall_sample` random rows. `InvalidArgumentError` before any work when the memory needed
     exceeds `memory_limit`, and as soon as more than `max_pairs` pairs are certain."""
-    check_memory(source.count, source.dim, probes, memory_limit)
+    check_memory(source.count, source.dim, memory_limit)
     with single_threaded_libraries():
-        return _searched(source, threshold, max_pairs, probes, recall_sample, seed)
+        return _searched(source, threshold, max_pairs, recall_sample, seed)
 
 
-def _searched(source: VectorSource, threshold: float, max_pairs: int | None, probes: int, recall_sample: int,
+def _searched(source: VectorSource, threshold: float, max_pairs: int | None, recall_sample: int,
               seed: int) -> PartitionedPairs:
     from retrieval.dedup import check_pair_count
 
     rng = np.random.default_rng(seed)
     count = cell_count(source.count)
     training = np.sort(rng.permutation(source.count)[:count * TRAINING_PER_CELL])
-    sample = np.sort(rng.permutation(source.count)[:recall_sample])
-    stored, exact = _read(source, sample, threshold)
-    partition = Partition.trained(lambda rows: stored[torch.from_numpy(rows)].float().numpy(), training, count, seed)
-    cells = _cells(stored, partition, probes)
+    drawn = rng.permutation(source.count)
+    sample, tuning = np.sort(drawn[:recall_sample]), np.sort(drawn[recall_sample:recall_sample + TUNING_SAMPLE])
+    stored, exact = _read(source, np.union1d(sample, tuning), threshold)
+
+    def rows_of(rows: np.ndarray) -> np.ndarray:
+        return stored[torch.from_numpy(np.asarray(rows, np.int64))].float().numpy()
+
+    partition = Partition.trained(rows_of, training, count, seed)
+    tuned = _involving(exact, tuning)
+    needed = partition.needed_border(rows_of(tuned[:, 0]), rows_of(tuned[:, 1]))
+    border = border_width(needed, threshold, source.dim)
+    cells = _cells(stored, partition, border)
     first, second = _candidates(stored, cells, threshold, max_pairs)
     del stored
     first, second, distance = _decided(source, first, second, threshold)
     check_pair_count(len(first), threshold, max_pairs)
-    recall = sampled_recall(sample, exact, first, second)
-    return PartitionedPairs(first, second, distance, cells.count, probes, recall, len(sample))
+    recall = sampled_recall(sample, {(a, b) for a, b in _involving(exact, sample).tolist()}, first, second)
+    mean_visits = len(cells.visitors) / max(1, source.count)
+    return PartitionedPairs(first, second, distance, cells.count, MOST_VISITS, border, mean_visits, recall,
+                            len(sample))
+
+
+def _involving(pairs: set[tuple[int, int]], rows: np.ndarray) -> np.ndarray:
+    """Those of `pairs` (as an n x 2 array) that involve one of `rows`."""
+    found = np.array(sorted(pairs), np.int64).reshape(-1, 2)
+    return found[np.isin(found, rows).any(axis=1)]
 
 
 @dataclass(frozen=True)
 class Partition:
-    """K-means centroids (none: one cell), in the PCA projection `mean`, `components` where the vectors have more
-    than `PCA_DIMENSIONS` dimensions."""
+    """`count` k-means centroids (`centres`; none: one cell) and their inner products (`gram`), in the PCA
+    projection `mean`, `components` where the vectors have more than `PCA_DIMENSIONS` dimensions."""
 
     mean: np.ndarray | None
     components: np.ndarray | None
-    centroids: faiss.Index | None
+    centres: torch.Tensor | None
+    gram: torch.Tensor | None
     count: int
 
     @classmethod
@@ -209,7 +265,7 @@ class Partition:
         whose float32 vectors `rows` gives: the projection on `PCA_ROWS` of them, the k-means on all, projected
         `CHUNK_ROWS` at a time."""
         if cells == 1:
-            return cls(None, None, None, 1)
+            return cls(None, None, None, None, 1)
         fitted = rows(training[::max(1, len(training) // PCA_ROWS)])
         mean = components = None
         if fitted.shape[1] > PCA_DIMENSIONS:
@@ -218,12 +274,13 @@ class Partition:
             _, vectors = np.linalg.eigh(fitted.T @ fitted)  # ascending eigenvalues: the last are the widest
             components = np.ascontiguousarray(vectors[:, -PCA_DIMENSIONS:], dtype=np.float32)
         del fitted
-        partition = cls(mean, components, None, cells)
+        partition = cls(mean, components, None, None, cells)
         sample = np.concatenate([partition.projected(rows(training[start:start + CHUNK_ROWS]))
                                  for start in range(0, len(training), CHUNK_ROWS)])
         kmeans = faiss.Kmeans(sample.shape[1], cells, niter=10, seed=seed)
         kmeans.train(sample)
-        return cls(mean, components, kmeans.index, cells)
+        centres = torch.from_numpy(kmeans.centroids)
+        return cls(mean, components, centres, centres @ centres.T, cells)
 
     def projected(self, vectors: np.ndarray) -> np.ndarray:
         """`vectors` in the space the cells are in (float32, contiguous)."""
@@ -231,11 +288,39 @@ class Partition:
             return np.ascontiguousarray(vectors, dtype=np.float32)
         return np.ascontiguousarray(vectors @ self.components - self.mean @ self.components, dtype=np.float32)
 
-    def nearest(self, vectors: np.ndarray, cells: int) -> np.ndarray:
-        """The `cells` nearest centroids of each vector (at most `count`), nearest first."""
-        if self.centroids is None:
-            return np.zeros((len(vectors), 1), np.int64)
-        return self.centroids.search(self.projected(vectors), min(cells, self.count))[1]
+    def borders(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(nearest, distance): each vector's `MOST_VISITS` + 1 nearest cells (at most `count`), its own first,
+        and how far it lies from the border between its own cell and each (0 for its own), in the projection."""
+        if self.centres is None or self.gram is None:
+            return np.zeros((len(vectors), 1), np.int64), np.zeros((len(vectors), 1), np.float32)
+        lengths = torch.diagonal(self.gram)
+        # |x - c|^2 less |x|^2, the same for every c: the order and the differences below need no more
+        partial = torch.addmm(lengths[None, :], torch.from_numpy(self.projected(vectors)), self.centres.T, alpha=-2)
+        partial, nearest = torch.topk(partial, min(1 + MOST_VISITS, self.count), dim=1, largest=False)
+        home = nearest[:, :1]
+        apart = (lengths[nearest] + lengths[home] - 2 * self.gram[home, nearest]).clamp_min(0).sqrt()
+        # x's distance to the hyperplane halfway between centroids h and c: (|x - c|^2 - |x - h|^2) / (2 |c - h|)
+        distance = (partial - partial[:, :1]) / (2 * apart).clamp_min(torch.finfo(torch.float32).tiny)
+        return nearest.numpy(), distance.numpy()
+
+    def cells_of(self, vectors: np.ndarray, border: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(home, rows, cells): each vector's cell, and the (vector row, cell) pairs of the other cells among its
+        `MOST_VISITS` nearest whose border with its own lies within `border` of it."""
+        nearest, distance = self.borders(vectors)
+        rows, ranks = np.nonzero(distance[:, 1:] <= border)
+        return nearest[:, 0], rows.astype(np.int32), nearest[:, 1:][rows, ranks].astype(np.int32)
+
+    def needed_border(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """For each pair (first[i], second[i]) the width of border that finds it: 0 when both lie in one cell,
+        infinite when neither lies among the other's `MOST_VISITS` next nearest cells."""
+        first_cells, first_distance = self.borders(first)
+        second_cells, second_distance = self.borders(second)
+        needed = np.where(first_cells[:, 0] == second_cells[:, 0], 0.0, np.inf)
+        for cells, distance, other in ((first_cells, first_distance, second_cells),
+                                       (second_cells, second_distance, first_cells)):
+            toward = np.where(cells[:, 1:] == other[:, :1], distance[:, 1:], np.inf)
+            needed = np.minimum(needed, toward.min(axis=1, initial=np.inf))
+        return needed
 
 
 @contextmanager
@@ -254,34 +339,45 @@ def single_threaded_libraries() -> Iterator[None]:
 
 
 def _read(source: VectorSource, sample: np.ndarray, threshold: float) -> tuple[torch.Tensor, set[tuple[int, int]]]:
-    """The vectors of `source` in bfloat16, and, found on the way by comparing the float32 rows `sample` with every
-    row, the pairs within `threshold` that involve them (exact search, for the recall check)."""
+    """The vectors of `source` in bfloat16, and, found on the way by comparing the rows `sample` with every row,
+    the pairs within `threshold` that involve them (exact search, for the recall check: candidates by their
+    bfloat16 product within the rounding margin, each decided on its float32 vectors)."""
     stored = torch.empty((source.count, source.dim), dtype=torch.bfloat16)
     queries = source.rows(sample) if len(sample) else np.empty((0, source.dim), np.float32)
+    asked = torch.from_numpy(queries).bfloat16()
+    least_score = float(scores_from_squared_l2(threshold + ROUNDING_MARGIN))
     exact: set[tuple[int, int]] = set()
     start = 0
     with ReadAhead(source.chunks(), depth=READ_AHEAD) as chunks:
         for chunk in chunks:
-            stored[start:start + len(chunk)] = torch.from_numpy(chunk)
-            mine, theirs = np.nonzero(decide(pairwise_distances(queries, chunk), threshold))
-            a, b = sample[mine], theirs + start
+            block = stored[start:start + len(chunk)]
+            block.copy_(torch.from_numpy(chunk))
+            mine, theirs = (index.numpy() for index in torch.nonzero((asked @ block.T).float() >= least_score,
+                                                                        as_tuple=True))
+            same = decide(paired_distances(queries[mine], chunk[theirs]), threshold)
+            a, b = sample[mine[same]], theirs[same] + start
             exact |= set(zip(np.minimum(a, b)[a != b].tolist(), np.maximum(a, b)[a != b].tolist()))
             start += len(chunk)
     return stored, exact
 
 
-def _cells(stored: torch.Tensor, partition: Partition, probes: int) -> Cells:
-    """Each stored vector's cell and the `probes` next nearest, assigned `ASSIGN_ROWS` at a time, `WORKERS` blocks
-    side by side."""
-    nearest = np.empty((len(stored), min(1 + probes, partition.count)), np.int64)
+def _cells(stored: torch.Tensor, partition: Partition, border: float) -> Cells:
+    """Each stored vector's cell and the cells it visits (`Partition.cells_of`), assigned `ASSIGN_ROWS` at a
+    time, `WORKERS` blocks side by side."""
+    home = np.empty(len(stored), np.int64)
 
-    def assign(start: int) -> None:
-        chunk = stored[start:start + ASSIGN_ROWS].float().numpy()
-        nearest[start:start + len(chunk)] = partition.nearest(chunk, nearest.shape[1])
+    def assign(start: int) -> tuple[np.ndarray, np.ndarray]:
+        block = stored[start:start + ASSIGN_ROWS].float().numpy()
+        home[start:start + len(block)], rows, cells = partition.cells_of(block, border)
+        return rows + np.int32(start), cells
 
     with ThreadPoolExecutor(WORKERS) as workers:
-        list(workers.map(assign, range(0, len(stored), ASSIGN_ROWS)))
-    return Cells(nearest[:, 0].copy(), nearest[:, 1:].copy(), partition.count)
+        visits = list(workers.map(assign, range(0, len(stored), ASSIGN_ROWS)))
+    rows = np.concatenate([rows for rows, _ in visits])
+    cells = np.concatenate([cells for _, cells in visits])
+    del visits
+    order, starts = _members(cells, partition.count)
+    return Cells(home, rows[order], starts, partition.count)
 
 
 def _members(labels: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,13 +393,11 @@ def _candidates(stored: torch.Tensor, cells: Cells, threshold: float, max_pairs:
     from retrieval.dedup import check_pair_count
 
     residents, resident_starts = _members(cells.home, cells.count)
-    visits, visit_starts = _members(cells.visits.ravel(), cells.count)
-    visitors_of = visits // max(1, cells.visits.shape[1])
     least_score = float(scores_from_squared_l2(threshold + ROUNDING_MARGIN))
 
     def cell_pairs(cell: int) -> tuple[np.ndarray, np.ndarray]:
         home = residents[resident_starts[cell]:resident_starts[cell + 1]]
-        guests = np.sort(visitors_of[visit_starts[cell]:visit_starts[cell + 1]])
+        guests = cells.visitors[cells.starts[cell]:cells.starts[cell + 1]]
         return _cell_candidates(stored, home, guests, least_score)
 
     firsts: list[np.ndarray] = []

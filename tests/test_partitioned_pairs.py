@@ -56,7 +56,7 @@ def test_finds_the_pairs_exact_search_finds_also_across_cell_borders() -> None:
                        atol=1e-5), "distances are the float32 ones, not float16's"
     cells = cell_count(len(vectors))
     training = np.sort(np.random.default_rng(0).permutation(len(vectors))[:cells * TRAINING_PER_CELL])
-    home = Partition.trained(ArrayVectors(vectors).rows, training, cells, 0).nearest(vectors, 1)[:, 0]  # the seed's
+    home = Partition.trained(ArrayVectors(vectors).rows, training, cells, 0).cells_of(vectors, 0.0)[0]  # the seed's
     across = home[found.first] != home[found.second]
     assert across.sum() >= 25, "the border pairs lie in two cells, and are found"
     assert found.recall == 1.0 and found.sampled > 0
