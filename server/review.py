@@ -192,7 +192,8 @@ async def resolve(context: State, request: Request) -> dict[str, object]:
 async def undo(context: State, request: Request) -> dict[str, object]:
     """Undo a resolve (`{"resolution": id}`): its files back where they were, never overwriting, and back in the
     index (those whose vector the index no longer holds are indexed again), as `simsearch undo` does."""
-    from indexer.pipeline import IndexOptions, index_paths
+    from indexer.adding import add_to_index
+    from indexer.pipeline import IndexOptions
 
     body = await json_body(request)
     resolution = body.get("resolution") if isinstance(body, dict) else None
@@ -208,8 +209,8 @@ async def undo(context: State, request: Request) -> dict[str, object]:
             raise HTTPException(404, " ".join(str(exc).split())) from None
         indexed_again = 0
         if report.to_index:
-            summary = index_paths(index, [Path(path) for path in report.to_index], collection.model,
-                                  IndexOptions(workers=0))
+            summary = add_to_index(index, [Path(path) for path in report.to_index], collection.model,
+                                   IndexOptions(workers=0))
             indexed_again = summary.added + summary.updated
         return {"resolution": resolution, "restored": len(report.restored),
                 "already_back": len(report.already_back),
