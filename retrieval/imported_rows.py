@@ -14,7 +14,7 @@ inode, and `FileIdentity.is_as_indexed` takes it for its file only once `simsear
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,19 +91,25 @@ def _problem(row: dict[str, object]) -> tuple[str, str] | None:
     return None
 
 
-def check_rows(files: Iterable[tuple[Path, list[dict[str, object]]]]) -> None:
-    """Every row of every file (`(file, rows)` pairs) follows the rules, and no path comes twice among them all;
-    else `InputPathError` naming the first row that does not (rows counted from 1 in each file)."""
-    seen: dict[str, tuple[Path, int]] = {}
-    for where, rows in files:
-        for number, row in enumerate(rows, 1):
+class RowChecker:
+    """Checks rows as they are read, file by file and batch by batch, remembering every path it has passed so that
+    none comes twice among them all (the paths are all it keeps)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[Path, int]] = {}
+
+    def check(self, where: Path, rows: Sequence[dict[str, object]], first_number: int = 1) -> None:
+        """Each of `rows` (the file `where`'s, numbered from `first_number`: rows count from 1 in each file)
+        follows the rules, and its path is none seen before; else `InputPathError` naming the first that does
+        not."""
+        for number, row in enumerate(rows, first_number):
             problem = _problem(row)
             if problem is not None:
                 field, rule = problem
                 raise InputPathError(f"{where}: row {number}: {field} {rule} (got {shown_value(row.get(field))})")
             path = str(row["path"])
-            if path in seen:
-                first, first_number = seen[path]
+            if path in self._seen:
+                first, first_number_seen = self._seen[path]
                 raise InputPathError(f"{where}: row {number}: path {shown_value(path)} comes twice (first in "
-                                     f"{first}, row {first_number})")
-            seen[path] = (where, number)
+                                     f"{first}, row {first_number_seen})")
+            self._seen[path] = (where, number)

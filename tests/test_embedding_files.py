@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_one_line_error, invoke, save_tiny_model
+from conftest import REPO, assert_one_line_error, invoke, save_tiny_model, tiny_spec
+from retrieval.model import build_model
 
 
 def answers(tmp_path: Path, index: str, photos: list[Path]) -> list[list[tuple[str, float]]]:
@@ -87,3 +91,78 @@ def test_files_that_lie_are_refused_whole(tmp_path: Path, tiny_model_file: Path,
                           "the tag says 16")
     info = json.loads(invoke("info", "--json", "--index", "b", cwd=tmp_path).stdout)
     assert info["images"] == 1, "a refused import writes nothing, however many files were good"
+
+
+def test_a_bad_vector_late_in_the_last_file_refuses_the_import_whole(tmp_path: Path, tiny_model_file: Path,  # type: ignore[no-untyped-def]
+                                                                     exported: list[Path], make_photos,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are read a row group and a batch at a time, and all of them are checked before the first is written."""
+    monkeypatch.setattr("retrieval.embedding_files.GROUP_BYTES", 2 * 16 * 4)  # two rows of 16 dimensions a group
+    monkeypatch.setattr("retrieval.embedding_files.WRITE_ROWS", 2)
+    assert invoke("export", "all.parquet", "--index", "a", cwd=tmp_path).exit_code == 0
+    assert pq.ParquetFile(tmp_path / "all.parquet").num_row_groups == 5, "9 rows, 2 a group"
+    receiving_index(tmp_path, tiny_model_file, make_photos)
+    good = pq.read_table(tmp_path / "all.parquet")
+    for name, start in (("first.parquet", 0), ("second.parquet", 3)):
+        pq.write_table(good.slice(start, 3), tmp_path / name, row_group_size=2)
+    vectors = np.stack(good.column("vector").to_numpy(zero_copy_only=False))[6:].astype(np.float32)
+    vectors[2] *= 3
+    last = good.slice(6).drop_columns(["vector"]).append_column(
+        "vector", pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 16))
+    pq.write_table(last.replace_schema_metadata(good.schema.metadata), tmp_path / "last.parquet", row_group_size=2)
+    refused = invoke("import", "first.parquet", "second.parquet", "last.parquet", "--index", "b", cwd=tmp_path)
+    assert_one_line_error(refused, "last.parquet: row 3: a vector that is not finite and of unit length")
+    info = json.loads(invoke("info", "--json", "--index", "b", cwd=tmp_path).stdout)
+    assert info["images"] == 1, "nothing of the good files before it is written"
+    imported = invoke("import", "first.parquet", "second.parquet", "--index", "b", cwd=tmp_path)
+    assert imported.exit_code == 0 and "imported 6 images" in imported.output, imported.output
+
+
+MEASURE_IMPORT = """
+import re, sys
+from pathlib import Path
+from retrieval.embedding_files import import_embeddings
+from retrieval.index import open_index
+
+def status(field):
+    with open("/proc/self/status") as status:
+        return int(re.search(field + r":\\s+(\\d+) kB", status.read()).group(1)) * 1024
+
+index = open_index(Path(sys.argv[1]))
+import_embeddings(index, [Path(sys.argv[2])])
+resident = status("VmRSS")
+rows = import_embeddings(index, [Path(path) for path in sys.argv[3:]])
+print(rows, status("VmHWM") - resident)
+"""
+"""Import a small file (what reading takes whatever the size: Arrow's reader, the allocators' caches, one batch),
+then the files: the rows imported, and how far the peak resident memory rose above what was resident between.
+The peak is this process's own (`VmHWM`): `ru_maxrss` keeps the forking parent's across exec."""
+
+
+def test_an_import_holds_about_one_batch_not_the_files(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
+    """100,000 vectors of 256 dimensions (97.7 MiB as float32) in two files: the import's peak resident memory
+    grows by less than the vectors take, over that of a first import of 10,000."""
+    from retrieval.embedding_files import Embeddings, write_parquet
+    from retrieval.index import open_index
+
+    model_file = tmp_path / "wide.safetensors"
+    build_model(dataclasses.replace(tiny_spec("wide"), embedding_dim=256)).save(model_file)
+    make_photos(tmp_path / "seed", 1)
+    assert invoke("index", "seed", "--index", "idx", "--model", str(model_file), "--workers", "0",
+                  cwd=tmp_path).exit_code == 0
+    model = open_index(tmp_path / "idx").served_model()
+    assert model is not None and model.embedding_dim == 256
+    rng, files = np.random.default_rng(0), []
+    for number, count in enumerate((10_000, 50_000, 50_000)):
+        vectors = rng.standard_normal((count, 256), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        rows = [{"path": f"/bounded/{number}/{row}.jpg", "image_id": None, "label": None, "width": 1, "height": 1,
+                 "size": row, "mtime_ns": row, "content_hash": f"{number:032x}{row:032x}"} for row in range(count)]
+        files.append(tmp_path / f"{number}.parquet")
+        write_parquet(files[-1], Embeddings(model.content_hash, model.name, rows, vectors))
+    measured = subprocess.run([sys.executable, "-c", MEASURE_IMPORT, str(tmp_path / "idx"), *map(str, files)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert measured.returncode == 0, measured.stderr
+    rows, grown = map(int, measured.stdout.split())
+    assert rows == 100_000
+    assert grown < rows * 256 * 4, f"peak resident memory grew by {grown / 2**20:.0f} MiB"
