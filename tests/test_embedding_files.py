@@ -166,3 +166,28 @@ def test_an_import_holds_about_one_batch_not_the_files(tmp_path: Path, make_phot
     rows, grown = map(int, measured.stdout.split())
     assert rows == 100_000
     assert grown < rows * 256 * 4, f"peak resident memory grew by {grown / 2**20:.0f} MiB"
+
+
+def test_a_file_changed_between_the_check_and_the_writes_is_reported(tmp_path: Path, tiny_model_file: Path,  # type: ignore[no-untyped-def]
+                                                                     exported: list[Path], make_photos,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files are read twice; a file rewritten meanwhile (a job still writing it) is refused where it is bad,
+    saying how many rows of the files before it were written."""
+    from retrieval.embedding_files import EmbeddingsReader
+
+    assert invoke("export", "all.parquet", "--index", "a", cwd=tmp_path).exit_code == 0
+    receiving_index(tmp_path, tiny_model_file, make_photos)
+    good = pq.read_table(tmp_path / "all.parquet")
+    pq.write_table(good.slice(0, 4), tmp_path / "first.parquet")
+    pq.write_table(good.slice(4), tmp_path / "second.parquet")
+    checked = EmbeddingsReader.check
+
+    def check_then_rewrite(reader: EmbeddingsReader):  # type: ignore[no-untyped-def]
+        tag = checked(reader)
+        pq.write_table(good.slice(4).replace_schema_metadata({}), tmp_path / "second.parquet")
+        return tag
+
+    monkeypatch.setattr(EmbeddingsReader, "check", check_then_rewrite)
+    result = invoke("import", "first.parquet", "second.parquet", "--index", "b", cwd=tmp_path)
+    assert_one_line_error(result, "second.parquet: no simsearch model tag")
+    assert "the files changed after they were checked: 4 of their rows were imported" in result.output
