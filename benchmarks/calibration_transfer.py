@@ -34,13 +34,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from idx_files import read_idx  # noqa: E402
-from retrieval.calibration import calibrate, choose_threshold, sample_calibration_pairs  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
 from retrieval.datasets.omniglot import load_characters  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.model import EmbeddingModel, load_model  # noqa: E402
-from retrieval.training.encoder import EncoderTraining, train_encoder  # noqa: E402
-from retrieval.unit_distance import paired_distances  # noqa: E402
+from retrieval.decisions.calibration import calibrate, choose_threshold, sample_calibration_pairs  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import EmbeddingModel, load_model  # noqa: E402
+from retrieval.models.training.encoder import EncoderTraining, train_encoder  # noqa: E402
+from retrieval.vectors.unit_distance import paired_distances  # noqa: E402
 
 DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"

@@ -20,8 +20,8 @@ Methods, side by side, each at the threshold it would decide with out of the box
 
   shipped model, simsearch dedup   the shipped model at the default threshold (`Collection.threshold_choice`:
                                    whatever the shipped calibration says when this runs), grouped exactly as
-                                   `simsearch dedup` groups (`retrieval.dedup.exact_duplicates`: the look-alike
-                                   check, the pixel rule for tiny and flat images, keeper-centred groups)
+                                   `simsearch dedup` groups (`retrieval.decisions.dedup.exact_duplicates`: the
+                                   look-alike check, the pixel rule for tiny and flat images, keeper-centred groups)
   shipped model, --lookalikes      the same, near-duplicates asked for in a collection of look-alikes too: the
                                    pixel rule alone
   shipped model, embedding only    the same threshold and groups without the look-alike check and the pixel rule:
@@ -76,11 +76,12 @@ from edit_families import UNTRAINED_FAMILIES  # noqa: E402
 from near_duplicates import cached_embeddings, embed, phash_bits, phash_distances, threshold_at_precision  # noqa: E402
 from retrieval.collection import Collection  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.dedup import Candidate, duplicate_groups, exact_duplicates  # noqa: E402
-from retrieval.file_identity import file_id  # noqa: E402
-from retrieval.model import EmbeddingModel, build_model, load_default_model, pretrained_backbone_spec  # noqa: E402
-from retrieval.pixel_rule import PixelSignature  # noqa: E402
-from retrieval.unit_distance import pairwise_distances  # noqa: E402
+from retrieval.decisions.dedup import Candidate, duplicate_groups, exact_duplicates  # noqa: E402
+from retrieval.decisions.pixel_rule import PixelSignature  # noqa: E402
+from retrieval.models.model import (EmbeddingModel, build_model, load_default_model,  # noqa: E402
+                                    pretrained_backbone_spec)
+from retrieval.sources.file_identity import file_id  # noqa: E402
+from retrieval.vectors.unit_distance import pairwise_distances  # noqa: E402
 
 DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"

@@ -34,11 +34,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import neardup_set  # noqa: E402
 from near_duplicates import embed, phash_distances  # noqa: E402
-from retrieval.calibration import calibrate  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.dedup import Candidate, connected_groups, duplicate_groups  # noqa: E402
-from retrieval.model import load_default_model  # noqa: E402
-from retrieval.unit_distance import pairwise_distances  # noqa: E402
+from retrieval.decisions.calibration import calibrate  # noqa: E402
+from retrieval.decisions.dedup import Candidate, connected_groups, duplicate_groups  # noqa: E402
+from retrieval.models.model import load_default_model  # noqa: E402
+from retrieval.vectors.unit_distance import pairwise_distances  # noqa: E402
 
 DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"

@@ -58,11 +58,11 @@ import torch.nn.functional as F  # noqa: E402
 from neardup_scores import copy_scores  # noqa: E402
 from results_file import append_result  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.images import decode_image  # noqa: E402
-from retrieval.training.view_cache import stage_activations  # noqa: E402
-from retrieval.model import (EmbeddingModel, build_model, load_default_model, load_model,  # noqa: E402
-                             load_v3_model, pretrained_backbone_spec)
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import (EmbeddingModel, build_model, load_default_model, load_model,  # noqa: E402
+                                    load_v3_model, pretrained_backbone_spec)
+from retrieval.models.training.view_cache import stage_activations  # noqa: E402
+from retrieval.sources.images import decode_image  # noqa: E402
 
 DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"

@@ -4,7 +4,7 @@ Each family is a function `(image, rng) -> image`: an RGB PIL image in, an RGB P
 drawn from `rng` (a `random.Random`), so a copy is a pure function of the photo and the rng's state. Two kinds,
 which a report must keep apart:
 
-  (a) TRAINED_FAMILIES: "trained", the training augmentation itself (`retrieval.training.views.photo_views`,
+  (a) TRAINED_FAMILIES: "trained", the training augmentation itself (`retrieval.models.training.views.photo_views`,
       kornia): a model trained with it has seen this family's distribution, so its score here is flattered.
   (b) UNTRAINED_FAMILIES: edits written here with PIL/numpy only, none of which training produces:
       overlay      1-3 large caption lines (outlined meme-style text) and/or 1-4 stickers (faces, hearts, stars)
@@ -89,7 +89,7 @@ def trained(image: Image.Image, rng: random.Random) -> Image.Image:
     at most 640 px; torch's generator is seeded from `rng`, so the result is deterministic."""
     import torch
 
-    from retrieval.training.views import photo_views
+    from retrieval.models.training.views import photo_views
 
     image = _fit_long_side(image, TRAINED_MAX_SIDE)
     w, h = image.size

@@ -91,7 +91,7 @@ def env(parts: Path) -> None:
         spec = importlib.util.find_spec(module)
         record[f"{module}_from"] = str(Path(spec.origin).parent.parent) if spec and spec.origin else None
     missing = []
-    for module in ("cli.main", "indexer.pipeline", "retrieval.training.encoder", "retrieval.model"):
+    for module in ("cli.main", "indexer.pipeline", "retrieval.models.training.encoder", "retrieval.models.model"):
         try:
             __import__(module)
         except Exception as exc:
@@ -176,8 +176,8 @@ class _GpuUse:
 # --- stages alone --------------------------------------------------------------------------------------------------
 
 def _sources(folder: Path, limit: int | None = None) -> list[Any]:
-    from indexer.scan import scan
     from retrieval.sources.decode import Source
+    from retrieval.sources.scan import scan
 
     files = scan([folder]).files
     return [Source(i, path=f.path) for i, f in enumerate(files[:limit])]
@@ -185,9 +185,9 @@ def _sources(folder: Path, limit: int | None = None) -> list[Any]:
 
 def decode(parts: Path, folder: Path, workers: int, batch_size: int) -> None:
     """The indexer's own DataLoader (read + hash + decode, pinned where the default device is CUDA), no model."""
-    from retrieval.embedding import pick_device, pins_memory
+    from retrieval.models.embedding import pick_device, pins_memory
+    from retrieval.models.model import load_default_model
     from retrieval.sources.workers import decoding_loader
-    from retrieval.model import load_default_model
 
     prep = load_default_model().preprocessing
     pin = pins_memory(pick_device(None))
@@ -206,9 +206,9 @@ def model(parts: Path, folder: Path, batch_sizes: list[int], images: int, device
     import numpy as np
     import torch
 
-    from retrieval.embedding import Embedder, pick_device
+    from retrieval.models.embedding import Embedder, pick_device
+    from retrieval.models.model import load_default_model
     from retrieval.sources.workers import available_cores, decoding_loader
-    from retrieval.model import load_default_model
 
     device = pick_device(device_name)
     embedder = Embedder(load_default_model(), device)

@@ -2,8 +2,8 @@
 the shipped default threshold chosen by what it means there.
 
 A collection of N images holds N(N-1)/2 pairs; a threshold that accepts a share `fpr` of its different pairs
-proposes about fpr * N(N-1)/2 false pairs (`retrieval/false_pairs.py`). The goal a default is held to: fewer than
-one false pair per 10,000 images, fpr * (N-1)/2 <= 1e-4. This measures fpr where it is hard to keep low:
+proposes about fpr * N(N-1)/2 false pairs (`retrieval/decisions/false_pairs.py`). The goal a default is held to: fewer
+than one false pair per 10,000 images, fpr * (N-1)/2 <= 1e-4. This measures fpr where it is hard to keep low:
 different photos of one subject, scene or style, and images that all look alike.
 
 The split (benchmarks/photo_split.py; the shipped head was fit on its train split, never used here):
@@ -30,15 +30,15 @@ classes of one group of hard_pairs_data.RELATED_SUBJECTS, such as two dog breeds
 images of one class, Omniglot drawings of one alphabet. Positives: each original and its copies in the edit
 families the model never trained on (edit_families.UNTRAINED_FAMILIES); recall is their share within the
 threshold. Every rate is the embedding's alone: dedup also requires the pixels of an image under 64 px or nearly
-one colour to agree with its match's (retrieval/pixel_rule.py), which removes most of the CIFAR and near-flat
-false pairs, and proposes only exact copies in a collection of look-alikes (retrieval/lookalikes.py).
+one colour to agree with its match's (retrieval/decisions/pixel_rule.py), which removes most of the CIFAR and near-flat
+false pairs, and proposes only exact copies in a collection of look-alikes (retrieval/decisions/lookalikes.py).
 
 Rates and intervals: k of M pairs with a Clopper-Pearson 95 % interval. Pairs that share an image are not
 independent, and the false pairs of the photo set cluster on a few pairs of photos (each with 11 images, so one
 close pair of photos makes up to 121 close image pairs; the table's "photo pairs" column counts them): the
 intervals are narrower than the truth there. Far below 1/M nothing is counted; where fewer than 10 pairs are
-accepted, the estimate is the tail model's (retrieval.false_pairs.TailFit: an exponential fit to the nearest 100
-different pairs, which overstates the rate where the true tail is lighter), and its upper end is the larger of
+accepted, the estimate is the tail model's (retrieval.decisions.false_pairs.TailFit: an exponential fit to the nearest
+100 different pairs, which overstates the rate where the true tail is lighter), and its upper end is the larger of
 Clopper-Pearson's (about 3.7/M with none seen) and the model's. The model is checked on held-out pairs: fitted on
 half of the photos (or images) of a row and checked on the pairs among the other half at the deepest thresholds
 reachable there (where 1, 3, 10 and 30 pairs are counted), and fitted on the validation split and checked on the
@@ -80,13 +80,13 @@ for _path in (str(REPO), str(REPO / "benchmarks")):
         sys.path.insert(0, _path)
 
 import hard_pairs_data as data  # noqa: E402
-from retrieval.calibration import level_at  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.false_pairs import (COLLECTIONS_SHOWN, GOAL_PER_IMAGE, TAIL_PAIRS, RateEstimate,  # noqa: E402
-                                   TailFit, curve_thresholds, estimate_rate, expected_false_pairs, false_pair_curve,
-                                   fit_tail, largest_collection)
-from retrieval.model import EmbeddingModel, load_default_model  # noqa: E402
-from retrieval.model_spec import DEFAULT_MODEL_FILE, FalsePairCurve, ShippedCalibration  # noqa: E402
+from retrieval.decisions.calibration import level_at  # noqa: E402
+from retrieval.decisions.false_pairs import (COLLECTIONS_SHOWN, GOAL_PER_IMAGE, TAIL_PAIRS, RateEstimate,  # noqa: E402
+                                             TailFit, curve_thresholds, estimate_rate, expected_false_pairs,
+                                             false_pair_curve, fit_tail, largest_collection)
+from retrieval.models.model import EmbeddingModel, load_default_model  # noqa: E402
+from retrieval.models.model_spec import DEFAULT_MODEL_FILE, FalsePairCurve, ShippedCalibration  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "hard_negatives.jsonl"
 STRICT_PRECISION = 0.999

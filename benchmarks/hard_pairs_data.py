@@ -27,8 +27,8 @@ for _path in (str(REPO), str(REPO / "benchmarks")):
 
 import neardup_photos  # noqa: E402
 from edit_families import UNTRAINED_FAMILIES  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.model import EmbeddingModel  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import EmbeddingModel  # noqa: E402
 from retrieval.sources.decode import Source  # noqa: E402
 from retrieval.sources.embed import embed_batches  # noqa: E402
 

@@ -46,13 +46,13 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from indexer.scan import scan  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.images import decode_image  # noqa: E402
 from retrieval.atomic import atomic_write  # noqa: E402
-from retrieval.model import load_default_model  # noqa: E402
+from retrieval.datasets.locate import datasets_root  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import load_default_model  # noqa: E402
 from retrieval.sources.decode import Source  # noqa: E402
+from retrieval.sources.images import decode_image  # noqa: E402
+from retrieval.sources.scan import scan  # noqa: E402
 from retrieval.sources.workers import decoding_loader, default_workers  # noqa: E402
 from benchmarks.results_file import append_result  # noqa: E402
 

@@ -8,7 +8,7 @@
       torch eager          batch norms folded, NCHW
       torch channels-last  what `Embedder(runtime="torch")` runs
       torch.compile        the channels-last module compiled (inductor)
-      onnxruntime fp32     what `Embedder` runs with the [onnx] extra (retrieval/runtime_onnx.py)
+      onnxruntime fp32     what `Embedder` runs with the [onnx] extra (retrieval/models/runtime_onnx.py)
       onnxruntime int8     static QDQ quantisation (per channel), calibrated on TRAIN photos only
       openvino fp32/int8   the same two ONNX models compiled by OpenVINO (f32 precision, no bf16), where installed
 (b) `simsearch index` of the 800 ImageNet photos (../shared/datasets/photos/imagenet-sample) on a fresh index,
@@ -50,11 +50,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from index_throughput import git_commit  # noqa: E402
 from photo_split import split_photos  # noqa: E402
-from retrieval.embedding import RUNTIME_ENV, Embedder, fold_batch_norms  # noqa: E402
-from retrieval.images import decode_image  # noqa: E402
-from retrieval.model import EmbeddingModel, load_default_model  # noqa: E402
-from retrieval.runtime_onnx import export_onnx, onnx_installed  # noqa: E402
+from retrieval.models.embedding import RUNTIME_ENV, Embedder, fold_batch_norms  # noqa: E402
+from retrieval.models.model import EmbeddingModel, load_default_model  # noqa: E402
+from retrieval.models.runtime_onnx import export_onnx, onnx_installed  # noqa: E402
 from retrieval.sources.decode import Source  # noqa: E402
+from retrieval.sources.images import decode_image  # noqa: E402
 from retrieval.sources.workers import decoding_loader, default_workers  # noqa: E402
 from results_file import append_result  # noqa: E402
 
@@ -250,7 +250,7 @@ def quality(console: Console) -> dict[str, object]:
     from edit_families import TRAINED_FAMILIES
     from neardup_scores import copy_scores
     from retrieval.sources.embed import embed_batches
-    from retrieval.unit_distance import pairwise_distances
+    from retrieval.vectors.unit_distance import pairwise_distances
 
     items = neardup_photos.build(split_photos().train[0].parents[2], neardup_photos.default_folder("validation"),
                                  "validation")

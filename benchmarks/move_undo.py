@@ -5,7 +5,7 @@ A generated collection: ORIGINALS small photos (smooth random colour fields, as 
 an exact copy (`_copy.png`, the same bytes) and a near copy (`_edit.png`, one pixel changed: other bytes, another
 content hash, embedded on its own), all in subfolders of 100. Indexed with the model given (default: the shipped
 one) and deduplicated at `--threshold` (default 0.02: the shipped calibration, 1.196, groups these look-alike
-fields with each other, the issue's complaint), then, through the library the CLI calls (`retrieval.moves`):
+fields with each other, the issue's complaint), then, through the library the CLI calls (`retrieval.decisions.moves`):
 
 - move: every proposed duplicate moved under a folder on the same file system (a hard link and an unlink each,
   after its identity check, its SHA-256 and its manifest line fsynced), the moved files leaving the index;
@@ -45,9 +45,9 @@ from benchmarks.index_throughput import git_commit  # noqa: E402
 from conftest import photo  # noqa: E402
 from indexer.pipeline import IndexOptions, index_paths  # noqa: E402
 from retrieval.collection import Collection  # noqa: E402
+from retrieval.decisions.moves import move_duplicates, undo_moves  # noqa: E402
 from retrieval.index import create_index  # noqa: E402
-from retrieval.model import load_model  # noqa: E402
-from retrieval.moves import move_duplicates, undo_moves  # noqa: E402
+from retrieval.models.model import load_model  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "move_undo.jsonl"
 PER_FOLDER = 100

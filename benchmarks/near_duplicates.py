@@ -44,14 +44,15 @@ import neardup_photos  # noqa: E402
 from edit_families import TRAINED_FAMILIES  # noqa: E402
 from neardup_scores import copy_scores, dedup_scores, normalised, pair_distances  # noqa: E402
 from photo_split import split_photos  # noqa: E402
-from retrieval.calibration import DEFAULT_PRECISION, level_at, precision_levels  # noqa: E402
-from retrieval.errors import CalibrationError  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.model import EmbeddingModel, load_default_model, load_model, load_pretrained_backbone_model  # noqa: E402
+from retrieval.decisions.calibration import DEFAULT_PRECISION, level_at, precision_levels  # noqa: E402
+from retrieval.errors import CalibrationError  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import (EmbeddingModel, load_default_model, load_model,  # noqa: E402
+                                    load_pretrained_backbone_model)
 from retrieval.sources.decode import Source  # noqa: E402
 from retrieval.sources.embed import embed_batches  # noqa: E402
-from retrieval.unit_distance import pairwise_distances  # noqa: E402
+from retrieval.vectors.unit_distance import pairwise_distances  # noqa: E402
 
 DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.unit_distance import scores_from_squared_l2, squared_l2_from_scores
+from retrieval.vectors.unit_distance import scores_from_squared_l2, squared_l2_from_scores
 
 FPR = 1e-3
 

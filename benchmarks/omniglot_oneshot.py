@@ -27,20 +27,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from retrieval.datasets.omniglot import CharacterSet, load_characters, load_lake_runs
-from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
-from retrieval.evaluation import (
-    EmbedFunction,
-    Estimate,
-    episode_accuracy,
-    lake_oneshot_accuracy,
-    sample_episodes,
-)
-from retrieval.model import build_model
-from retrieval.model_spec import ModelSpec
-from retrieval.training import Trainer, TrainerConfig, build_objective
-from retrieval.training.objectives import LOSSES, MININGS
-from retrieval.training.trainer import Validate
-from retrieval.training.views import stroke_views
+from retrieval.evaluation.episodes import episode_accuracy, sample_episodes
+from retrieval.evaluation.lake import lake_oneshot_accuracy
+from retrieval.evaluation.stats import Estimate
+from retrieval.evaluation.types import EmbedFunction
+from retrieval.models.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
+from retrieval.models.model import build_model
+from retrieval.models.model_spec import ModelSpec
+from retrieval.models.training import Trainer, TrainerConfig, build_objective
+from retrieval.models.training.objectives import LOSSES, MININGS
+from retrieval.models.training.trainer import Validate
+from retrieval.models.training.views import stroke_views
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_FILE = BENCH_DIR / "results" / "omniglot.jsonl"
@@ -243,7 +240,8 @@ def record(args: argparse.Namespace, rows: list[RunFigures]) -> None:
         "(query->nearest support, squared L2); evaluation-set episodes N-way 1-shot, "
         f"{EVAL_QUERIES_PER_CLASS} queries/class",
         "config": config,
-        "augmentation": "none" if args.no_augment else "kornia RandomAffine (retrieval.training.views.stroke_views)",
+        "augmentation": "none" if args.no_augment
+        else "kornia RandomAffine (retrieval.models.training.views.stroke_views)",
         "machine": {
             "cpu_threads": args.threads,
             "device": args.device,

@@ -1,5 +1,5 @@
 """Dedup's pair search at 1M x 1,280 dimensions (the default model's): time, peak resident memory and pair recall
-of the partitioned search (`retrieval.partitioned_pairs`) against exact search on a random sample of queries.
+of the partitioned search (`retrieval.vectors.partitioned_pairs`) against exact search on a random sample of queries.
 
 The collection is synthetic, clustered around real photos' embeddings (the cached embeddings under
 `benchmarks/.cache/embeddings/`, made by the other benchmarks): each vector is a real one plus noise of norm
@@ -86,8 +86,8 @@ def synthetic(count: int, seed: int = 0) -> np.ndarray:
 def build(count: int, folder: Path) -> dict[str, float]:
     """The index of `count` synthetic vectors under `folder`/index, made through `simsearch index` (one photo)
     and `simsearch import`; the seconds each step took."""
-    from retrieval.embedding_files import Embeddings, write_parquet
     from retrieval.index import open_index
+    from retrieval.sources.embedding_files import Embeddings, write_parquet
 
     index_dir = folder / "index"
     timings: dict[str, float] = {}
@@ -121,7 +121,7 @@ def build(count: int, folder: Path) -> dict[str, float]:
 def stored_source(index_dir: Path):  # type: ignore[no-untyped-def]
     """The served vectors of the index at `index_dir`, as dedup reads them."""
     from retrieval.index import open_index
-    from retrieval.stored_vectors import StoredVectors
+    from retrieval.vectors.stored_vectors import StoredVectors
 
     index = open_index(index_dir)
     model = index.served_model()
@@ -132,7 +132,7 @@ def stored_source(index_dir: Path):  # type: ignore[no-untyped-def]
 def search(index_dir: Path, pairs_file: Path) -> None:
     """The pair search as `simsearch dedup` runs it beyond `PARTITION_ABOVE` vectors (the same seed), in this
     process; prints its figures as JSON and saves the pairs to `pairs_file`."""
-    from retrieval.partitioned_pairs import partitioned_pairs
+    from retrieval.vectors.partitioned_pairs import partitioned_pairs
 
     started = time.perf_counter()
     source = stored_source(index_dir)
@@ -150,7 +150,7 @@ def exact_recall(index_dir: Path, first: np.ndarray, second: np.ndarray, queries
     range search against every row (a chunk of the collection at a time), the fraction among (first, second)."""
     import faiss
 
-    from retrieval.unit_distance import radius_for_threshold
+    from retrieval.vectors.unit_distance import radius_for_threshold
 
     source = stored_source(index_dir)
     rows = np.sort(np.random.default_rng(12345).permutation(source.count)[:queries])

@@ -11,8 +11,9 @@ and as 4 WebDataset tar shards of the same bytes (shards/, the key the file's st
 
 and reports pair precision and recall of each against the planted families (a pair: two images in one proposed
 group; truth: a photo and its copy), the throughput ratio (b) / (a) of the fastest round of each, and, with
---ray, whether the Ray form (`indexer.ray_dedup`) on a local two-node Ray (one CPU a node, `tests/ray_cluster.py`)
-gives the same manifest rows as the one-machine form. Results are appended to benchmarks/results/shard_dedup.jsonl.
+--ray, whether the Ray form (`retrieval.decisions.ray_dedup`) on a local two-node Ray (one CPU a node,
+`tests/ray_cluster.py`) gives the same manifest rows as the one-machine form. Results are appended to
+benchmarks/results/shard_dedup.jsonl.
 
     nice -n 5 python benchmarks/shard_dedup.py --rounds 2 --ray
 """
@@ -127,13 +128,13 @@ def manifest_groups(rows: list[dict[str, object]]) -> list[list[str]]:
 
 def ray_equal(shards: list[Path]) -> tuple[bool, float]:
     """Whether the Ray form's rows on a local two-node Ray equal the one-machine form's, and its wall time."""
-    from indexer.ray_dedup import dedup_shards_on_ray
+    from retrieval.decisions.ray_dedup import dedup_shards_on_ray
     from ray_cluster import ray_cluster
     from retrieval.collection import Collection
-    from retrieval.embedding import Embedder
-    from retrieval.model import DEFAULT_MODEL_FILE, load_default_model
-    from indexer.shard_dedup import dedup_shards
-    from indexer.shard_samples import SampleChunks
+    from retrieval.decisions.shard_dedup import dedup_shards
+    from retrieval.models.embedding import Embedder
+    from retrieval.models.model import DEFAULT_MODEL_FILE, load_default_model
+    from retrieval.sources.shard_samples import SampleChunks
 
     model = load_default_model()
     threshold = Collection(None, model).threshold()
@@ -166,7 +167,7 @@ def main() -> None:
             manifest = folder / f"manifest{round_number}.parquet"
             seconds, _ = timed("dedup", *map(str, shards), "--manifest", str(manifest), cwd=folder)
             shard_times.append(seconds)
-            from retrieval.manifest import read_manifest
+            from retrieval.decisions.manifest import read_manifest
 
             rows = read_manifest(manifest)
             by_shards = manifest_groups(rows)

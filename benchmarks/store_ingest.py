@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from benchmarks.index_throughput import git_commit  # noqa: E402
 from postgres_server import PostgresServer, missing_reason  # noqa: E402
 from retrieval.index import SimilarityIndex, create_index  # noqa: E402
-from retrieval.model_spec import DEFAULT_MODEL_FILE, read_model_header  # noqa: E402
+from retrieval.models.model_spec import DEFAULT_MODEL_FILE, read_model_header  # noqa: E402
 from retrieval.store.index_store import ImageChange  # noqa: E402
 from retrieval.store.schema import STATUS_OK  # noqa: E402
 

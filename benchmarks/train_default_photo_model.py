@@ -9,12 +9,12 @@ frozen up to its last stage; the last stage (stage 6), the 1x1 head convolution,
 the train photos' views.
 
 Data (the *train* split of benchmarks/photo_split.py only): each of its 497 ImageNet photos, edited at 640 px long
-side, as it is and in VIEWS stacked user edits (retrieval/training/photo_edits.py: crops, meme captions,
+side, as it is and in VIEWS stacked user edits (retrieval/models/training/photo_edits.py: crops, meme captions,
 watermarks, screenshots, tone filters, recompression; one to three stacked after a crop), resized to 224 x 224 as
 `simsearch index` resizes a file. None of the benchmark's edit families (benchmarks/edit_families.py) is produced by
 this code. The activations entering stage 5 are computed once (float16) and cached under benchmarks/.cache.
 
-Training (retrieval/training/tail.py): triplet loss on squared L2, margin 0.3, batch-hard mining in batches of 32
+Training (retrieval/models/training/tail.py): triplet loss on squared L2, margin 0.3, batch-hard mining in batches of 32
 photos x 4 views, half of the photos of one group of related subjects (hard_pairs_data.RELATED_SUBJECTS: two dog
 breeds, two birds), so the negatives are similar-but-different photos. The step kept is the one with the best
 validation figures (the lower of recall@1 and TPR at FPR 1e-3 of the validation split's copies in the benchmark's
@@ -51,13 +51,13 @@ from hard_pairs_data import related_subject  # noqa: E402
 from near_duplicates import DATASETS, embed  # noqa: E402
 from neardup_scores import copy_scores, pair_distances  # noqa: E402
 from photo_split import split_photos  # noqa: E402
-from retrieval.calibration import precision_levels  # noqa: E402
-from retrieval.images import decode_image  # noqa: E402
-from retrieval.model import EmbeddingModel, build_model, load_model, load_v3_model  # noqa: E402
-from retrieval.model_spec import ShippedCalibration  # noqa: E402
-from retrieval.training.tail import TailTraining, embed_all, train_tail  # noqa: E402
-from retrieval.training.view_cache import rendered_views, stage_activations  # noqa: E402
-from retrieval.unit_distance import pairwise_distances  # noqa: E402
+from retrieval.decisions.calibration import precision_levels  # noqa: E402
+from retrieval.models.model import EmbeddingModel, build_model, load_model, load_v3_model  # noqa: E402
+from retrieval.models.model_spec import ShippedCalibration  # noqa: E402
+from retrieval.models.training.tail import TailTraining, embed_all, train_tail  # noqa: E402
+from retrieval.models.training.view_cache import rendered_views, stage_activations  # noqa: E402
+from retrieval.sources.images import decode_image  # noqa: E402
+from retrieval.vectors.unit_distance import pairwise_distances  # noqa: E402
 
 OUT = REPO / "retrieval" / "weights" / "photo-default.safetensors"
 CACHE = REPO / "benchmarks" / ".cache" / "default-training"
@@ -172,7 +172,7 @@ def main() -> None:
         "command": f"python benchmarks/train_default_photo_model.py --steps {args.steps} --margin {args.margin:g} "
                    f"--seed {args.seed}",
         "data": f"{len(photos)} train photos of benchmarks/photo_split.py at 640 px long side, 1 plain + {VIEWS} "
-                f"stacked user edits each (retrieval/training/photo_edits.py), resized to {SIDE}x{SIDE}",
+                f"stacked user edits each (retrieval/models/training/photo_edits.py), resized to {SIDE}x{SIDE}",
         "model_recipe": "ImageNet EfficientNet-Lite0 frozen to stage 5; stage 6, the head convolution and a linear "
                         "1280 -> 1280 head (from v3's whitening) triplet-trained (batch-hard, margin "
                         f"{args.margin:g}, 32 photos x 4 views, half of one related subject), GeM p 3",

@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.index_throughput import git_commit  # noqa: E402
 from benchmarks.server_load import IMAGES  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.images import DEFAULT_MAX_PIXELS  # noqa: E402
-from retrieval.model import load_default_model  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import load_default_model  # noqa: E402
 from retrieval.sources.embed import embed_sources  # noqa: E402
+from retrieval.sources.images import DEFAULT_MAX_PIXELS  # noqa: E402
 from server.batching import embed_uploads  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "upload_embedding.jsonl"

@@ -33,11 +33,11 @@ from benchmarks.index_throughput import git_commit  # noqa: E402
 from benchmarks.vector_scale import kinds_table, measure_kinds  # noqa: E402
 from idx_files import read_idx  # noqa: E402
 from retrieval.datasets.locate import datasets_root  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.faiss_factory import EXACT, list_count  # noqa: E402
-from retrieval.model import load_default_model  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import load_default_model  # noqa: E402
 from retrieval.sources.decode import Source  # noqa: E402
 from retrieval.sources.embed import embed_batches  # noqa: E402
+from retrieval.vectors.faiss_factory import EXACT, list_count  # noqa: E402
 
 DATASETS = datasets_root()
 CACHE = REPO / "benchmarks" / ".cache" / "embeddings"

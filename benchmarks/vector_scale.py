@@ -38,16 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.index_throughput import git_commit  # noqa: E402
-from retrieval.dedup import index_duplicates  # noqa: E402
-from retrieval.faiss_factory import EXACT, choose_description, index_bytes, list_count  # noqa: E402
-from retrieval.images import Preprocessing  # noqa: E402
+from retrieval.decisions.dedup import index_duplicates  # noqa: E402
 from retrieval.index import SimilarityIndex, create_index, open_index  # noqa: E402
-from retrieval.model import build_model  # noqa: E402
-from retrieval.model_spec import ModelSpec  # noqa: E402
+from retrieval.models.model import build_model  # noqa: E402
+from retrieval.models.model_spec import ModelSpec  # noqa: E402
+from retrieval.sources.images import Preprocessing  # noqa: E402
 from retrieval.store.index_store import ImageChange  # noqa: E402
 from retrieval.store.schema import STATUS_OK  # noqa: E402
 from retrieval.store.vector_index import VectorIndex  # noqa: E402
-from retrieval.vector_tuning import tune  # noqa: E402
+from retrieval.vectors.faiss_factory import EXACT, choose_description, index_bytes, list_count  # noqa: E402
+from retrieval.vectors.vector_tuning import tune  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "vector_scale.jsonl"
 QUERY = REPO / "demo" / "queries" / "motorcycle_right.png"
@@ -139,7 +139,7 @@ def model_file(folder: Path) -> Path:
 
 
 def filled(folder: Path, vectors: np.ndarray, model: Path) -> SimilarityIndex:
-    from retrieval.model import load_model
+    from retrieval.models.model import load_model
 
     index = create_index(folder)
     record = index.register_model(load_model(model))

@@ -15,7 +15,7 @@ from cli.output import write_json
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
-    from retrieval.calibration import CalibrationResult
+    from retrieval.decisions.calibration import CalibrationResult
 
 
 def calibrate_command(
@@ -45,10 +45,10 @@ def calibrate_command(
     """Embed DATA, sample same and different pairs, choose the distance threshold, store it in the index for this
     model (never applied to another) with the thresholds at precision levels (for `--precision`), and draw the
     distance histograms and ROC curve."""
-    from indexer.calibration_data import calibration_distances
-    from retrieval.calibration import CRITERIA
-    from retrieval.calibration_plot import check_plot_path
-    from retrieval.index_calibration import calibrate_and_store, calibration_collection, existing_index
+    from retrieval.decisions.calibration import CRITERIA
+    from retrieval.decisions.calibration_data import calibration_distances
+    from retrieval.decisions.calibration_plot import check_plot_path
+    from retrieval.decisions.index_calibration import calibrate_and_store, calibration_collection, existing_index
 
     from cli.progress import RichReporter
 
@@ -110,7 +110,7 @@ def calibrate_command(
 def print_false_pairs(result: CalibrationResult) -> None:
     """What the threshold's false-pair rate on these pairs means in collections of a few sizes (dedup says it for
     the collection it looks at)."""
-    from retrieval.false_pairs import COLLECTIONS_SHOWN, expected_false_pairs
+    from retrieval.decisions.false_pairs import COLLECTIONS_SHOWN, expected_false_pairs
 
     point = next((p for p in result.false_pairs if p.threshold == result.threshold), None)
     if point is None:

@@ -15,7 +15,7 @@ from cli.output import terminal_text
 
 if TYPE_CHECKING:
     from retrieval.index import SimilarityIndex
-    from retrieval.model import EmbeddingModel
+    from retrieval.models.model import EmbeddingModel
 
 # No emoji codes: a file named ":cat:.png" is shown as named, not as a cat.
 out = Console(highlight=False, emoji=False)
@@ -62,7 +62,7 @@ def exit_for_failures(failed: int, total: int) -> None:
 def model_from_argument(value: str) -> "EmbeddingModel":
     """`default` (the shipped photo model), `default-v3` (the previous one), `pretrained` (raw ImageNet backbone
     features) or a model file."""
-    from retrieval import model as models
+    from retrieval.models import model as models
 
     if value == "default":
         return models.load_default_model()

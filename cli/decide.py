@@ -16,15 +16,15 @@ from rich.table import Table
 from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
                         plural, print_error, shown_path)
 from cli.output import fit_path_columns, terminal_text, write_csv, write_json, write_paths0
+from retrieval.decisions.keeper_rules import DEFAULT_RULES
 from retrieval.errors import SimsearchError
-from retrieval.keeper_rules import DEFAULT_RULES
 from retrieval.sources.shards import is_shard
 
 if TYPE_CHECKING:
     from retrieval.collection import Collection, ThresholdChoice
-    from retrieval.dedup import DuplicateGroup
+    from retrieval.decisions.dedup import DuplicateGroup
+    from retrieval.decisions.moves import MoveReport, UndoReport
     from retrieval.index import SimilarityIndex
-    from retrieval.moves import MoveReport, UndoReport
 
 EXIT_DIFFERENT = 1
 
@@ -58,7 +58,7 @@ def given_threshold(threshold: Optional[float], similarity: Optional[float], pre
         raise fail("give one of --threshold, --similarity and --precision")
     if similarity is None:
         return threshold
-    from retrieval.unit_distance import threshold_for_similarity
+    from retrieval.vectors.unit_distance import threshold_for_similarity
 
     try:
         return threshold_for_similarity(similarity)
@@ -73,14 +73,14 @@ def distance_text(distance: float) -> str:
 
 def similarity_text(distance: float) -> str:
     """The cosine similarity at `distance`, as tables show it (numpy, as every conversion, only when needed)."""
-    from retrieval.unit_distance import cosine_similarity
+    from retrieval.vectors.unit_distance import cosine_similarity
 
     return f"{cosine_similarity(distance):.4f}"
 
 
 def json_similarity(distance: float) -> float:
     """The cosine similarity at `distance`, rounded as JSON and CSV distances are."""
-    from retrieval.unit_distance import json_similarity as rounded
+    from retrieval.vectors.unit_distance import json_similarity as rounded
 
     return rounded(distance)
 
@@ -111,9 +111,9 @@ def choice_json(choice: ThresholdChoice | None) -> dict[str, object]:
 
 
 def with_similarity(value: object) -> object:
-    """A decision's JSON with the cosine similarity beside each distance (`retrieval.unit_distance`, as the
+    """A decision's JSON with the cosine similarity beside each distance (`retrieval.vectors.unit_distance`, as the
     server answers)."""
-    from retrieval.unit_distance import with_similarity as beside
+    from retrieval.vectors.unit_distance import with_similarity as beside
 
     return beside(value)
 
@@ -271,7 +271,7 @@ def dedup_command(
     elif as_json:
         write_json(with_similarity([{**choice.to_dict(), **group.to_dict()} for group in groups]))
     elif as_csv:
-        from retrieval.dedup import csv_rows
+        from retrieval.decisions.dedup import csv_rows
 
         write_csv(csv_with_similarity(csv_rows(groups)))
     else:
@@ -284,7 +284,7 @@ def dedup_command(
 def act_on_groups(collection: Collection, groups: list[DuplicateGroup], move_to: Optional[Path], trash: bool,
                   paths: Optional[list[Path]]) -> int:
     """Move (or trash) every group's others and say what was done; how many were refused."""
-    from retrieval.moves import move_duplicates, trash_duplicates
+    from retrieval.decisions.moves import move_duplicates, trash_duplicates
 
     assert collection.index is not None
     try:
@@ -396,8 +396,8 @@ def classify_command(
 ) -> None:
     """One-shot (or few-shot) classification: each query gets its nearest support class, or `unknown` beyond
     the threshold (the given one, else the index's or the model's calibration; without any, always the nearest)."""
-    from indexer.labelled import support_from_folder
     from retrieval.collection import open_for_classify
+    from retrieval.sources.labelled import support_from_folder
 
     limit = given_threshold(threshold, similarity, precision)
     try:
@@ -499,7 +499,7 @@ def undo_command(
     it again is harmless: it finds everything back already. Files sent to a trash that send2trash could not say
     where (macOS, Windows) are restored from the desktop's trash. Exit code 1 when some could not be restored.
     """
-    from retrieval.moves import read_manifest, undo_moves
+    from retrieval.decisions.moves import read_manifest, undo_moves
 
     if not manifest.is_file():
         raise fail(f"no such manifest: {manifest}")

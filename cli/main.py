@@ -13,15 +13,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli.calibrate import calibrate_command
 from cli.common import (EXIT_PARTIAL, DbOption, IndexOption, err, exit_for_failures, fail, model_from_argument, out,
                         print_error, shown_path)
-from cli.calibrate import calibrate_command
 from cli.database import db_app
 from cli.decide import (classify_command, decisions_command, dedup_command, keep_command, not_duplicates_command,
                         similarity_text, undo_command, verify_command)
 from cli.output import fit_path_columns, write_json
-from cli.train import train_command
 from cli.serve import serve_command
+from cli.train import train_command
 from cli.transfer import export_command, import_command
 from cli.vectors import info_command, tune_command
 from retrieval.errors import SimsearchError
@@ -62,12 +62,12 @@ def index_command(
     """Add the images under PATHS to the index, or bring it up to date with them."""
     from indexer.adding import add_paths, check_paths
     from indexer.pipeline import IndexOptions
-    from indexer.report import other_files_text
+    from retrieval.report import other_files_text
 
     from cli.progress import RichReporter
     from cli.vectors import search_options
 
-    from retrieval.devices import check_device_name
+    from retrieval.models.devices import check_device_name
 
     try:
         check_paths(paths)
@@ -161,9 +161,9 @@ def eval_command(
 ) -> None:
     """Score MODEL on DATA: N-way K-shot accuracy, verification ROC AUC, recall@k, precision@1, MAP@R; or, on
     Lake's all_runs.zip, the 20-way within-alphabet one-shot accuracy of its 400 trials."""
-    from indexer.labelled import evaluate_labelled_folder
     from retrieval.datasets.omniglot import is_lake_runs_zip
-    from retrieval.embedding import Embedder, pick_device
+    from retrieval.models.embedding import Embedder, pick_device
+    from retrieval.sources.labelled import evaluate_labelled_folder
 
     from cli.progress import RichReporter
 
@@ -201,8 +201,8 @@ def eval_command(
 
 def lake_eval(model_name: str, runs_zip: Path, device: Optional[str], as_json: bool) -> None:
     """Print the accuracy of MODEL on Lake et al.'s one-shot runs (`retrieval.evaluation.lake_runs`)."""
-    from retrieval.embedding import Embedder, pick_device
     from retrieval.evaluation.lake_runs import lake_runs_accuracy
+    from retrieval.models.embedding import Embedder, pick_device
 
     embedder = Embedder(model_from_argument(model_name), pick_device(device))
     accuracy = lake_runs_accuracy(embedder, runs_zip)

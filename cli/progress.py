@@ -1,4 +1,4 @@
-"""Rich progress display for the indexing pipeline (an `indexer.report.Reporter`)."""
+"""Rich progress display for the indexing pipeline (an `retrieval.report.Reporter`)."""
 
 from __future__ import annotations
 

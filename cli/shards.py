@@ -15,7 +15,7 @@ from cli.output import terminal_text
 from retrieval.errors import SimsearchError
 
 if TYPE_CHECKING:
-    from retrieval.sample_groups import EmbeddedSample
+    from retrieval.decisions.sample_groups import EmbeddedSample
 
 
 def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, key_column: str,
@@ -23,10 +23,10 @@ def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, 
                          precision: Optional[float], lookalikes: bool, device: Optional[str]) -> None:
     """Read, embed and decide every sample of `shards`, write the manifest (and the kept samples to `index_dir`).
     The first samples are read and their decoding started before torch is imported, as `index` does."""
-    from indexer.shard_samples import HeadStartedChunks, SampleChunks
-    from retrieval.manifest import check_manifest_path
-    from retrieval.model_spec import DEFAULT_MODEL_FILE, read_model_header
-    from retrieval.sample_store import stored_keys
+    from retrieval.decisions.manifest import check_manifest_path
+    from retrieval.decisions.sample_store import stored_keys
+    from retrieval.models.model_spec import DEFAULT_MODEL_FILE, read_model_header
+    from retrieval.sources.shard_samples import HeadStartedChunks, SampleChunks
     from retrieval.sources.shards import ShardColumns
 
     if index_dir is not None and against is not None:
@@ -42,12 +42,12 @@ def dedup_shards_command(shards: list[Path], manifest: Path, image_column: str, 
     except SimsearchError as exc:
         raise fail(str(exc)) from None
 
-    from indexer.shard_dedup import dedup_shards
     from retrieval.collection import Collection
-    from retrieval.embedding import Embedder, pick_device
-    from retrieval.manifest import write_manifest
-    from retrieval.model import load_default_model
-    from retrieval.sample_store import load_samples, save_samples
+    from retrieval.decisions.manifest import write_manifest
+    from retrieval.decisions.sample_store import load_samples, save_samples
+    from retrieval.decisions.shard_dedup import dedup_shards
+    from retrieval.models.embedding import Embedder, pick_device
+    from retrieval.models.model import load_default_model
 
     try:
         model = load_default_model()

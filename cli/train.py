@@ -56,12 +56,12 @@ def train_command(
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes.")] = None,
 ) -> None:
     """Train an embedding model with a metric-learning loss; the epoch with the best validation score is kept."""
-    from indexer.labelled import load_labelled_images
-    from retrieval.embedding import pick_device
-    from retrieval.model_spec import POOLINGS
-    from retrieval.training.encoder import BACKBONES, HEAD_INITS, EncoderTraining, new_model, train_encoder
-    from retrieval.training.objectives import LOSSES, MININGS
-    from retrieval.training.trainer import EpochRecord, format_record
+    from retrieval.models.embedding import pick_device
+    from retrieval.models.model_spec import POOLINGS
+    from retrieval.models.training.encoder import BACKBONES, HEAD_INITS, EncoderTraining, new_model, train_encoder
+    from retrieval.models.training.objectives import LOSSES, MININGS
+    from retrieval.models.training.trainer import EpochRecord, format_record
+    from retrieval.sources.labelled import load_labelled_images
 
     from cli.progress import RichReporter, TrainingProgress
 

@@ -21,7 +21,7 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Write every indexed image's path, metadata and vector, tagged with the model's hash."""
-    from retrieval.embedding_files import FORMATS, export_embeddings
+    from retrieval.sources.embedding_files import FORMATS, export_embeddings
 
     from cli.common import open_existing
 
@@ -43,7 +43,7 @@ def import_command(
     db: DbOption = None,
 ) -> None:
     """Add images with their vectors, made by the index's own model (its hash is checked), without decoding."""
-    from retrieval.embedding_files import import_embeddings
+    from retrieval.sources.embedding_files import import_embeddings
 
     from cli.common import open_existing
 

@@ -15,7 +15,7 @@ from retrieval.errors import SimsearchError
 
 def search_options(index_type: Optional[str], max_memory: Optional[str]) -> dict[str, object]:
     """`simsearch index`'s --index-type and --max-memory as `IndexOptions` fields (left out when not given)."""
-    from retrieval.inputs import byte_size_argument
+    from retrieval.sources.inputs import byte_size_argument
 
     options: dict[str, object] = {}
     if index_type is not None:
@@ -39,7 +39,7 @@ def info_command(
         settings = index.search_settings()
     except SimsearchError as exc:
         raise fail(str(exc)) from None
-    from retrieval.faiss_factory import index_bytes
+    from retrieval.vectors.faiss_factory import index_bytes
 
     vectors = None if info is None else {
         **info.to_dict(), "memory_bytes": index_bytes(info.description, info.count, info.dim)}

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from indexer.pipeline import IndexOptions, index_paths
-from indexer.report import IndexSummary, Reporter, SilentReporter
 from retrieval.errors import InputPathError
-from retrieval.file_identity import something_at
 from retrieval.locate import index_dir_for_writing
 from retrieval.new_index import index_to_fill
+from retrieval.report import IndexSummary, Reporter, SilentReporter
+from retrieval.sources.file_identity import something_at
 
 if TYPE_CHECKING:
     from retrieval.index import SimilarityIndex
-    from retrieval.model import EmbeddingModel
+    from retrieval.models.model import EmbeddingModel
 
 
 def check_paths(paths: Sequence[Path]) -> None:

@@ -24,23 +24,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.head_start import HeadStart
 from indexer.plan import KnownImage, Plan, Work, make_plan
-from indexer.report import IndexSummary, Reporter, SilentReporter, other_files_text
-from indexer.scan import ScannedFile, ScanResult, scan, stat_file
-from retrieval.content_hash import hash_file
 from retrieval.errors import InputPathError, ModelMismatchError
-from retrieval.faiss_factory import check_description, choose_description
-from retrieval.file_identity import identify_file
-from retrieval.images import DEFAULT_MAX_PIXELS, Preprocessing
 from retrieval.index import SimilarityIndex
 from retrieval.index_run import IndexRun
-from retrieval.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
+from retrieval.models.model_spec import DEFAULT_MODEL_FILE, ModelSpec, read_model_header
+from retrieval.report import IndexSummary, Reporter, SilentReporter, other_files_text
+from retrieval.sources.content_hash import hash_file
 from retrieval.sources.decode import Source, SourceResult
+from retrieval.sources.file_identity import identify_file
+from retrieval.sources.head_start import HeadStart
+from retrieval.sources.images import DEFAULT_MAX_PIXELS, Preprocessing
+from retrieval.sources.scan import ScannedFile, ScanResult, scan, stat_file
 from retrieval.store.records import UNSET, ImageChange, ModelInfo, Unset
+from retrieval.vectors.faiss_factory import check_description, choose_description
 
 if TYPE_CHECKING:
-    from retrieval.model import EmbeddingModel
+    from retrieval.models.model import EmbeddingModel
 
 HASH_THREADS = 4
 
@@ -91,7 +91,7 @@ def index_paths(index: SimilarityIndex, paths: Sequence[Path], model: EmbeddingM
     started = time.perf_counter()
     if not options.ray:
         return _index_paths(index, paths, model, options, reporter, started)
-    from indexer.ray_embed import ray_session
+    from retrieval.sources.ray_embed import ray_session
 
     with ray_session(_ray_address(options)):  # before anything is planned or written: a wrong address costs nothing
         return _index_paths(index, paths, model, options, reporter, started)
@@ -177,7 +177,7 @@ def _configure_search(index: SimilarityIndex, run: IndexRun, target: _Target, pl
 
 
 def _load_default_model() -> EmbeddingModel:
-    from retrieval.model import load_default_model
+    from retrieval.models.model import load_default_model
 
     return load_default_model()
 
@@ -327,7 +327,7 @@ def _local_results(target: _Target, sources: list[Source], options: IndexOptions
     """Decoded in worker processes (the first files by a head start while torch loads), embedded here."""
     head = HeadStart(sources, target.preprocessing, options.max_pixels) if options.workers != 0 else None
     with head or nullcontext():  # decoding starts now; torch and the model load meanwhile
-        from retrieval.embedding import Embedder, pick_device, pins_memory
+        from retrieval.models.embedding import Embedder, pick_device, pins_memory
         from retrieval.sources.embed import embed_decoded
         from retrieval.sources.workers import collate, decoding_loader, default_workers
 
@@ -344,9 +344,9 @@ def _local_results(target: _Target, sources: list[Source], options: IndexOptions
 
 def _ray_results(index: SimilarityIndex, model: ModelInfo, target: _Target, sources: list[Source],
                  options: IndexOptions) -> Generator[list[SourceResult]]:
-    """Decoded and embedded on Ray (`indexer.ray_embed`), with the index's copy of `model` shipped to the model
-    actors."""
-    from indexer.ray_embed import ray_results
+    """Decoded and embedded on Ray (`retrieval.sources.ray_embed`), with the index's copy of `model` shipped to the
+    model actors."""
+    from retrieval.sources.ray_embed import ray_results
 
     yield from ray_results(sources, index.model_path(model.content_hash), target.preprocessing,
                            address=_ray_address(options), batch_size=options.batch_size,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from indexer.scan import ScannedFile
+from retrieval.sources.scan import ScannedFile
 from retrieval.store.records import KnownImage
 
 

@@ -1,8 +1,8 @@
 """simsearch library core: encoders, losses, storage, search, calibration and metrics.
 
 The Python API is `open_collection` (see `retrieval.collection`) and, for a data pipeline's batches,
-`Deduplicator` (see `retrieval.deduplicator`); each is imported on first use, so that importing this package stays
-cheap.
+`Deduplicator` (see `retrieval.decisions.deduplicator`); each is imported on first use, so that importing this package
+stays cheap.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_MODULES = {"Collection": "collection", "open_collection": "collection", "Deduplicator": "deduplicator"}
+_MODULES = {"Collection": "collection", "open_collection": "collection", "Deduplicator": "decisions.deduplicator"}
 __all__ = list(_MODULES)
 
 

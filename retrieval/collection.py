@@ -20,27 +20,28 @@ from typing import Literal
 import numpy as np
 import torch
 
-from retrieval.calibration import DEFAULT_PRECISION, decide, level_at, stored_false_pairs
-from retrieval.calibration_store import StoredCalibration, latest_calibration
-from retrieval.classify import Classification, nearest_classes
-from retrieval.dedup import DuplicateGroup, DuplicateSearch, index_duplicates
-from retrieval.keeper_rules import DEFAULT_RULES, parse_rules
-from retrieval.sources.embed import embed_each, embed_files
-from retrieval.embedding import Embedder, pick_device
+from retrieval.decisions.calibration import DEFAULT_PRECISION, decide, level_at, stored_false_pairs
+from retrieval.decisions.calibration_store import StoredCalibration, latest_calibration
+from retrieval.decisions.classify import Classification, nearest_classes
+from retrieval.decisions.dedup import DuplicateGroup, DuplicateSearch, index_duplicates
+from retrieval.decisions.false_pairs import CollectionFalsePairs, collection_false_pairs
+from retrieval.decisions.keeper_rules import DEFAULT_RULES, parse_rules
+from retrieval.decisions.pixel_rule import (PixelJudgement, PixelSignature, indexed_signature, judge, same_by_rule,
+                                            signature)
 from retrieval.errors import (CalibrationError, DecodeError, IndexNotFoundError, InputPathError, InvalidArgumentError,
                               ModelError, ModelMismatchError)
-from retrieval.faiss_factory import EXACT, new_faiss_index
-from retrieval.false_pairs import CollectionFalsePairs, collection_false_pairs
-from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex, open_index
-from retrieval.inputs import (k_argument, path_argument, path_arguments, refuse_single_path, support_argument,
-                             threshold_argument)
 from retrieval.locate import find_index_dir
-from retrieval.model import EmbeddingModel, load_default_model
-from retrieval.model_spec import DEFAULT_MODEL_FILE, FalsePairRate, ShippedCalibration, read_model_header
-from retrieval.pixel_rule import PixelJudgement, PixelSignature, indexed_signature, judge, same_by_rule, signature
-from retrieval.search import QueryResult, query_files
-from retrieval.unit_distance import DISTANCE_DIGITS, distance_between, squared_l2_from_scores
+from retrieval.models.embedding import Embedder, pick_device
+from retrieval.models.model import EmbeddingModel, load_default_model
+from retrieval.models.model_spec import DEFAULT_MODEL_FILE, FalsePairRate, ShippedCalibration, read_model_header
+from retrieval.sources.embed import embed_each, embed_files
+from retrieval.sources.file_identity import identify_file
+from retrieval.sources.inputs import (k_argument, path_argument, path_arguments, refuse_single_path, support_argument,
+                                      threshold_argument)
+from retrieval.vectors.faiss_factory import EXACT, new_faiss_index
+from retrieval.vectors.search import QueryResult, query_files
+from retrieval.vectors.unit_distance import DISTANCE_DIGITS, distance_between, squared_l2_from_scores
 
 
 STREAM_CANDIDATES = 8
@@ -62,7 +63,8 @@ class ThresholdChoice:
     description: str
     false_pairs: tuple[FalsePairRate, ...] = ()
     """The model's false-pair curve (the index calibration's where it has one, else the shipped one's): what the
-    threshold means in a collection (`retrieval.false_pairs.collection_false_pairs`); empty where none is known."""
+    threshold means in a collection (`retrieval.decisions.false_pairs.collection_false_pairs`); empty where none is
+    known."""
     false_pairs_measured_on: str = ""
 
     def to_dict(self) -> dict[str, object]:
@@ -83,7 +85,7 @@ class StreamMatch:
     distance: float | None
     error: str | None
     pixels: PixelJudgement | None = None
-    """How the pixels of the two compared, where either is tiny or flat (`retrieval.pixel_rule`)."""
+    """How the pixels of the two compared, where either is tiny or flat (`retrieval.decisions.pixel_rule`)."""
 
     def to_dict(self) -> dict[str, object]:
         return {"path": self.path, "duplicate_of": self.duplicate_of,
@@ -261,7 +263,7 @@ class Collection:
     def verify(self, first: Path | str, second: Path | str, threshold: float | None = None,
                precision: float | None = None) -> Verdict:
         """Whether two image files show the same thing, at the threshold `threshold_choice` picks, by the rule
-        dedup decides with (`retrieval.pixel_rule` for tiny and flat images)."""
+        dedup decides with (`retrieval.decisions.pixel_rule` for tiny and flat images)."""
         choice = self.threshold_choice(threshold, precision)
         files = path_arguments([first, second])
         vectors = self.embed_files(files)
@@ -270,7 +272,8 @@ class Collection:
     def verdict(self, first: np.ndarray, second: np.ndarray, choice: ThresholdChoice,
                 looks: tuple[PixelSignature, PixelSignature]) -> Verdict:
         """Same or different for two embeddings (of this collection's model) at `choice`'s threshold, and where
-        either image is tiny or flat by their pixels (`looks`: the two images' `retrieval.pixel_rule.signature`)."""
+        either image is tiny or flat by their pixels (`looks`: the two images'
+        `retrieval.decisions.pixel_rule.signature`)."""
         distance = distance_between(first, second)
         tensors = torch.from_numpy(np.stack([first, second])).to(self.embedder.device)
         probability = self.model.pair_probability(tensors[:1], tensors[1:])
@@ -282,7 +285,7 @@ class Collection:
     def dedup(self, threshold: float | None = None, roots: Sequence[Path | str] | None = None,
               precision: float | None = None, lookalikes: bool = False) -> list[DuplicateGroup]:
         """Near-duplicate groups among the indexed images (those under `roots` when given), at the threshold
-        `threshold_choice` picks. In a collection of look-alikes (`retrieval.lookalikes`) only exact copies,
+        `threshold_choice` picks. In a collection of look-alikes (`retrieval.decisions.lookalikes`) only exact copies,
         said as a warning (`logging`, under `retrieval`), unless `lookalikes` asks for near-duplicates too."""
         found = self.find_duplicates(threshold, roots, precision, lookalikes=lookalikes)
         if found.lookalikes.lookalikes:
@@ -295,7 +298,7 @@ class Collection:
                         lookalikes: bool = False) -> DuplicateSearch:
         """As `dedup`, with how the pairs were found (exactly, or in a large index by a kNN graph whose pair recall
         is measured) and the look-alike check (`DuplicateSearch.lookalikes`; nothing is logged);
-        `keep`: the keeper rules in order (`retrieval.keeper_rules`); `reference`: a folder whose
+        `keep`: the keeper rules in order (`retrieval.decisions.keeper_rules`); `reference`: a folder whose
         images are protected (only images outside it are proposed, each as a duplicate of one inside);
         `max_pairs`: a bound on the close pairs, beyond which the threshold is refused (`InvalidArgumentError`)
         before the memory they need is taken; `lookalikes`: near-duplicates even in a collection of
@@ -374,7 +377,7 @@ class Collection:
         duplicate is proposed for deletion, so it is never the original of a later one (two copies given one
         after the other are not each other's duplicates), and neither is the input's own file nor an indexed
         path that no longer holds the file indexed there. The nearest within the limit is a duplicate by dedup's
-        rule: where either image is tiny or flat, only if their pixels agree (`retrieval.pixel_rule`)."""
+        rule: where either image is tiny or flat, only if their pixels agree (`retrieval.decisions.pixel_rule`)."""
         seen = new_faiss_index(self.model.embedding_dim, EXACT)
         seen_files: dict[str, int] = {}
         seen_paths: list[str] = []
@@ -429,7 +432,7 @@ class Collection:
         """The nearest support class of each query file (by nearest support image, or by class mean with
         `prototype`); "unknown" (label None) beyond the threshold `classify_threshold` picks, if there is one, or
         where the query or the support image that decides is tiny or flat and their pixels do not agree
-        (`retrieval.pixel_rule`, as dedup decides)."""
+        (`retrieval.decisions.pixel_rule`, as dedup decides)."""
         asked = path_arguments(queries, "queries")
         support_argument(support)  # before anything is embedded, and even when no query can be
         vectors, failed = embed_each(self.embedder, asked)
@@ -445,7 +448,7 @@ class Collection:
                          precision: float | None = None, *,
                          looks: Sequence[Callable[[], PixelSignature | None]]) -> list[Classification]:
         """As `classify`, for queries already embedded (`vectors`, one row per name in `names`); `looks[i]` reads
-        query i's pixel signature (`retrieval.pixel_rule.signature`), for the pixel rule."""
+        query i's pixel signature (`retrieval.decisions.pixel_rule.signature`), for the pixel rule."""
         members = support_argument(support)
         choice = self.classify_threshold(threshold, precision)
         limit = None if choice is None else choice.threshold

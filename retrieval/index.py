@@ -15,7 +15,7 @@ The database is the source of truth, model files included: a machine with only i
 (checked by its hashes, and cached in `models/`). The FAISS file is named after the database it was built from (an id made
 with the database) and its generation; one that is missing, unreadable, another database's or not what its
 description says is never served; an older generation's is grown to the database or rebuilt from the stored
-vectors (`retrieval.vector_cache`), so the two never disagree.
+vectors (`retrieval.vectors.vector_cache`), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -36,24 +36,24 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
-from retrieval.content_hash import hash_bytes, hash_file
 from retrieval.errors import (CorruptIndexError, IndexNotFoundError, IndexUnavailableError, IndexWriteError, ModelError,
                               OutputWriteError)
-from retrieval.faiss_factory import parse_description
 from retrieval.index_run import IndexRun, open_run
+from retrieval.sources.content_hash import hash_bytes, hash_file
 from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
 from retrieval.store.index_store import IndexStore, copy_index_database
 from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelInfo,
                                      StoredCalibration, Unset)
 from retrieval.store.vector_index import VectorIndex
-from retrieval.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
 from retrieval.unsaved import not_saved
-from retrieval.vector_cache import FILES as VECTOR_FILES
-from retrieval.vector_cache import SearchSettings, VectorCache, VectorFileInfo
+from retrieval.vectors.faiss_factory import parse_description
+from retrieval.vectors.unit_distance import DISTANCE_DIGITS, squared_l2_from_scores
+from retrieval.vectors.vector_cache import FILES as VECTOR_FILES
+from retrieval.vectors.vector_cache import SearchSettings, VectorCache, VectorFileInfo
 
 if TYPE_CHECKING:
-    from retrieval.model import EmbeddingModel
-    from retrieval.model_spec import ModelHeader, ModelSpec
+    from retrieval.models.model import EmbeddingModel
+    from retrieval.models.model_spec import ModelHeader, ModelSpec
 
 MODELS_DIR = "models"
 THUMBNAILS_DIR = "thumbnails"
@@ -284,7 +284,7 @@ class SimilarityIndex:
         record = self.served_model()
         if record is None:
             raise IndexNotFoundError(f"the index at {self.root} holds no images yet")
-        from retrieval.model import load_model
+        from retrieval.models.model import load_model
 
         content_hash = record.content_hash
         path = self._cached_model(content_hash)
@@ -346,7 +346,7 @@ class SimilarityIndex:
     # --- vectors and search ------------------------------------------------------------------
 
     def vector_index(self) -> VectorIndex:
-        """The FAISS index of the database as it is now (`retrieval.vector_cache`)."""
+        """The FAISS index of the database as it is now (`retrieval.vectors.vector_cache`)."""
         return self._vectors.current()[0]
 
     def search_settings(self) -> SearchSettings:

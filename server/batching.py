@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from retrieval.embedding import Embedder
 from retrieval.errors import DecodeError
-from retrieval.images import Preprocessing, decode_image
+from retrieval.models.embedding import Embedder
+from retrieval.sources.images import Preprocessing, decode_image
 
 WINDOW_SECONDS = 0.005
 """How long the first request of a batch waits for others: a few milliseconds against a 10-60 ms model run."""

@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from retrieval.keeper_rules import DEFAULT_RULES
-from retrieval.unit_distance import with_similarity
+from retrieval.decisions.keeper_rules import DEFAULT_RULES
+from retrieval.vectors.unit_distance import with_similarity
 from server.bodies import require_proof, threshold_value
 from server.state import State
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
 from retrieval.collection import Collection
-from retrieval.file_identity import something_at
+from retrieval.sources.file_identity import something_at
 from server.bodies import ImageId, json_body, path_value, require_proof, shown
 from server.state import State
 from server.thumbnails import CACHING, thumbnail

@@ -15,8 +15,8 @@ import asyncio
 from fastapi import APIRouter, Depends, Response
 
 from retrieval.errors import IndexNotFoundError
-from retrieval.file_identity import identify_file
 from retrieval.index import SimilarityIndex
+from retrieval.sources.file_identity import identify_file
 from server.bodies import ImageId, require_proof
 from server.state import State
 from server.thumbnails import CACHING, thumbnail

@@ -1,6 +1,6 @@
 """The page's "resolve" and "undo": a group's others moved to the quarantine folder or the trash through
-`retrieval.moves`, one folder and one manifest per resolve, so that `simsearch undo MANIFEST` and the page's Undo
-restore the same files the same way.
+`retrieval.decisions.moves`, one folder and one manifest per resolve, so that `simsearch undo MANIFEST` and the page's
+Undo restore the same files the same way.
 
 Where files go is the server's choice, never the page's: the quarantine folder is `simsearch serve --quarantine
 DIR` (default: `quarantine/` in the index directory, which `simsearch index` never scans, so moved files cannot
@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 from retrieval.atomic import writable_folder
-from retrieval.dedup import DuplicateGroup
+from retrieval.decisions.dedup import DuplicateGroup
+from retrieval.decisions.moves import (MANIFEST_NAME, TRASH_MANIFEST_NAME, MoveReport, UndoReport, move_duplicates,
+                                       read_manifest, trash_duplicates, undo_moves)
 from retrieval.errors import MoveError, OutputWriteError
-from retrieval.file_identity import something_at
 from retrieval.index import SimilarityIndex
-from retrieval.moves import (MANIFEST_NAME, TRASH_MANIFEST_NAME, MoveReport, UndoReport, move_duplicates,
-                             read_manifest, trash_duplicates, undo_moves)
+from retrieval.sources.file_identity import something_at
 
 Destination = Literal["quarantine", "trash"]
 QUARANTINE_FOLDER = "quarantine"

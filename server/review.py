@@ -23,11 +23,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParameter
 
 from retrieval.collection import ThresholdChoice
-from retrieval.dedup import Candidate, DuplicateSearch
+from retrieval.decisions.dedup import Candidate, DuplicateSearch
+from retrieval.decisions.keeper_rules import DEFAULT_RULES
+from retrieval.decisions.moves import MoveReport
 from retrieval.errors import MoveError
-from retrieval.keeper_rules import DEFAULT_RULES
-from retrieval.moves import MoveReport
-from retrieval.unit_distance import cosine_similarity
+from retrieval.vectors.unit_distance import cosine_similarity
 from server.bodies import MAX_IMAGE_ID, json_body, path_value, require_proof, shown, threshold_value
 from server.resolutions import RESOLUTION_ID
 from server.review_groups import GROUP_ID_PATTERN, display_root, find_group, group_view, member_view

@@ -8,10 +8,10 @@ indexed file), because what was shown is then no longer what an action would tou
 not do: "keep this one" would rename the group under the page's feet.
 
 A member's facts are those of the file as it was indexed (its dimensions and size; the group was made only of files
-that still hold what was indexed, `retrieval.dedup`), what its header says (its format; its capture time and JPEG
-quality, as the keeper rules read them, `retrieval.photo_facts`: else its file time, and the page says which), and
-its path relative to `display_root`, the folder holding every indexed image, which `dedup --move-to` and the page's
-quarantine also lay moved files out under.
+that still hold what was indexed, `retrieval.decisions.dedup`), what its header says (its format; its capture time and
+JPEG quality, as the keeper rules read them, `retrieval.decisions.photo_facts`: else its file time, and the page says
+which), and its path relative to `display_root`, the folder holding every indexed image, which `dedup --move-to` and the
+page's quarantine also lay moved files out under.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from datetime import datetime
 
 from PIL import Image, UnidentifiedImageError
 
-from retrieval.dedup import Candidate, DuplicateGroup
-from retrieval.moves import collection_root
-from retrieval.photo_facts import indexed_photo_facts
-from retrieval.unit_distance import DISTANCE_DIGITS, cosine_similarity
+from retrieval.decisions.dedup import Candidate, DuplicateGroup
+from retrieval.decisions.moves import collection_root
+from retrieval.decisions.photo_facts import indexed_photo_facts
+from retrieval.vectors.unit_distance import DISTANCE_DIGITS, cosine_similarity
 
 GROUP_ID_DIGITS = 16
 """Hex digits of a group id (64 bits: no two groups of one collection share one)."""

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 
-from retrieval.inputs import k_argument
-from retrieval.pixel_rule import signature
-from retrieval.unit_distance import with_similarity
+from retrieval.decisions.pixel_rule import signature
+from retrieval.sources.inputs import k_argument
+from retrieval.vectors.unit_distance import with_similarity
 from server.batching import EmbedBatcher
 from server.bodies import Upload, form_body, json_body, path_value, shown
 from server.state import State
@@ -91,7 +91,7 @@ async def classify(state: State, request: Request) -> object:
     """The nearest class of an uploaded `image` among a support folder on the server (`support`: a folder of
     class subfolders); optional `prototype`, `threshold`, `precision`; with the header
     `X-Simsearch-Request`."""
-    from indexer.labelled import support_from_folder
+    from retrieval.sources.labelled import support_from_folder
 
     form = await form_body(request, ["image"], state.limits.max_upload_bytes)
     support = path_value(form.fields.get("support"), "support (a folder of class subfolders on the server)")

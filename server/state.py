@@ -17,8 +17,8 @@ from fastapi import Depends, Request
 
 from retrieval.collection import Collection
 from retrieval.errors import IndexNotFoundError
-from retrieval.images import DEFAULT_MAX_PIXELS
 from retrieval.index import SimilarityIndex, open_index
+from retrieval.sources.images import DEFAULT_MAX_PIXELS
 from server.batching import MAX_BATCH, WINDOW_SECONDS, EmbedBatcher
 from server.resolutions import Resolutions
 

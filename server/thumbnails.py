@@ -19,9 +19,9 @@ from pathlib import Path
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import DecodeError, IndexNotFoundError, OutputWriteError
-from retrieval.file_identity import identify_file
-from retrieval.images import DEFAULT_MAX_PIXELS, bounded_image, open_image
 from retrieval.index import THUMBNAILS_DIR, SimilarityIndex
+from retrieval.sources.file_identity import identify_file
+from retrieval.sources.images import DEFAULT_MAX_PIXELS, bounded_image, open_image
 from retrieval.unsaved import not_saved
 
 SIZE = 256

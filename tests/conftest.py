@@ -26,9 +26,9 @@ from postgres_server import PostgresServer
 from postgres_server import missing_reason as postgres_missing_reason
 from retrieval.datasets.locate import datasets_root
 from retrieval.index import SimilarityIndex
-from retrieval.images import Preprocessing
-from retrieval.model import EmbeddingModel, build_model, load_model
-from retrieval.model_spec import ModelSpec
+from retrieval.models.model import EmbeddingModel, build_model, load_model
+from retrieval.models.model_spec import ModelSpec
+from retrieval.sources.images import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = datasets_root()

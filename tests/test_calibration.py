@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, invoke, photo
-from retrieval.calibration import (MARGIN, PRECISION_LEVELS, CalibrationResult, Interval, _bootstrap, calibrate,
-                                  choose_threshold, decide, precision_levels, sample_calibration_pairs)
-from retrieval.calibration_plot import write_calibration_plot
+from retrieval.decisions.calibration import (MARGIN, PRECISION_LEVELS, CalibrationResult, Interval, _bootstrap,
+                                             calibrate, choose_threshold, decide, precision_levels,
+                                             sample_calibration_pairs)
+from retrieval.decisions.calibration_plot import write_calibration_plot
 from retrieval.errors import CalibrationError
-from retrieval.metrics import roc_auc
-from retrieval.model_spec import PrecisionLevel, ShippedCalibration
+from retrieval.evaluation.metrics import roc_auc
+from retrieval.models.model_spec import PrecisionLevel, ShippedCalibration
 
 
 def gaussian_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexer.labelled import support_from_folder
-from indexer.scan import scan
-from retrieval.classes import class_of
+from retrieval.sources.classes import class_of
+from retrieval.sources.labelled import support_from_folder
+from retrieval.sources.scan import scan
 
 
 def omniglot_like(root: Path, make_photos) -> Path:  # type: ignore[no-untyped-def]

@@ -12,13 +12,13 @@ import pytest
 
 from conftest import INDEX_FAST
 from indexer.adding import add_paths
-from indexer.calibration_data import calibration_distances
 from retrieval import open_collection
 from retrieval.collection import Collection
+from retrieval.decisions.calibration_data import calibration_distances
+from retrieval.decisions.index_calibration import calibrate_and_store, calibration_collection, existing_index
 from retrieval.errors import IndexNotFoundError, InputPathError, OutputWriteError
 from retrieval.index import create_index
-from retrieval.index_calibration import calibrate_and_store, calibration_collection, existing_index
-from retrieval.model import EmbeddingModel
+from retrieval.models.model import EmbeddingModel
 from retrieval.new_index import index_to_fill
 
 DISTANCE_TOLERANCE = 1e-5

@@ -34,7 +34,7 @@ def test_inference_gets_the_cores_the_decode_workers_leave(monkeypatch: pytest.M
 RESIDENT_AFTER_FREE = """
 import ctypes, os, sys
 if sys.argv[1] == "keep":
-    from retrieval.allocator import keep_freed_memory
+    from retrieval.models.allocator import keep_freed_memory
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

@@ -13,9 +13,9 @@ from PIL import Image
 
 from conftest import assert_one_line_error, decision_photos, invoke, photo, save_tiny_model
 from retrieval import open_collection
-from retrieval.calibration_store import latest_calibration, save_calibration
+from retrieval.decisions.calibration_store import latest_calibration, save_calibration
 from retrieval.errors import CalibrationError, ModelMismatchError
-from retrieval.model import load_model
+from retrieval.models.model import load_model
 
 COPY_THRESHOLD = 1e-6
 """Below the distance of any two different test photos; identical files (one shared vector) are at 0."""

@@ -8,16 +8,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from retrieval import dedup
+from retrieval.decisions import dedup
+from retrieval.decisions.dedup import Candidate, DuplicateGroup, connected_groups, keeper_order, pairs_within
+from retrieval.decisions.pixel_rule import PixelSignature
 from retrieval.errors import InvalidArgumentError
-from retrieval.dedup import Candidate, DuplicateGroup, connected_groups, keeper_order, pairs_within
-from retrieval.file_identity import FileIdentity
-from retrieval.pixel_rule import PixelSignature
+from retrieval.sources.file_identity import FileIdentity
 
 
 def duplicate_groups(*args: object, **options: object) -> list[DuplicateGroup]:
-    """`retrieval.dedup.duplicate_groups` of images that are neither tiny nor flat, whose pixels are never read
-    (these tests' paths are not on disk; the pixel rule is tested in tests/test_lookalikes.py)."""
+    """`retrieval.decisions.dedup.duplicate_groups` of images that are neither tiny nor flat, whose pixels are never
+    read (these tests' paths are not on disk; the pixel rule is tested in tests/test_lookalikes.py)."""
     photo = PixelSignature(np.zeros((8, 8, 3), np.float32), 50.0, 640, 480)
     return dedup.duplicate_groups(*args, signatures=lambda _: photo, **options)  # type: ignore[arg-type]
 
@@ -151,8 +151,8 @@ def test_groups_do_not_chain_and_name_their_weakest_link_rule_and_copies() -> No
 
 
 def test_keeper_rules_in_order_and_the_rule_that_decided() -> None:
-    from retrieval.dedup import GroupingRules
-    from retrieval.keeper_rules import parse_rules
+    from retrieval.decisions.dedup import GroupingRules
+    from retrieval.decisions.keeper_rules import parse_rules
 
     vectors = near_copies()
     owners = [[image(f"/c/{i}.jpg", 100, 100, i)] for i in range(10)]
@@ -169,7 +169,7 @@ def test_keeper_rules_in_order_and_the_rule_that_decided() -> None:
 
 
 def test_decided_apart_pairs_and_a_protected_reference_folder() -> None:
-    from retrieval.dedup import GroupingRules
+    from retrieval.decisions.dedup import GroupingRules
 
     vectors = near_copies()
     owners = [[image(f"/c/{i}.jpg", 100, 100, i, content_hash=f"h{i}")] for i in range(10)]

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from retrieval.errors import ModelError
-from retrieval.model import build_model, load_model, pretrained_backbone_spec
-from retrieval.model_spec import ModelSpec
-from retrieval.training.photo_edits import FAMILIES, user_edit
-from retrieval.training.tail import TailTraining, embed_all, train_tail
-from retrieval.training.view_cache import rendered_views, stage_activations
+from retrieval.models.model import build_model, load_model, pretrained_backbone_spec
+from retrieval.models.model_spec import ModelSpec
+from retrieval.models.training.photo_edits import FAMILIES, user_edit
+from retrieval.models.training.tail import TailTraining, embed_all, train_tail
+from retrieval.models.training.view_cache import rendered_views, stage_activations
 
 
 def _photo(seed: int = 0, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -145,7 +145,7 @@ def test_multi_scale_and_regional_pooling_give_unit_vectors_of_the_usual_size() 
 def test_an_index_made_with_v3_keeps_it_until_reembed(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     from conftest import invoke
 
-    from retrieval.model import load_default_model, load_v3_model
+    from retrieval.models.model import load_default_model, load_v3_model
 
     make_photos(tmp_path / "p", 3)
     v3, default = load_v3_model(), load_default_model()

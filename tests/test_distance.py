@@ -5,9 +5,10 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from retrieval.dedup import pairs_within
-from retrieval.faiss_factory import EXACT, new_faiss_index
-from retrieval.unit_distance import distance_between, paired_distances, pairwise_distances, squared_l2_from_scores
+from retrieval.decisions.dedup import pairs_within
+from retrieval.vectors.faiss_factory import EXACT, new_faiss_index
+from retrieval.vectors.unit_distance import (distance_between, paired_distances, pairwise_distances,
+                                             squared_l2_from_scores)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, assert_one_line_error, invoke, save_tiny_model, tiny_spec
-from retrieval.model import build_model
+from retrieval.models.model import build_model
 
 
 def answers(tmp_path: Path, index: str, photos: list[Path]) -> list[list[tuple[str, float]]]:
@@ -97,8 +97,9 @@ def test_a_bad_vector_late_in_the_last_file_refuses_the_import_whole(tmp_path: P
                                                                      exported: list[Path], make_photos,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Files are read a row group and a batch at a time, and all of them are checked before the first is written."""
-    monkeypatch.setattr("retrieval.embedding_files.GROUP_BYTES", 2 * 16 * 4)  # two rows of 16 dimensions a group
-    monkeypatch.setattr("retrieval.embedding_files.WRITE_ROWS", 2)
+    # two rows of 16 dimensions a group
+    monkeypatch.setattr("retrieval.sources.embedding_files.GROUP_BYTES", 2 * 16 * 4)
+    monkeypatch.setattr("retrieval.sources.embedding_files.WRITE_ROWS", 2)
     assert invoke("export", "all.parquet", "--index", "a", cwd=tmp_path).exit_code == 0
     assert pq.ParquetFile(tmp_path / "all.parquet").num_row_groups == 5, "9 rows, 2 a group"
     receiving_index(tmp_path, tiny_model_file, make_photos)
@@ -121,7 +122,7 @@ def test_a_bad_vector_late_in_the_last_file_refuses_the_import_whole(tmp_path: P
 MEASURE_IMPORT = """
 import re, sys
 from pathlib import Path
-from retrieval.embedding_files import import_embeddings
+from retrieval.sources.embedding_files import import_embeddings
 from retrieval.index import open_index
 
 def status(field):
@@ -142,8 +143,8 @@ The peak is this process's own (`VmHWM`): `ru_maxrss` keeps the forking parent's
 def test_an_import_holds_about_one_batch_not_the_files(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
     """100,000 vectors of 256 dimensions (97.7 MiB as float32) in two files: the import's peak resident memory
     grows by less than the vectors take, over that of a first import of 10,000."""
-    from retrieval.embedding_files import Embeddings, write_parquet
     from retrieval.index import open_index
+    from retrieval.sources.embedding_files import Embeddings, write_parquet
 
     model_file = tmp_path / "wide.safetensors"
     build_model(dataclasses.replace(tiny_spec("wide"), embedding_dim=256)).save(model_file)
@@ -173,7 +174,7 @@ def test_a_file_changed_between_the_check_and_the_writes_is_reported(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The files are read twice; a file rewritten meanwhile (a job still writing it) is refused where it is bad,
     saying how many rows of the files before it were written."""
-    from retrieval.embedding_files import EmbeddingsReader
+    from retrieval.sources.embedding_files import EmbeddingsReader
 
     assert invoke("export", "all.parquet", "--index", "a", cwd=tmp_path).exit_code == 0
     receiving_index(tmp_path, tiny_model_file, make_photos)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval.faiss_factory import index_bytes, new_faiss_index, parse_description, training_size
+from retrieval.vectors.faiss_factory import index_bytes, new_faiss_index, parse_description, training_size
 
 
 @pytest.mark.parametrize(("text", "kind", "lists", "pq"), [

@@ -12,15 +12,15 @@ import pytest
 
 from conftest import decision_photos, invoke
 from retrieval import Collection, open_collection
-from retrieval.calibration import CalibrationResult, calibrate, level_at
-from retrieval.calibration_store import save_calibration
+from retrieval.decisions.calibration import CalibrationResult, calibrate, level_at
+from retrieval.decisions.calibration_store import save_calibration
+from retrieval.decisions.false_pairs import (MIN_COUNTED, clopper_pearson, collection_false_pairs, curve_thresholds,
+                                             estimate_rate, expected_false_pairs, false_pair_curve, fit_tail,
+                                             largest_collection, measured_rate, rate_at)
 from retrieval.errors import CalibrationError, ModelError
-from retrieval.false_pairs import (MIN_COUNTED, clopper_pearson, collection_false_pairs, curve_thresholds,
-                                   estimate_rate, expected_false_pairs, false_pair_curve, fit_tail,
-                                   largest_collection, measured_rate, rate_at)
-from retrieval.model import load_default_model, load_model
-from retrieval.model_spec import (DEFAULT_MODEL_FILE, FalsePairCurve, FalsePairRate, PrecisionLevel,
-                                  ShippedCalibration, read_model_header)
+from retrieval.models.model import load_default_model, load_model
+from retrieval.models.model_spec import (DEFAULT_MODEL_FILE, FalsePairCurve, FalsePairRate, PrecisionLevel,
+                                         ShippedCalibration, read_model_header)
 
 LEVELS = (PrecisionLevel(0.9, 0.5, 0.9), PrecisionLevel(0.999, 0.2, 0.5))
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import head_start
-from indexer.scan import scan
-from retrieval.embedding import Embedder, pins_memory
-from retrieval.images import decode_image
-from retrieval.model import load_default_model, load_model
+from retrieval.models.embedding import Embedder, pins_memory
+from retrieval.models.model import load_default_model, load_model
+from retrieval.sources import head_start
 from retrieval.sources import workers as loading
 from retrieval.sources.decode import Source
+from retrieval.sources.images import decode_image
+from retrieval.sources.scan import scan
 from retrieval.sources.workers import decoding_loader
 from conftest import TINY, invoke, make_characters
 
@@ -166,7 +166,7 @@ def test_an_inverted_file_trained_on_the_gpu_searches_as_one_trained_on_the_cpu(
     """k-means on the GPUs (a faiss-gpu build); the index kept is the CPU one, its recall as the CPU path's."""
     from retrieval.store import vector_index
     from retrieval.store.vector_index import VectorIndex, gpus
-    from retrieval.vector_tuning import tune
+    from retrieval.vectors.vector_tuning import tune
 
     if gpus() == 0:
         pytest.skip("faiss has no GPU here (a faiss-cpu build)")

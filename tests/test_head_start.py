@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from indexer import head_start, pipeline
-from indexer.head_start import HeadStart
-from indexer.scan import scan
-from retrieval.embedding import Embedder
-from retrieval.images import Preprocessing
+from indexer import pipeline
 from retrieval.index import create_index
-from retrieval.model import EmbeddingModel
+from retrieval.models.embedding import Embedder
+from retrieval.models.model import EmbeddingModel
+from retrieval.sources import head_start
 from retrieval.sources.decode import Decoded, Source, decode_source
+from retrieval.sources.head_start import HeadStart
+from retrieval.sources.images import Preprocessing
+from retrieval.sources.scan import scan
 from retrieval.sources.workers import DecodedBatch
-from retrieval.search import query_files
+from retrieval.vectors.search import query_files
 from conftest import run
 
 PREP = Preprocessing(size=(32, 32))

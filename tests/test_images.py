@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import photo, png_header_bomb
 from retrieval.errors import DecodeError
-from retrieval.images import Preprocessing, _high_bit_top, _to_mode, decode_image
+from retrieval.sources.images import Preprocessing, _high_bit_top, _to_mode, decode_image
 
 RGB = Preprocessing(size=(16, 16), mode="RGB")
 

@@ -21,12 +21,12 @@ from sqlalchemy import event, func, select
 
 from conftest import REPO, save_tiny_model, simsearch
 from indexer.pipeline import IndexOptions, index_paths
-from retrieval.embedding import Embedder
 from retrieval.errors import IndexWriteError
 from retrieval.index import SimilarityIndex, create_index, open_index
-from retrieval.model import EmbeddingModel
-from retrieval.search import query_files
+from retrieval.models.embedding import Embedder
+from retrieval.models.model import EmbeddingModel
 from retrieval.store.schema import ImageRecord
+from retrieval.vectors.search import query_files
 
 FAST = IndexOptions(batch_size=2, workers=0)
 

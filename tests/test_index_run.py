@@ -11,7 +11,7 @@ from conftest import run
 from retrieval.errors import IndexWriteError
 from retrieval.index import create_index, open_index
 from retrieval.index_run import RunState
-from retrieval.model import EmbeddingModel
+from retrieval.models.model import EmbeddingModel
 
 
 def test_a_pipeline_run_finishes_and_releases_the_lock(tmp_path: Path, tiny: EmbeddingModel,  # type: ignore[no-untyped-def]

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from conftest import run, save_tiny_model
-from retrieval.embedding import RUNTIME_ENV, Embedder
 from retrieval.errors import ModelError
-from retrieval.images import decode_image
 from retrieval.index import create_index
-from retrieval.model import EmbeddingModel, load_default_model, load_model
-from retrieval.runtime_onnx import CACHE_ENV, HASH_KEY, onnx_installed
-from retrieval.search import query_files
+from retrieval.models.embedding import RUNTIME_ENV, Embedder
+from retrieval.models.model import EmbeddingModel, load_default_model, load_model
+from retrieval.models.runtime_onnx import CACHE_ENV, HASH_KEY, onnx_installed
+from retrieval.sources.images import decode_image
+from retrieval.vectors.search import query_files
 
 pytestmark = pytest.mark.skipif(not onnx_installed(), reason="the [onnx] extra (onnxruntime, onnx, onnxscript, "
                                                                "platformdirs) is not installed")

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image, features
 
 from conftest import invoke, photo
-from retrieval.dedup import Candidate
+from retrieval.decisions.dedup import Candidate
+from retrieval.decisions.keeper_rules import order_key, parse_rules
+from retrieval.decisions.photo_facts import UNKNOWN, capture_time_ns, indexed_photo_facts, read_photo_facts
 from retrieval.errors import DecodeError
-from retrieval.images import IMAGE_SUFFIXES, Preprocessing, decode_image
-from retrieval.keeper_rules import order_key, parse_rules
-from retrieval.photo_facts import UNKNOWN, capture_time_ns, indexed_photo_facts, read_photo_facts
+from retrieval.sources.images import IMAGE_SUFFIXES, Preprocessing, decode_image
 
 THRESHOLD = "0.1"
 """Wide enough for re-encodes of one test photo under the tiny model, far below two different ones."""
@@ -278,7 +278,7 @@ def test_files_simsearch_does_not_read_are_counted_by_extension(tmp_path: Path, 
 
 
 def test_many_extensions_are_summed_beyond_the_first_five() -> None:
-    from indexer.report import other_files_text
+    from retrieval.report import other_files_text
 
     counts = {".mov": 41, ".cr3x": 12, ".txt": 3, "": 2, ".a": 1, ".b": 1, ".c": 1}
     assert other_files_text(counts) == \

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import photo
-from indexer.labelled import load_labelled_images
 from retrieval.errors import InputPathError
-from retrieval.images import Preprocessing
+from retrieval.sources.images import Preprocessing
+from retrieval.sources.labelled import load_labelled_images
 
 PREP = Preprocessing(size=(16, 16))
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from sqlalchemy import select
 
 from indexer.pipeline import IndexOptions, index_paths
-from retrieval.dedup import index_duplicates
-from retrieval.embedding import Embedder
+from retrieval.decisions.dedup import index_duplicates
 from retrieval.index import SimilarityIndex, create_index, open_index
-from retrieval.model import EmbeddingModel
-from retrieval.search import query_files
+from retrieval.models.embedding import Embedder
+from retrieval.models.model import EmbeddingModel
 from retrieval.store.schema import ImageRecord
+from retrieval.vectors.search import query_files
 
 FAST = IndexOptions(batch_size=4, workers=0)
 

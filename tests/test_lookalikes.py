@@ -19,9 +19,9 @@ from PIL import Image
 
 from conftest import invoke, photo
 from retrieval.collection import open_collection
-from retrieval.file_identity import file_id
-from retrieval.lookalikes import MIN_IMAGES, nearest_share, share_from_pairs
-from retrieval.pixel_rule import PIXEL_TOLERANCE, indexed_signature, judge, signature
+from retrieval.decisions.lookalikes import MIN_IMAGES, nearest_share, share_from_pairs
+from retrieval.decisions.pixel_rule import PIXEL_TOLERANCE, indexed_signature, judge, signature
+from retrieval.sources.file_identity import file_id
 from server.app import create_app
 
 EVERYTHING = "4"

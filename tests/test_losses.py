@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from retrieval.distances import pairwise_squared_l2
-from retrieval.losses.contrastive import ContrastiveLoss
-from retrieval.losses.pairwise import PairwiseBCELoss
-from retrieval.pair_head import PairwiseHead
-from retrieval.losses.triplet import TripletMarginLoss
-from retrieval.miners import Pairs, Triplets
+from retrieval.models.losses.contrastive import ContrastiveLoss
+from retrieval.models.losses.pairwise import PairwiseBCELoss
+from retrieval.models.losses.triplet import TripletMarginLoss
+from retrieval.models.miners import Pairs, Triplets
+from retrieval.models.pair_head import PairwiseHead
+from retrieval.vectors.distances import pairwise_squared_l2
 
 
 def _long(*values: int) -> Tensor:

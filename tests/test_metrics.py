@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.metrics import retrieval_scores, roc_auc
+from retrieval.evaluation.metrics import retrieval_scores, roc_auc
 
 
 def unit(*angles_deg: float) -> np.ndarray:

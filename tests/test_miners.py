@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from retrieval.distances import pairwise_squared_l2
-from retrieval.miners import BalancedPairMiner, BatchHardMiner, RandomTripletMiner, SemiHardMiner, Triplets
-from retrieval.training.sampler import PKSampler
+from retrieval.models.miners import BalancedPairMiner, BatchHardMiner, RandomTripletMiner, SemiHardMiner, Triplets
+from retrieval.models.training.sampler import PKSampler
+from retrieval.vectors.distances import pairwise_squared_l2
 
 LABELS = torch.tensor([0, 0, 1, 1])
 # Symmetric distances for a batch labelled [0, 0, 1, 1].

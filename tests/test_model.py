@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from conftest import REPO, save_tiny_model, tiny_spec
-from retrieval.encoders.efficientnet_lite import (
+from retrieval.errors import ModelError
+from retrieval.models.encoders.efficientnet_lite import (
     FEATURE_DIM,
     EfficientNetLite0,
     SameConv2d,
     imagenet_weights_path,
     load_imagenet_weights,
 )
-from retrieval.errors import ModelError
-from retrieval.model import (
+from retrieval.models.model import (
     DEFAULT_MODEL_FILE,
     build_model,
     load_default_model,
@@ -111,7 +111,7 @@ def test_same_padding_in_the_kernel_equals_tensorflow_input_padding(kernel: int,
 
 def test_embedder_matches_the_model_it_prepares() -> None:
     """Folding batch norms and changing layout must not change the embeddings."""
-    from retrieval.embedding import Embedder
+    from retrieval.models.embedding import Embedder
 
     torch.manual_seed(0)
     model = build_model(tiny_spec())
@@ -130,7 +130,7 @@ def test_embedder_matches_the_model_it_prepares() -> None:
 
 def test_a_model_saved_after_embedding_reloads_with_its_hash(tmp_path: Path) -> None:
     """`calibrate --model X` embeds with X before the index stores X's file: that file must still load."""
-    from retrieval.embedding import Embedder
+    from retrieval.models.embedding import Embedder
 
     torch.manual_seed(0)
     model = build_model(tiny_spec())
@@ -146,8 +146,8 @@ def test_the_default_model_file_header_names_the_model_it_holds(tmp_path: Path) 
     """A new index registers the shipped model from its file header, before loading it: the header's hash must be
     the loaded model's, and the index's copy must load as that model."""
     from retrieval.index import create_index
-    from retrieval.model import load_default_model
-    from retrieval.model_spec import DEFAULT_MODEL_FILE, read_model_header
+    from retrieval.models.model import load_default_model
+    from retrieval.models.model_spec import DEFAULT_MODEL_FILE, read_model_header
 
     header = read_model_header(DEFAULT_MODEL_FILE)
     model = load_default_model()
@@ -160,7 +160,7 @@ def test_the_default_model_file_header_names_the_model_it_holds(tmp_path: Path) 
 
 
 def test_a_file_without_a_model_header_is_a_model_error(tmp_path: Path) -> None:
-    from retrieval.model_spec import read_model_header
+    from retrieval.models.model_spec import read_model_header
 
     path = tmp_path / "photo.safetensors"
     path.write_bytes(b"not a model")

@@ -20,10 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import REPO, assert_one_line_error, invoke, save_tiny_model, tiny_spec
-from retrieval.embedding import Embedder
 from retrieval.errors import ModelError
-from retrieval.model import build_model, load_model, load_pretrained_backbone_model
-from retrieval.model_spec import read_model_header
+from retrieval.models.embedding import Embedder
+from retrieval.models.model import build_model, load_model, load_pretrained_backbone_model
+from retrieval.models.model_spec import read_model_header
 
 Spec = dict[str, Any]
 Parts = tuple[dict[str, torch.Tensor], Spec, str]
@@ -311,7 +311,7 @@ MEMORY_PROBE = """
 import json, resource, sys, time
 from pathlib import Path
 from retrieval.errors import ModelError
-from retrieval.model import load_model
+from retrieval.models.model import load_model
 
 load_model(Path(sys.argv[1]))  # imports and first-use allocations, before the baseline
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

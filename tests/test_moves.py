@@ -18,10 +18,10 @@ import pytest
 
 from conftest import REPO, assert_one_line_error, invoke, photo
 from retrieval import open_collection
-from retrieval.dedup import DuplicateGroup
-from retrieval.file_identity import identify_file
-from retrieval.moves import (MANIFEST_NAME, TRASH_MANIFEST_NAME, MoveRecord, collection_root, destination_for,
-                             move_duplicates, read_manifest, trash_duplicates, undo_moves)
+from retrieval.decisions.dedup import DuplicateGroup
+from retrieval.decisions.moves import (MANIFEST_NAME, TRASH_MANIFEST_NAME, MoveRecord, collection_root, destination_for,
+                                       move_duplicates, read_manifest, trash_duplicates, undo_moves)
+from retrieval.sources.file_identity import identify_file
 
 THRESHOLD = "0.05"
 """Groups each photo with its copies and resized copies (the tiny model puts them within 1e-4), never two photos."""

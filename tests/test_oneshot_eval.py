@@ -11,9 +11,11 @@ from torch.nn import functional as F
 
 from retrieval.datasets.locate import DATASETS_ENV, datasets_root
 from retrieval.datasets.omniglot import DatasetNotFoundError, LakeRun, load_characters, load_lake_runs
-from retrieval.evaluation import episode_accuracy, lake_oneshot_accuracy, mean_ci, sample_episodes
+from retrieval.evaluation.episodes import episode_accuracy, sample_episodes
+from retrieval.evaluation.lake import lake_oneshot_accuracy
+from retrieval.evaluation.stats import mean_ci
 from retrieval.evaluation.episodes import EpisodeSamplingError
-from retrieval.training import Trainer, TrainerConfig, build_objective
+from retrieval.models.training import Trainer, TrainerConfig, build_objective
 
 
 def _require_omniglot() -> None:

@@ -1,4 +1,4 @@
-"""The partitioned pair search (`retrieval.partitioned_pairs`): the pairs exact search finds, in bounded memory,
+"""The partitioned pair search (`retrieval.vectors.partitioned_pairs`): the pairs exact search finds, in bounded memory,
 refused before any work beyond its budget; and dedup through it groups a small index as the exact path does."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import dedup
-from retrieval.dedup import index_duplicates, pairs_within
+from retrieval.decisions import dedup
+from retrieval.decisions.dedup import index_duplicates, pairs_within
 from retrieval.errors import InvalidArgumentError
 from retrieval.index import open_index
-from retrieval.partitioned_pairs import TRAINING_PER_CELL, ArrayVectors, Partition, cell_count, partitioned_pairs
+from retrieval.vectors.partitioned_pairs import (TRAINING_PER_CELL, ArrayVectors, Partition, cell_count,
+                                                 partitioned_pairs)
 from tests.conftest import decision_photos, invoke
 
 THRESHOLD = 0.5
@@ -65,7 +66,7 @@ def test_finds_the_pairs_exact_search_finds_also_across_cell_borders() -> None:
 GENERATED = """
 import resource, sys
 import numpy as np
-from retrieval.partitioned_pairs import CHUNK_ROWS, partitioned_pairs
+from retrieval.vectors.partitioned_pairs import CHUNK_ROWS, partitioned_pairs
 
 class Generated:
     \"\"\"200,000 x 512 clustered vectors made a chunk at a time from its seed, never held whole: the last 5 % of

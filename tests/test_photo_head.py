@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from retrieval.encoders.efficientnet_lite import EfficientNetLite0
-from retrieval.model import load_model
-from retrieval.training.whitening import pca_whitening
+from retrieval.models.encoders.efficientnet_lite import EfficientNetLite0
+from retrieval.models.model import load_model
+from retrieval.models.training.whitening import pca_whitening
 from conftest import TINY, invoke, make_characters
 
 

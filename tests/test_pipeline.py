@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from conftest import photo, png_header_bomb, run, save_tiny_model
-from retrieval.embedding import Embedder
 from retrieval.errors import InputPathError, ModelMismatchError
 from retrieval.index import SimilarityIndex, create_index, open_index
-from retrieval.model import EmbeddingModel, load_model
-from retrieval.search import query_files
+from retrieval.models.embedding import Embedder
+from retrieval.models.model import EmbeddingModel, load_model
 from retrieval.store.schema import STATUS_ERROR, ImageRecord
+from retrieval.vectors.search import query_files
 
 def nearest(index: SimilarityIndex, model: EmbeddingModel, query: Path, k: int = 1) -> list[str]:
     [result] = query_files(index, Embedder(model), [query], k)

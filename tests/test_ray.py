@@ -151,7 +151,7 @@ def test_a_cluster_with_gpus_decodes_in_tasks_for_its_model_actors_with_the_same
     """The plan for GPUs (decode tasks feeding one model actor a GPU) on a local Ray that declares a GPU: the actor
     embeds on whatever device its torch finds (the CPU on a machine without one), and the results must equal a
     local run's."""
-    from indexer import ray_embed
+    from retrieval.sources import ray_embed
 
     jobs = []
     real = ray_embed._decode_then_embed
@@ -286,8 +286,8 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
     retried and killed again. Under the same limit, the photos alone index: the image is what runs out of memory.
 
     The image is written without ever being held here: once any test has embedded in this process, its malloc
-    keeps what it frees (`retrieval.allocator.keep_freed_memory`), so an image made here with Pillow would stay in
-    it (1.6 GB), above the limit before the run begins; the memory monitor can then kill only Ray Data's own
+    keeps what it frees (`retrieval.models.allocator.keep_freed_memory`), so an image made here with Pillow would stay
+    in it (1.6 GB), above the limit before the run begins; the memory monitor can then kill only Ray Data's own
     ActorLocationTracker, which restarts without limit, and the run never ends."""
     make_photos(tmp_path / "p", 8)
     control = index_under_memory_limit(tmp_path, tiny_model_file, "control")
@@ -303,7 +303,7 @@ def test_a_worker_out_of_memory_is_one_line_and_leaves_whole_batches(
 def test_model_actors_follow_the_cluster() -> None:
     """One actor a GPU with a GPU's batch and the CPUs left to decoding; without GPUs, one actor a CPU that
     decodes its own batches."""
-    from indexer.ray_embed import GPU_BATCH_SIZE, ActorPlan, plan_actors
+    from retrieval.sources.ray_embed import GPU_BATCH_SIZE, ActorPlan, plan_actors
 
     assert plan_actors({"CPU": 2.0}, 32) == ActorPlan(actors=2, gpus=0, cpus=1, threads=1, batch_size=32,
                                                       decodes=True)

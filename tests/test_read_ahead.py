@@ -61,7 +61,7 @@ class RecordingEmbedder:
     decoding is over, as a slow model's would."""
 
     def __init__(self, decoded: threading.Event) -> None:
-        from retrieval.images import Preprocessing
+        from retrieval.sources.images import Preprocessing
 
         self.started = threading.Event()
         self.decoded = decoded

@@ -225,7 +225,7 @@ def test_a_hash_planted_in_the_database_is_never_a_file_name(case: Path, built: 
 
 def test_an_npy_export_replaces_an_earlier_one_whole(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first export in four shards of one row, the second in one of four: no old shard is left to count."""
-    monkeypatch.setattr("retrieval.embedding_files.SHARD_ROWS", 1)
+    monkeypatch.setattr("retrieval.sources.embedding_files.SHARD_ROWS", 1)
     assert invoke("export", "shards", "--format", "npy", "--index", "idx", cwd=case).exit_code == 0
     assert len(list((case / "shards" / "embeddings").iterdir())) == 4
     monkeypatch.undo()

@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from conftest import REPO, assert_one_line_error, invoke, photo
-from indexer import scan as scan_module
-from indexer.scan import scan
+from retrieval.sources import scan as scan_module
+from retrieval.sources.scan import scan
 from postgres_server import PASSWORD, PostgresServer, free_port
 from retrieval.store.redact import first_line, shown_url
 
@@ -62,7 +62,7 @@ def pixel_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 MEASURE = """
 import resource, sys, time
 from pathlib import Path
-from retrieval.images import Preprocessing, decode_image
+from retrieval.sources.images import Preprocessing, decode_image
 
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()

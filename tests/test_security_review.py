@@ -1,6 +1,6 @@
 """The review page's resolve and undo, attacked: a manifest edited on disk to point undo at other files, a symbolic
 link planted where a moved file's folder was, another index's resolve, stale and forged groups, and the answers'
-headers and error details. Small unit tests against `retrieval.moves`, and a real server on loopback."""
+headers and error details. Small unit tests against `retrieval.decisions.moves`, and a real server on loopback."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="the server's extra is not insta
 
 from conftest import invoke, photo, serving_in_thread  # noqa: E402
 from retrieval import open_collection  # noqa: E402
-from retrieval.moves import move_duplicates, undo_moves  # noqa: E402
+from retrieval.decisions.moves import move_duplicates, undo_moves  # noqa: E402
 from server.app import create_app  # noqa: E402
 
 THRESHOLD = 0.05

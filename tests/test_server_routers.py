@@ -15,8 +15,8 @@ fastapi = pytest.importorskip("fastapi", reason="the server's extra is not insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import invoke, photo  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.model import load_model  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import load_model  # noqa: E402
 from retrieval.sources.embed import embed_files  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.batching import embed_uploads  # noqa: E402

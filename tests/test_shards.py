@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import REPO, assert_one_line_error, invoke
 from retrieval import Deduplicator
-from retrieval.manifest import read_manifest
-from retrieval.sample_groups import SampleDecision
-from retrieval.sample_store import FILE_NAME
+from retrieval.decisions.manifest import read_manifest
+from retrieval.decisions.sample_groups import SampleDecision
+from retrieval.decisions.sample_store import FILE_NAME
 
 PHOTOS = sorted((REPO / "demo" / "photos").iterdir())
 

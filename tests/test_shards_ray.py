@@ -1,5 +1,5 @@
-"""The Ray Data form of dedup over shards (`indexer.ray_dedup`): on a local Ray of 2 CPUs, the same manifest rows
-as the one-machine run (`indexer.shard_dedup`)."""
+"""The Ray Data form of dedup over shards (`retrieval.decisions.ray_dedup`): on a local Ray of 2 CPUs, the same manifest
+rows as the one-machine run (`retrieval.decisions.shard_dedup`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.
 
 from ray_cluster import ray_left_as_found  # noqa: E402
 from test_shards import planted, write_parquet, write_tar  # noqa: E402
-from indexer.ray_dedup import dedup_shards_on_ray  # noqa: E402
 from retrieval.collection import Collection  # noqa: E402
-from retrieval.embedding import Embedder  # noqa: E402
-from retrieval.model import DEFAULT_MODEL_FILE, load_default_model  # noqa: E402
-from indexer.shard_dedup import dedup_shards  # noqa: E402
-from indexer.shard_samples import SampleChunks  # noqa: E402
+from retrieval.decisions.ray_dedup import dedup_shards_on_ray  # noqa: E402
+from retrieval.decisions.shard_dedup import dedup_shards  # noqa: E402
+from retrieval.models.embedding import Embedder  # noqa: E402
+from retrieval.models.model import DEFAULT_MODEL_FILE, load_default_model  # noqa: E402
+from retrieval.sources.shard_samples import SampleChunks  # noqa: E402
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 
 from conftest import assert_one_line_error, decision_photos, invoke
 from retrieval import Collection, open_collection
-from retrieval.calibration_store import save_calibration
+from retrieval.decisions.calibration_store import save_calibration
 from retrieval.errors import CalibrationError, InvalidArgumentError, ModelError
-from retrieval.model import load_model
-from retrieval.model_spec import PrecisionLevel, ShippedCalibration, read_model_header
+from retrieval.models.model import load_model
+from retrieval.models.model_spec import PrecisionLevel, ShippedCalibration, read_model_header
 
 MEASURED_ON = "synthetic test pairs"
 

@@ -1,6 +1,6 @@
 """A threshold people read: the cosine similarity beside every distance, `--similarity` beside `--threshold` and
-`--precision` (one conversion, `retrieval.unit_distance`), exact copies named `copy` in the dedup table, and long
-paths in tables shortened in the middle, where the file name's end (`_crop`, `_q40`) stays."""
+`--precision` (one conversion, `retrieval.vectors.unit_distance`), exact copies named `copy` in the dedup table, and
+long paths in tables shortened in the middle, where the file name's end (`_crop`, `_q40`) stays."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from cli.output import fit_path_columns, shortened_middle
 from conftest import assert_one_line_error, invoke, photo
 from retrieval.errors import ArgumentTypeError, InvalidArgumentError
-from retrieval.unit_distance import cosine_similarity, distance_between, threshold_for_similarity
+from retrieval.vectors.unit_distance import cosine_similarity, distance_between, threshold_for_similarity
 
 DEEP = "2019/summer holiday in the mountains/day three"
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retrieval.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
-from retrieval.images import decode_image
-from retrieval.training.views import stroke_views
+from retrieval.models.encoders.small_cnn import INPUT_SIZE, PIXEL_MEAN, PIXEL_STD, PREPROCESSING, RESAMPLE, SmallCNN
+from retrieval.models.training.views import stroke_views
+from retrieval.sources.images import decode_image
 
 
 def _preprocess(image: Image.Image) -> torch.Tensor:

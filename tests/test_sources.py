@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval.models.embedding import Embedder
+from retrieval.models.model import EmbeddingModel
 from retrieval.sources.decode import Source
 from retrieval.sources.embed import embed_batches, embed_sources
-from retrieval.embedding import Embedder
-from retrieval.model import EmbeddingModel
 
 
 def test_files_and_bytes_get_the_same_vector_and_bad_inputs_their_error(tmp_path: Path, tiny: EmbeddingModel,

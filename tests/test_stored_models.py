@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, update
 
 from conftest import assert_one_line_error, invoke, save_tiny_model
-from retrieval.content_hash import hash_bytes
 from retrieval.errors import CorruptIndexError
 from retrieval.index import open_index
+from retrieval.sources.content_hash import hash_bytes
 from retrieval.store.schema import ModelFileRecord
 from server.app import create_app
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrieval.model import load_model
-from retrieval.training import Trainer, TrainerConfig, build_objective
-from retrieval.training.encoder import EncoderTraining, train_encoder
-from retrieval.training.trainer import CheckpointError
+from retrieval.models.model import load_model
+from retrieval.models.training import Trainer, TrainerConfig, build_objective
+from retrieval.models.training.encoder import EncoderTraining, train_encoder
+from retrieval.models.training.trainer import CheckpointError
 from conftest import TINY, assert_one_line_error, invoke, make_characters, synthetic
 
 def test_train_writes_a_model_that_eval_and_index_can_use(tmp_path: Path) -> None:

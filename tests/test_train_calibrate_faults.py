@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.atomic import temporary_path
-from retrieval.training import Trainer, TrainerConfig, build_objective
-from retrieval.training.trainer import CheckpointError
+from retrieval.models.training import Trainer, TrainerConfig, build_objective
+from retrieval.models.training.trainer import CheckpointError
 from conftest import assert_one_line_error, invoke, make_characters, synthetic
 
 TRAIN = ["--epochs", "1", "--steps-per-epoch", "1", "--embedding-dim", "16", "-P", "2", "-K", "2", "--input-size", "16",

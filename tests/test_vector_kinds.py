@@ -10,11 +10,11 @@ import pytest
 
 from conftest import assert_one_line_error, invoke
 from retrieval.errors import InvalidArgumentError
-from retrieval.faiss_factory import FLAT_UP_TO, check_description, choose_description, list_count
 from retrieval.index import SimilarityIndex, create_index, open_index
 from retrieval.store.index_store import ImageChange
 from retrieval.store.schema import STATUS_OK
 from retrieval.store.vector_index import VectorIndex
+from retrieval.vectors.faiss_factory import FLAT_UP_TO, check_description, choose_description, list_count
 
 DIM = 16
 
@@ -177,8 +177,8 @@ def test_index_type_and_max_memory_from_the_cli(tmp_path: Path, tiny_model_file:
 
 
 def test_the_knn_graph_finds_the_pairs_exact_search_finds(tmp_path: Path) -> None:
-    from retrieval.dedup import pairs_within
-    from retrieval.neighbour_graph import graph_pairs, pair_recall
+    from retrieval.decisions.dedup import pairs_within
+    from retrieval.vectors.neighbour_graph import graph_pairs, pair_recall
 
     base = clustered(4000)
     rng = np.random.default_rng(3)

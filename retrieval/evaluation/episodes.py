@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from retrieval.distances import pairwise_squared_l2
 from retrieval.errors import SimsearchError
 from retrieval.evaluation.stats import Estimate, mean_ci
+from retrieval.vectors.distances import pairwise_squared_l2
 
 
 class EpisodeSamplingError(SimsearchError, ValueError):

@@ -1,7 +1,7 @@
 """Score embeddings of a labelled set: few-shot episodes, verification ROC AUC, retrieval metrics.
 
-The verification pairs come from the one pair sampler (`retrieval.calibration.sample_calibration_pairs`), which
-numbers pairs without listing them: `eval` on one class of thousands of images allocates the sample, not every
+The verification pairs come from the one pair sampler (`retrieval.decisions.calibration.sample_calibration_pairs`),
+which numbers pairs without listing them: `eval` on one class of thousands of images allocates the sample, not every
 pair."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retrieval.calibration import sample_calibration_pairs
+from retrieval.decisions.calibration import sample_calibration_pairs
 from retrieval.evaluation.episodes import episode_accuracy, sample_episodes
+from retrieval.evaluation.metrics import RetrievalScores, retrieval_scores, roc_auc
 from retrieval.evaluation.stats import Estimate
-from retrieval.metrics import RetrievalScores, retrieval_scores, roc_auc
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from retrieval.datasets.omniglot import LakeRun
-from retrieval.distances import pairwise_squared_l2
-from retrieval.evaluation.types import EmbedFunction
 from retrieval.evaluation.stats import Estimate, mean_ci
+from retrieval.evaluation.types import EmbedFunction
+from retrieval.vectors.distances import pairwise_squared_l2
 
 
 def lake_oneshot_accuracy(embed: EmbedFunction, runs: tuple[LakeRun, ...] | list[LakeRun]) -> Estimate:

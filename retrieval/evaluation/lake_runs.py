@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from retrieval.datasets.omniglot import read_lake_runs
-from retrieval.embedding import Embedder
 from retrieval.evaluation.lake import lake_oneshot_accuracy
 from retrieval.evaluation.stats import Estimate
-from retrieval.images import decode_image
+from retrieval.models.embedding import Embedder
+from retrieval.sources.images import decode_image
 
 
 def lake_runs_accuracy(embedder: Embedder, runs_zip: Path) -> Estimate:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.content_hash import hash_bytes
 from retrieval.errors import DecodeError
-from retrieval.images import Preprocessing, decode_image
-from retrieval.inputs import unreadable_reason
+from retrieval.sources.content_hash import hash_bytes
+from retrieval.sources.images import Preprocessing, decode_image
+from retrieval.sources.inputs import unreadable_reason
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.embedding import Embedder
 from retrieval.errors import DecodeError
-from retrieval.images import DEFAULT_MAX_PIXELS
+from retrieval.models.embedding import Embedder
 from retrieval.sources.decode import Source, SourceResult
+from retrieval.sources.images import DEFAULT_MAX_PIXELS
 from retrieval.sources.read_ahead import ReadAhead
 from retrieval.sources.workers import DecodedBatch, available_cores, decoding_loader, default_workers
 

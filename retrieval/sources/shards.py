@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.errors import ShardError
-from retrieval.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from retrieval.sources.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 
 MAX_SAMPLE_BYTES = 3 * DEFAULT_MAX_PIXELS
 """The largest image member read: the bytes of the largest image `simsearch index` decodes (its pixel limit) as

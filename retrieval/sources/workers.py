@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from retrieval.images import Preprocessing
 from retrieval.sources.decode import Decoded, Source, SourceResult, decode_source
+from retrieval.sources.images import Preprocessing
 
 
 @dataclass(frozen=True)

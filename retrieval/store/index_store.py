@@ -23,11 +23,11 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from retrieval.errors import IndexUnavailableError, IndexWriteError
+from retrieval.sources.content_hash import hash_bytes
 from retrieval.store.backends import Backend, WriterLock, first_line as _first_line
 from retrieval.store.queries import images_under, root_batches
 from retrieval.store.records import (UNSET, CopySummary, ImageChange, IndexedImage, KnownImage, ModelFile, ModelInfo,
                                      ServedState, StoredCalibration, Unset)
-from retrieval.content_hash import hash_bytes
 from retrieval.store.schema import (STATUS_ERROR, STATUS_OK, CalibrationRecord, ChosenKeeper, DistinctPair, ImageRecord,
                                     IndexState, ModelFileRecord, ModelRecord, VectorRecord, utcnow)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from retrieval.calibration import levels_from_dicts
-from retrieval.model_spec import PrecisionLevel
+from retrieval.decisions.calibration import levels_from_dicts
+from retrieval.models.model_spec import PrecisionLevel
 from retrieval.store.schema import STATUS_ERROR, STATUS_OK
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import (BigInteger, CheckConstraint, Dialect, Float, ForeignKey,
                         Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from retrieval.content_hash import is_content_hash
 from retrieval.errors import CorruptIndexError
+from retrieval.sources.content_hash import is_content_hash
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"

@@ -1,8 +1,8 @@
 """The FAISS index over stored vectors, and its file.
 
 Vectors are L2-normalised, so an inner-product index gives cosine neighbours; their scores are reported as the
-squared L2 distance of `retrieval.unit_distance`. Its kind is a FAISS factory description
-(`retrieval.faiss_factory`): exact `Flat`, or an inverted file trained on a random sample of the vectors.
+squared L2 distance of `retrieval.vectors.unit_distance`. Its kind is a FAISS factory description
+(`retrieval.vectors.faiss_factory`): exact `Flat`, or an inverted file trained on a random sample of the vectors.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 
 from retrieval.atomic import atomic_write
 from retrieval.errors import IndexUnavailableError, InvalidArgumentError
-from retrieval.faiss_factory import EXACT, faiss_reason, new_faiss_index, set_search_breadth, training_size
-from retrieval.unit_distance import squared_l2_from_scores
+from retrieval.vectors.faiss_factory import EXACT, faiss_reason, new_faiss_index, set_search_breadth, training_size
+from retrieval.vectors.unit_distance import squared_l2_from_scores
 
 ADD_BLOCK = 65_536
 

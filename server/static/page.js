@@ -57,7 +57,7 @@ function rules(decidedBy) {
 }
 
 /** The cosine similarity of a result: the server's, else from the distance (unit vectors: cos = 1 - d / 2, as
- * retrieval/unit_distance.py converts it). */
+ * retrieval/vectors/unit_distance.py converts it). */
 function similarity(item) {
   return item.similarity ?? 1 - item.distance / 2;
 }
