@@ -155,7 +155,8 @@ class Collection:
     def query_vector(self, name: str, vector: np.ndarray, k: int = 5) -> QueryResult:
         """The k nearest indexed images of an embedding already made by this collection's model (an upload the
         server embedded), reported under `name`."""
-        [neighbours] = self._require_searchable_index().search(vector[None], k_argument(k))
+        model = None if self._model is None else (self._model.spec.name, self._model.content_hash)
+        [neighbours] = self._require_index().search(vector[None], k_argument(k), model)
         return QueryResult(name, neighbours)
 
     def query_indexed(self, path: str, k: int = 5) -> QueryResult | None:

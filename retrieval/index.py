@@ -37,7 +37,7 @@ from sqlalchemy.engine import URL
 
 from retrieval.atomic import atomic_write, remove_orphaned_temporaries
 from retrieval.errors import (CorruptIndexError, IndexNotFoundError, IndexUnavailableError, IndexWriteError, ModelError,
-                              OutputWriteError)
+                              ModelMismatchError, OutputWriteError)
 from retrieval.index_run import IndexRun, open_run
 from retrieval.sources.content_hash import hash_bytes, hash_file
 from retrieval.store.backends import SQLITE_NAME, Backend, database_url, open_backend, shown_url
@@ -396,12 +396,18 @@ class SimilarityIndex:
         """The served vector (float32 bytes) of the indexed image at `path`, if there is one."""
         return self.store.vector_of_path(path)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Neighbour]]:
+    def search(self, queries: np.ndarray, k: int, model: tuple[str, str] | None = None) -> list[list[Neighbour]]:
         """The `k` nearest indexed images of each query vector, nearest first.
 
-        Copies of one file share a vector; each of them is listed.
+        Copies of one file share a vector; each of them is listed. With `model` (the name and content hash of the
+        model that made the queries), `ModelMismatchError` unless the index's vectors are that model's, checked in
+        the same read of the database as the search (a server asks this for every upload).
         """
         vectors, info = self._vectors.current()
+        if model is not None and info is not None and info.model_hash != model[1]:
+            served = self.served_model()
+            built = (served.name, served.content_hash) if served is not None else ("(unknown)", info.model_hash)
+            raise ModelMismatchError.between(self.root, built, model, "search it with its own model")
         if info is not None and parse_description(info.description).compressed:
             distances, ids = vectors.search(queries, k * RERANK_CANDIDATES)
             distances, ids = self._exact_order(queries, distances, ids)

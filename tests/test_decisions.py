@@ -74,6 +74,8 @@ def test_another_models_vectors_are_never_searched(collection: Path) -> None:
     assert other.verify(collection / "photos/a.png", collection / "photos/a-copy.png", threshold=0.5).same
     with pytest.raises(ModelMismatchError, match="search it with its own model"):
         other.query([collection / "photos/a.png"])
+    with pytest.raises(ModelMismatchError, match="search it with its own model"):
+        other.query_vector("upload", other.embed_files([collection / "photos/a.png"])[0])  # what the server asks
     with pytest.raises(ModelMismatchError):
         other.dedup(threshold=0.5)
     with pytest.raises(ModelMismatchError):
