@@ -141,21 +141,23 @@ The peak is this process's own (`VmHWM`): `ru_maxrss` keeps the forking parent's
 
 
 def test_an_import_holds_about_one_batch_not_the_files(tmp_path: Path, make_photos) -> None:  # type: ignore[no-untyped-def]
-    """100,000 vectors of 256 dimensions (97.7 MiB as float32) in two files: the import's peak resident memory
-    grows by less than the vectors take, over that of a first import of 10,000."""
+    """100,000 vectors of 768 dimensions (293 MiB as float32) in two files: the import's peak resident memory
+    grows by less than the vectors take, over that of a first import of 10,000. It grows by what one batch and the
+    reader's and allocators' caches take, 57 to 100 MiB measured; read whole, the files took about 4 times the
+    vectors' room."""
     from retrieval.index import open_index
     from retrieval.sources.embedding_files import Embeddings, write_parquet
 
     model_file = tmp_path / "wide.safetensors"
-    build_model(dataclasses.replace(tiny_spec("wide"), embedding_dim=256)).save(model_file)
+    build_model(dataclasses.replace(tiny_spec("wide"), embedding_dim=768)).save(model_file)
     make_photos(tmp_path / "seed", 1)
     assert invoke("index", "seed", "--index", "idx", "--model", str(model_file), "--workers", "0",
                   cwd=tmp_path).exit_code == 0
     model = open_index(tmp_path / "idx").served_model()
-    assert model is not None and model.embedding_dim == 256
+    assert model is not None and model.embedding_dim == 768
     rng, files = np.random.default_rng(0), []
     for number, count in enumerate((10_000, 50_000, 50_000)):
-        vectors = rng.standard_normal((count, 256), dtype=np.float32)
+        vectors = rng.standard_normal((count, 768), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         rows = [{"path": f"/bounded/{number}/{row}.jpg", "image_id": None, "label": None, "width": 1, "height": 1,
                  "size": row, "mtime_ns": row, "content_hash": f"{number:032x}{row:032x}"} for row in range(count)]
@@ -166,7 +168,7 @@ def test_an_import_holds_about_one_batch_not_the_files(tmp_path: Path, make_phot
     assert measured.returncode == 0, measured.stderr
     rows, grown = map(int, measured.stdout.split())
     assert rows == 100_000
-    assert grown < rows * 256 * 4, f"peak resident memory grew by {grown / 2**20:.0f} MiB"
+    assert grown < rows * 768 * 4, f"peak resident memory grew by {grown / 2**20:.0f} MiB"
 
 
 def test_a_file_changed_between_the_check_and_the_writes_is_reported(tmp_path: Path, tiny_model_file: Path,  # type: ignore[no-untyped-def]
