@@ -18,8 +18,9 @@ the width is measured: a random sample of vectors (`TUNING_SAMPLE`) is compared 
 of its pairs split by a border, how near the border one of the two lies; the width is the largest of these times
 `BORDER_MARGIN` (never less than `BORDER_SPREADS` times s / sqrt(d), never more than s; s where the sample holds
 no pair). Each vector visits the cells among its `MOST_VISITS` next nearest whose border lies within that width:
-on near copies most vectors, deep in their cell, visit none or one; on look-alikes, all of them. What this misses is measured: `sampled_recall` compares the pairs with exact search
-for a random sample of vectors, and `docs/decisions.md` says what that figure means.
+on near copies most vectors, deep in their cell, visit none or one; on look-alikes, all of them. What this
+misses is measured: `sampled_recall` compares the pairs with exact search for a random sample of vectors, and
+`docs/decisions.md` says what that figure means.
 
 Memory and work: the vectors are held as bfloat16 (2 bytes a dimension: 2.4 GiB at 1M x 1,280), read from their
 source once, a chunk at a time (each chunk assigned to its cells and compared with the recall sample on the way),
@@ -235,7 +236,7 @@ def _searched(source: VectorSource, threshold: float, max_pairs: int | None, rec
     del stored
     first, second, distance = _decided(source, first, second, threshold)
     check_pair_count(len(first), threshold, max_pairs)
-    recall = sampled_recall(sample, {(a, b) for a, b in _involving(exact, sample).tolist()}, first, second)
+    recall = sampled_recall(sample, exact, first, second)
     mean_visits = len(cells.visitors) / max(1, source.count)
     return PartitionedPairs(first, second, distance, cells.count, MOST_VISITS, border, mean_visits, recall,
                             len(sample))
@@ -468,10 +469,11 @@ def _decided(source: VectorSource, first: np.ndarray, second: np.ndarray, thresh
 
 def sampled_recall(sample: np.ndarray, exact: set[tuple[int, int]], first: np.ndarray, second: np.ndarray
                    ) -> float | None:
-    """Of the `exact` pairs (those within the threshold that involve the rows `sample`), the fraction among
-    (first, second); None when there is none."""
-    if not exact:
-        return None
+    """Of the `exact` pairs (those within the threshold found by exact search) that involve the rows `sample`,
+    the fraction among (first, second); None when there is none."""
     sampled = set(sample.tolist())
+    asked = {(a, b) for a, b in exact if a in sampled or b in sampled}
+    if not asked:
+        return None
     found = {(a, b) for a, b in zip(first.tolist(), second.tolist()) if a in sampled or b in sampled}
-    return len(exact & found) / len(exact)
+    return len(asked & found) / len(asked)
