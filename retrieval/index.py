@@ -12,8 +12,8 @@ Layout of the directory::
     lock, migrate.lock           held by the one process writing to (or migrating) a SQLite index
 
 The database is the source of truth, model files included: a machine with only its URL can load the served model
-(checked by its hashes, and cached in `models/`). The FAISS file is named after the database it was built from (an id made
-with the database) and its generation; one that is missing, unreadable, another database's or not what its
+(checked by its hashes, and cached in `models/`). The FAISS file is named after the database it was built from (an id
+made with the database) and its generation; one that is missing, unreadable, another database's or not what its
 description says is never served; an older generation's is grown to the database or rebuilt from the stored
 vectors (`retrieval.vectors.vector_cache`), so the two never disagree.
 """
